@@ -1,0 +1,1 @@
+"""Model classes: MQVAE and Stackformer."""

@@ -1,0 +1,174 @@
+"""MQ-VAE: encoder → adaptive mask → EMA quantizer → adaptive de-mask → decoder.
+
+An image becomes K (code, position) pairs instead of H×W codes (design §2.1–2.4).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from mvq.config import ConfigError, build_dataclass, load_yaml
+from mvq.models.pretrained import PretrainedMixin
+from mvq.nn import AdaptiveDemasker, AdaptiveMasker, Decoder, EMAVectorQuantizer, Encoder
+
+# Names used by the reference release that our configs accept as well.
+CONFIG_ALIASES = {"topk_ratio": "keep_ratio", "n_layer": "demask_layers", "decay": "ema_decay"}
+
+
+@dataclass
+class MQVAEConfig:
+    """Architecture of an MQ-VAE. Defaults are the paper's ImageNet model (f8, keep 25%)."""
+
+    resolution: int = 256
+    in_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (32,)
+    z_channels: int = 256
+    dropout: float = 0.0
+    keep_ratio: float = 0.25
+    codebook_size: int = 1024
+    codebook_dim: int = 256
+    demask_layers: int = 8
+    mask_init_value: float = 0.02
+    commitment_beta: float = 0.25
+    ema_decay: float = 0.99
+    restart_unused_codes: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ConfigError(f"model.keep_ratio must be in (0, 1], got {self.keep_ratio}")
+        if self.resolution % self.downsample_factor:
+            raise ConfigError(f"model.resolution {self.resolution} is not divisible by the downsampling "
+                              f"factor {self.downsample_factor} (= 2^(len(ch_mult)-1))")
+        if self.z_channels != self.ch * self.ch_mult[-1]:
+            raise ConfigError(f"model.z_channels ({self.z_channels}) must equal ch * ch_mult[-1] "
+                              f"({self.ch * self.ch_mult[-1]}): the decoder has no conv_in of its own")
+        if self.num_tokens < 1:
+            raise ConfigError(f"model.keep_ratio {self.keep_ratio} keeps no cell of the {self.num_cells}-cell grid")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.resolution // self.downsample_factor
+
+    @property
+    def num_cells(self) -> int:
+        return self.grid_size ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.keep_ratio * self.num_cells)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> "MQVAEConfig":
+        """Validate a `model:` section; accepts the reference release's stage-1 config layout too."""
+        mapping = dict(mapping)
+        if "params" in mapping or "target" in mapping:
+            from mvq.convert.mqvae import config_from_original
+
+            mapping = config_from_original(mapping)
+        renamed = {}
+        for key, value in mapping.items():
+            renamed[CONFIG_ALIASES.get(key, key)] = value
+        return build_dataclass(cls, renamed, "model")
+
+
+@dataclass
+class MQVAEOutput:
+    reconstruction: torch.Tensor  # B×3×R×R
+    codebook_loss: torch.Tensor   # scalar
+    codes: torch.Tensor           # B×K long
+    positions: torch.Tensor       # B×K long, ascending
+    keep_mask: torch.Tensor       # B×H×W bool
+    scores: torch.Tensor          # B×H×W, score-network output in (0, 1)
+    extras: dict = field(default_factory=dict)
+
+
+class MQVAE(nn.Module, PretrainedMixin):
+    """Masked-quantization VAE. `tokenize` / `detokenize` are the interface to stage 2."""
+
+    model_type = "mqvae"
+    config_class = MQVAEConfig
+
+    def __init__(self, config: MQVAEConfig):
+        super().__init__()
+        self.config = c = config
+        self.encoder = Encoder(in_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
+                               attn_resolutions=c.attn_resolutions, resolution=c.resolution,
+                               z_channels=c.z_channels, dropout=c.dropout)
+        self.masker = AdaptiveMasker(c.z_channels, c.codebook_dim, c.num_tokens)
+        self.quantizer = EMAVectorQuantizer(c.codebook_size, c.codebook_dim, decay=c.ema_decay,
+                                            commitment_beta=c.commitment_beta,
+                                            restart_unused_codes=c.restart_unused_codes)
+        self.demasker = AdaptiveDemasker(c.codebook_dim, c.z_channels, c.grid_size, c.demask_layers, c.mask_init_value)
+        self.decoder = Decoder(out_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult,
+                               num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
+                               resolution=c.resolution, dropout=c.dropout)
+
+    @classmethod
+    def from_config(cls, source: str | os.PathLike | Mapping[str, Any] | MQVAEConfig) -> "MQVAE":
+        """Build from a config object, a `model:` mapping, or a stage-1 YAML file (ours or the reference's)."""
+        if isinstance(source, MQVAEConfig):
+            return cls(source)
+        if isinstance(source, (str, Path)):
+            source = load_yaml(source)
+            if "model" not in source:
+                raise ConfigError("the config file has no 'model:' section")
+        if "model" in source and isinstance(source["model"], Mapping):
+            source = source["model"]
+        return cls(MQVAEConfig.from_mapping(source))
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the decoder's final conv (the adaptive GAN weight is computed there)."""
+        return self.decoder.conv_out.weight
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        c = self.config
+        expected = (c.in_channels, c.resolution, c.resolution)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"expected images of shape B×{c.in_channels}×{c.resolution}×{c.resolution}, "
+                             f"got {tuple(images.shape)}")
+
+    def forward(self, images: torch.Tensor) -> MQVAEOutput:
+        self._check_images(images)
+        masked = self.masker(self.encoder(images))
+        quantized, codebook_loss, codes = self.quantizer(masked.features)
+        reconstruction = self.decoder(self.demasker(quantized, masked.positions, masked.keep_mask))
+        g = self.config.grid_size
+        return MQVAEOutput(reconstruction, codebook_loss, codes, masked.positions,
+                           masked.keep_mask.view(-1, g, g), masked.scores.view(-1, g, g))
+
+    @torch.no_grad()
+    def tokenize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images → (codes, positions), each B×K long, positions ascending."""
+        self._check_images(images)
+        masked = self.masker(self.encoder(images))
+        return self.quantizer.nearest_codes(masked.features), masked.positions
+
+    @torch.no_grad()
+    def detokenize(self, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(codes, positions) → images in about [-1, 1]. Positions need not be sorted."""
+        if codes.shape != positions.shape or codes.dim() != 2:
+            raise ValueError(f"codes and positions must both be B×K, got {tuple(codes.shape)} and "
+                             f"{tuple(positions.shape)}")
+        return self.decode_tokens(codes, positions)
+
+    def decode_tokens(self, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Differentiable-free decode path shared by `detokenize` and samplers."""
+        n = self.config.num_cells
+        keep_mask = torch.zeros(codes.shape[0], n, dtype=torch.bool, device=codes.device)
+        keep_mask.scatter_(1, positions, True)
+        quantized = self.quantizer.lookup(codes)
+        return self.decoder(self.demasker(quantized, positions, keep_mask))

@@ -1,0 +1,64 @@
+"""Adaptive de-mask module (design §2.4): rebuild the full H×W feature map from the K kept codes.
+
+Masked cells start as one shared learnable mask token. Direction-constrained attention lets
+information flow from kept to masked cells first: the weight of every masked key starts at
+`mask_init_value` and grows (its square root is taken) after each block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mvq.nn.vqgan import ResnetBlock, SpatialSelfAttention
+
+
+class DirectionConstrainedAttention(SpatialSelfAttention):
+    """Spatial attention whose post-softmax key weights are scaled by per-key weights m (no renormalisation)."""
+
+    def forward(self, x: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x, value_weights=key_weights)
+
+
+class DemaskBlock(nn.Module):
+    """ResNet block followed by direction-constrained attention."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.res = ResnetBlock(channels)
+        self.attn = DirectionConstrainedAttention(channels)
+
+    def forward(self, x: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.res(x), key_weights)
+
+
+class AdaptiveDemasker(nn.Module):
+    """(K quantized vectors, their positions) → B×out_channels×H×W feature map for the decoder."""
+
+    def __init__(self, codebook_dim: int, out_channels: int, grid_size: int, num_layers: int,
+                 mask_init_value: float = 0.02):
+        super().__init__()
+        self.grid_size = grid_size
+        self.mask_init_value = mask_init_value
+        self.mask_token = nn.Parameter(torch.empty(codebook_dim).uniform_(-1.0 / codebook_dim, 1.0 / codebook_dim))
+        self.project_in = nn.Conv2d(codebook_dim, out_channels, 1)
+        self.conv_in = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.blocks = nn.ModuleList(DemaskBlock(out_channels) for _ in range(num_layers))
+        self.final_res = ResnetBlock(out_channels)
+
+    def key_weights(self, keep_mask: torch.Tensor) -> torch.Tensor:
+        """Initial per-key weights m: 1 for kept cells, `mask_init_value` for masked ones (B×N)."""
+        return torch.where(keep_mask, 1.0, self.mask_init_value).float()
+
+    def forward(self, quantized: torch.Tensor, positions: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+        b, _, d = quantized.shape
+        n = self.grid_size * self.grid_size
+        canvas = self.mask_token.to(quantized.dtype).expand(b, n, d)
+        canvas = canvas.scatter(1, positions.unsqueeze(-1).expand(-1, -1, d), quantized)
+        x = canvas.transpose(1, 2).reshape(b, d, self.grid_size, self.grid_size)
+        x = self.conv_in(self.project_in(x))
+        weights = self.key_weights(keep_mask.reshape(b, n))
+        for block in self.blocks:
+            x = block(x, weights)
+            weights = weights.sqrt()
+        return self.final_res(x)

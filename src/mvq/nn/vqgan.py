@@ -1,0 +1,181 @@
+"""VQGAN-style convolutional encoder and decoder (design §2.1).
+
+The state-dict layout (`down.{level}.block.{i}`, `mid.block_1`, `up.{level}.attn.{i}`, ...)
+is the usual VQGAN one, so weights from VQGAN-family checkpoints map one to one. The decoder
+has no conv_in and no middle block: in the MQ-VAE the adaptive de-mask module plays that role.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (fewer when `channels` is not a multiple of 32, for tiny models)."""
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm → SiLU → 3×3 conv, twice, plus a (1×1-projected) skip connection."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
+        return skip + h
+
+
+class SpatialSelfAttention(nn.Module):
+    """Single-head self-attention over the H·W cells of a feature map (1×1-conv projections).
+
+    `value_weights` (B×N, optional) scales each cell's value before attention. Since
+    softmax(QKᵀ)·diag(m)·V = softmax(QKᵀ)·(m⊙V), this equals multiplying the post-softmax
+    weight of every key by m without renormalising — the direction-constrained attention of
+    the de-mask module — while still running the fused attention kernel.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, value_weights: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        normed = self.norm(x)
+        # B×C×H×W → B×1×N×C: one head over all cells.
+        q, k, v = (proj(normed).flatten(2).transpose(1, 2).unsqueeze(1) for proj in (self.q, self.k, self.v))
+        if value_weights is not None:
+            v = v * value_weights.to(v.dtype)[:, None, :, None]
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3×3 conv with asymmetric (right/bottom) zero padding, as in VQGAN."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2 upsampling followed by a 3×3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Level(nn.Module):
+    """One resolution level: ResNet blocks, optional attention after each, optional resampling."""
+
+    def __init__(self, blocks: list[nn.Module], attentions: list[nn.Module]):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.attn = nn.ModuleList(attentions)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.block):
+            h = block(h)
+            if len(self.attn):
+                h = self.attn[i](h)
+        return h
+
+
+class Encoder(nn.Module):
+    """Image (B×3×R×R) → feature map (B×z_channels×R/f×R/f), f = 2^(len(ch_mult)-1)."""
+
+    def __init__(self, *, in_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
+                 attn_resolutions: Sequence[int], resolution: int, z_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        levels, block_in, res = [], ch, resolution
+        for level, mult in enumerate(ch_mult):
+            block_out = ch * mult
+            blocks, attns = [], []
+            for _ in range(num_res_blocks):
+                blocks.append(ResnetBlock(block_in, block_out, dropout))
+                block_in = block_out
+                if res in attn_resolutions:
+                    attns.append(SpatialSelfAttention(block_in))
+            stage = _Level(blocks, attns)
+            if level != len(ch_mult) - 1:
+                stage.downsample = Downsample(block_in)
+                res //= 2
+            levels.append(stage)
+        self.down = nn.ModuleList(levels)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
+        self.mid.attn_1 = SpatialSelfAttention(block_in)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for stage in self.down:
+            h = stage(h)
+            if hasattr(stage, "downsample"):
+                h = stage.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """Restored feature map (B×ch·ch_mult[-1]×H×W) → image. No conv_in, no middle block."""
+
+    def __init__(self, *, out_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
+                 attn_resolutions: Sequence[int], resolution: int, dropout: float = 0.0):
+        super().__init__()
+        num_levels = len(ch_mult)
+        block_in = ch * ch_mult[-1]
+        res = resolution // 2 ** (num_levels - 1)
+        levels: list[_Level] = []
+        for level in reversed(range(num_levels)):
+            block_out = ch * ch_mult[level]
+            blocks, attns = [], []
+            for _ in range(num_res_blocks + 1):
+                blocks.append(ResnetBlock(block_in, block_out, dropout))
+                block_in = block_out
+                if res in attn_resolutions:
+                    attns.append(SpatialSelfAttention(block_in))
+            stage = _Level(blocks, attns)
+            if level != 0:
+                stage.upsample = Upsample(block_in)
+                res *= 2
+            levels.insert(0, stage)  # up[0] is the full-resolution level
+        self.up = nn.ModuleList(levels)
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for stage in reversed(self.up):
+            h = stage(h)
+            if hasattr(stage, "upsample"):
+                h = stage.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
