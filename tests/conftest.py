@@ -1,0 +1,27 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+TINY_MQVAE = dict(resolution=32, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8],
+                  z_channels=64, keep_ratio=0.25, codebook_size=64, codebook_dim=16, demask_layers=2)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def reference_path(name: str) -> Path:
+    """A file of the reference fixtures beside the project (shared/reference)."""
+    path = REFERENCE / name
+    if not path.exists():
+        pytest.skip(f"reference fixture {path} not present")
+    return path
+
+
+os.environ.setdefault("MVQ_TEST", "1")

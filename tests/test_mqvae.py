@@ -1,0 +1,146 @@
+import itertools
+
+import pytest
+import torch
+
+from mvq.config import ConfigError
+from mvq.models.mqvae import MQVAE, MQVAEConfig
+from tests.conftest import TINY_MQVAE
+
+
+def tiny(**overrides) -> MQVAE:
+    return MQVAE.from_config({**TINY_MQVAE, **overrides})
+
+
+@pytest.mark.parametrize("ch_mult,keep_ratio,batch", [
+    ([1, 2], 0.1, 1),          # f2
+    ([1, 2, 2], 0.5, 3),       # f4
+    ([1, 1, 2, 2], 0.25, 5),   # f8
+    ([1, 1, 2, 2, 2], 1.0, 2), # f16
+])
+def test_shapes_and_kept_cells(ch_mult, keep_ratio, batch):
+    model = tiny(ch_mult=ch_mult, keep_ratio=keep_ratio, attn_resolutions=[], resolution=32)
+    c = model.config
+    x = torch.rand(batch, 3, 32, 32) * 2 - 1
+    out = model(x)
+    g, k = c.grid_size, c.num_tokens
+    assert g == 32 // 2 ** (len(ch_mult) - 1)
+    assert k == int(keep_ratio * g * g)
+    assert out.reconstruction.shape == x.shape
+    assert out.codes.shape == out.positions.shape == (batch, k)
+    assert out.keep_mask.shape == out.scores.shape == (batch, g, g)
+    assert out.keep_mask.dtype == torch.bool
+    assert (out.keep_mask.flatten(1).sum(1) == k).all()
+    # Positions are unique, ascending and exactly the kept cells.
+    assert (out.positions.diff(dim=1) > 0).all()
+    assert out.keep_mask.flatten(1).gather(1, out.positions).all()
+    # The kept cells are the top-K scores.
+    kth = out.scores.flatten(1).topk(k, dim=1).values[:, -1:]
+    assert (out.scores.flatten(1).gather(1, out.positions) >= kth).all()
+    assert ((out.codes >= 0) & (out.codes < c.codebook_size)).all()
+    assert out.codebook_loss.dim() == 0 and torch.isfinite(out.codebook_loss)
+
+
+def test_gradients_reach_score_network_and_encoder():
+    model = tiny()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(x)
+    ((out.reconstruction - x).abs().mean() + out.codebook_loss).backward()
+    for name in ["masker.score_net.conv1.weight", "masker.score_net.conv2.weight", "masker.score_net.norm.weight",
+                 "encoder.conv_in.weight", "demasker.mask_token", "decoder.conv_out.weight", "masker.project.weight"]:
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_score_gradient_flows_only_through_kept_feature_weighting():
+    model = tiny()
+    model.eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    out = model(x)
+    out.reconstruction.sum().backward()
+    # Eval-mode score network: gradient exists and comes from the kept cells' score multiplication.
+    assert model.masker.score_net.conv2.weight.grad.abs().sum() > 0
+
+
+def test_detokenize_of_tokenize_equals_forward_in_eval():
+    model = tiny().eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = model(x)
+    codes, positions = model.tokenize(x)
+    assert torch.equal(codes, out.codes) and torch.equal(positions, out.positions)
+    torch.testing.assert_close(model.detokenize(codes, positions), out.reconstruction, atol=1e-5, rtol=1e-5)
+    # Order of the pairs does not matter for decoding.
+    perm = torch.randperm(codes.shape[1])
+    torch.testing.assert_close(model.detokenize(codes[:, perm], positions[:, perm]), out.reconstruction,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_pretrained_round_trip_is_bit_exact(tmp_path):
+    model = tiny()
+    model.train()
+    model(torch.rand(4, 3, 32, 32) * 2 - 1)  # move EMA buffers and batch-norm statistics
+    model.save_pretrained(tmp_path / "vae")
+    loaded = MQVAE.from_pretrained(tmp_path / "vae")
+    assert loaded.config == model.config
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2), k1
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).reconstruction, loaded(x).reconstruction)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        MQVAE.from_pretrained(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        MQVAE.from_pretrained(tmp_path / "empty")
+
+
+def test_unknown_config_key_names_key_and_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        MQVAE.from_config({**TINY_MQVAE, "keep_ration": 0.3})
+    message = str(err.value)
+    assert "keep_ration" in message and "keep_ratio" in message and "codebook_size" in message
+
+
+def test_bad_config_values():
+    with pytest.raises(ConfigError, match="z_channels"):
+        MQVAE.from_config({**TINY_MQVAE, "z_channels": 48})
+    with pytest.raises(ConfigError, match="keep_ratio"):
+        MQVAE.from_config({**TINY_MQVAE, "keep_ratio": 0.0})
+    with pytest.raises(ConfigError, match="integer"):
+        MQVAE.from_config({**TINY_MQVAE, "codebook_size": "many"})
+
+
+def test_wrong_image_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match="expected images of shape"):
+        tiny()(torch.zeros(1, 3, 64, 64))
+
+
+def test_shipped_configs_build_and_paper_size():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "configs" / "stage1"
+    for name, keep in [("mqvae_imagenet_f8_r25.yaml", 0.25), ("mqvae_imagenet_f8_r30.yaml", 0.30),
+                       ("mqvae_ffhq_f8_r25.yaml", 0.25)]:
+        config = MQVAEConfig.from_mapping(__import__("mvq.config").config.load_yaml(root / name)["model"])
+        assert config.keep_ratio == keep and config.grid_size == 32
+    model = MQVAE(MQVAEConfig())
+    ours = sum(p.numel() for p in model.parameters()) + model.quantizer.codebook.numel()
+    # The reference counts 9 unused time-embedding projections in the de-mask ResNet blocks
+    # (256×512 + 256 each) and a padding row in the codebook; with those, its total is 36.9M.
+    reference_extra = (model.config.demask_layers + 1) * (256 * 512 + 256) + model.config.codebook_dim
+    assert abs(ours + reference_extra - 36.9e6) / 36.9e6 < 0.01
+    assert abs(ours - 35.76e6) / 35.76e6 < 0.01
+
+
+def test_accepts_reference_stage1_yaml(tmp_path):
+    from pathlib import Path
+    text = (Path(__file__).parent / "data" / "reference_mqvae_imagenet_f8_r30.yml").read_text()
+    path = tmp_path / "ref.yml"
+    path.write_text(text)
+    model_cfg = MQVAE.from_config(path).config
+    assert model_cfg.keep_ratio == 0.30 and model_cfg.ch == 128 and model_cfg.demask_layers == 8
+    assert model_cfg.num_tokens == 307
