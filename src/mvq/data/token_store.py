@@ -1,0 +1,499 @@
+"""Token stores: a dataset encoded once by an MQ-VAE, read by stage-2 training.
+
+Stage 2 never runs the image encoder per step; it reads the (code, position) pairs of every
+image from a store written by `mvq tokenize`. A store is a folder::
+
+    STORE/
+      header.json                  what the tokens mean (codebook size, grid, K, classes, dtypes,
+                                   the MQ-VAE's config and weight fingerprint) and how they were made
+      part-00000-of-00002/         one part per rank that wrote it
+        codes.npy                  count × K, smallest unsigned type that holds codebook_size - 1
+        positions.npy              count × K, ascending cell indices in [0, H·W)
+        labels.npy                 count, class index or -1 (signed type)
+        progress.json              rows written so far; the part is complete when done == size
+      part-00001-of-00002/ ...
+
+Parts hold contiguous blocks of the dataset, so reading them in order gives the same items in
+the same order whatever the number of ranks. Rows are written in fixed-size chunks and
+`progress.json` is replaced atomically after each chunk is flushed, so an interrupted run can
+be continued: the rows after the recorded count are simply written again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mvq.config import dataclass_to_dict
+
+HEADER_NAME = "header.json"
+PROGRESS_NAME = "progress.json"
+ARRAY_NAMES = ("codes", "positions", "labels")
+FORMAT_NAME = "mvq-token-store"
+FORMAT_VERSION = 1
+
+
+class IncompleteStoreError(ValueError):
+    """A store whose writing has not finished (some part has fewer rows than it should)."""
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+
+def smallest_integer_dtype(min_value: int, max_value: int) -> np.dtype:
+    """The narrowest integer dtype holding [min_value, max_value].
+
+    Unsigned types are used only up to 16 bits (uint8, uint16); wider ranges use int32/int64,
+    which torch handles everywhere. A negative minimum gives a signed type (int8, int16, ...).
+    """
+    if min_value > max_value:
+        raise ValueError(f"empty range [{min_value}, {max_value}]")
+    candidates = ["uint8", "uint16", "int32", "int64"] if min_value >= 0 else ["int8", "int16", "int32", "int64"]
+    for name in candidates:
+        info = np.iinfo(name)
+        if info.min <= min_value and max_value <= info.max:
+            return np.dtype(name)
+    raise ValueError(f"no integer dtype holds [{min_value}, {max_value}]")
+
+
+def store_dtypes(codebook_size: int, num_cells: int, num_classes: int | None) -> dict[str, str]:
+    """Dtypes of the three arrays: codes < codebook_size, positions < num_cells, labels in [-1, C)."""
+    label_max = (num_classes - 1) if num_classes else 0
+    if num_classes is None:  # classes not declared by the dataset: keep room for any label
+        label_max = np.iinfo(np.int32).max
+    return {
+        "codes": smallest_integer_dtype(0, codebook_size - 1).name,
+        "positions": smallest_integer_dtype(0, num_cells - 1).name,
+        "labels": smallest_integer_dtype(-1, max(label_max, 0)).name,
+    }
+
+
+# ----------------------------------------------------------------------------- header
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenStoreHeader:
+    """What a store's tokens mean and how the store is laid out (`header.json`).
+
+    `num_classes` is None when the dataset did not declare its classes; readers then infer it
+    from the labels. `part_sizes[r]` is the number of rows rank r writes.
+    """
+
+    codebook_size: int
+    grid_size: int
+    num_tokens: int
+    num_classes: int | None
+    part_sizes: tuple[int, ...]
+    dtypes: Mapping[str, str]
+    flip: bool = False
+    vae: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    source: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        """Rows in the whole store (all parts)."""
+        return sum(self.part_sizes)
+
+    @property
+    def num_cells(self) -> int:
+        return self.grid_size * self.grid_size
+
+    @property
+    def world_size(self) -> int:
+        return len(self.part_sizes)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "codebook_size": self.codebook_size,
+            "grid_size": self.grid_size,
+            "num_tokens": self.num_tokens,
+            "num_classes": self.num_classes,
+            "count": self.count,
+            "part_sizes": list(self.part_sizes),
+            "dtypes": dict(self.dtypes),
+            "flip": self.flip,
+            "vae": dict(self.vae),
+            "source": dict(self.source),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "header") -> "TokenStoreHeader":
+        if data.get("format") != FORMAT_NAME:
+            raise ValueError(f"{where} is not a token store header (format {data.get('format')!r})")
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{where} has token store version {data.get('version')!r}; "
+                             f"this mvq reads version {FORMAT_VERSION}")
+        try:
+            return cls(
+                codebook_size=int(data["codebook_size"]),
+                grid_size=int(data["grid_size"]),
+                num_tokens=int(data["num_tokens"]),
+                num_classes=None if data["num_classes"] is None else int(data["num_classes"]),
+                part_sizes=tuple(int(n) for n in data["part_sizes"]),
+                dtypes=dict(data["dtypes"]),
+                flip=bool(data.get("flip", False)),
+                vae=dict(data.get("vae", {})),
+                source=dict(data.get("source", {})),
+            )
+        except KeyError as exc:
+            raise ValueError(f"{where} lacks the field {exc.args[0]!r}") from exc
+
+
+def read_header(path: str | os.PathLike) -> TokenStoreHeader:
+    """Read `STORE/header.json`, with a clear error when the folder is not a token store."""
+    path = Path(path)
+    header_path = path / HEADER_NAME
+    if not path.is_dir():
+        raise FileNotFoundError(f"token store not found: {path} (create it with `mvq tokenize`)")
+    if not header_path.is_file():
+        raise FileNotFoundError(f"{path} is not a token store: {HEADER_NAME} is missing "
+                                f"(create it with `mvq tokenize`)")
+    try:
+        data = json.loads(header_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{header_path} is not valid JSON: {exc}") from exc
+    return TokenStoreHeader.from_json(data, where=str(header_path))
+
+
+def part_name(rank: int, world_size: int) -> str:
+    return f"part-{rank:05d}-of-{world_size:05d}"
+
+
+def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous block [start, stop) of `num_items` that `rank` of `world_size` handles."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return num_items * rank // world_size, num_items * (rank + 1) // world_size
+
+
+# ----------------------------------------------------------------------------- compatibility
+
+
+def vae_token_geometry(vae_config: Any) -> dict[str, int]:
+    """codebook_size, grid_size and num_tokens of an MQ-VAE config (MQVAEConfig or `model:` mapping)."""
+    if isinstance(vae_config, Mapping):
+        from mvq.models.mqvae import MQVAEConfig
+
+        vae_config = MQVAEConfig.from_mapping(vae_config)
+    return {"codebook_size": int(vae_config.codebook_size), "grid_size": int(vae_config.grid_size),
+            "num_tokens": int(vae_config.num_tokens)}
+
+
+def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: Any,
+                     weights_sha256: str | None = None) -> None:
+    """Raise ValueError if a store's tokens cannot be decoded by the MQ-VAE with `vae_config`.
+
+    The codebook size, grid and K must agree. When `weights_sha256` (see `vae_fingerprint`) is
+    given and the store recorded one, they must agree too: same shapes but other weights means
+    the codes index a different codebook.
+    """
+    if isinstance(header, Mapping):
+        header = TokenStoreHeader.from_json(header)
+    expected = vae_token_geometry(vae_config)
+    found = {"codebook_size": header.codebook_size, "grid_size": header.grid_size,
+             "num_tokens": header.num_tokens}
+    diffs = [f"{k}: store {found[k]}, MQ-VAE {expected[k]}" for k in expected if found[k] != expected[k]]
+    if diffs:
+        raise ValueError("token store does not match the MQ-VAE (" + "; ".join(diffs) + "). "
+                         "Tokenize the data again with this MQ-VAE (`mvq tokenize`).")
+    stored = header.vae.get("weights_sha256")
+    if weights_sha256 is not None and stored is not None and stored != weights_sha256:
+        raise ValueError("token store was written by an MQ-VAE with other weights "
+                         f"(fingerprint {stored[:12]}…, this one {weights_sha256[:12]}…). "
+                         "Tokenize the data again with this MQ-VAE (`mvq tokenize`).")
+
+
+def vae_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over a model's state dict (names, dtypes, shapes, bytes): identifies its weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON so that readers see either the old or the new file, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def create_store(path: str | os.PathLike, header: TokenStoreHeader) -> Path:
+    """Create STORE/header.json, or check that an existing one describes the same store.
+
+    Every rank calls this with the same header; a store started with other settings (another
+    MQ-VAE, dataset, flip or world size) is refused rather than mixed with new rows.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / HEADER_NAME).is_file():
+        existing = read_header(path).to_json()
+        wanted = header.to_json()
+        diffs = [k for k in wanted if existing.get(k) != wanted[k]]
+        if diffs:
+            details = "; ".join(f"{k}: store {existing.get(k)!r}, now {wanted[k]!r}" for k in diffs)
+            raise ValueError(f"{path} already holds a token store made with other settings ({details}). "
+                             f"Pass the same arguments to continue it, or choose another --out.")
+    else:
+        _atomic_write_json(path / HEADER_NAME, header.to_json())
+    return path
+
+
+class TokenPartWriter:
+    """Writes one rank's part of a store in chunks, recording progress after each chunk.
+
+    `done` is the number of rows already written (0 for a new part); `append` writes the next
+    rows, flushes them and then records the new count atomically, so after an interruption at
+    most the last chunk is lost and is written again by the next run.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: TokenStoreHeader, rank: int):
+        self.header = header
+        self.rank = rank
+        self.size = header.part_sizes[rank]
+        self.dir = Path(path) / part_name(rank, header.world_size)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        progress_path = self.dir / PROGRESS_NAME
+        if progress_path.is_file():
+            self.done = int(json.loads(progress_path.read_text())["done"])
+            self._arrays = {n: np.load(self.dir / f"{n}.npy", mmap_mode="r+") for n in ARRAY_NAMES}
+        else:
+            self._arrays = self._allocate()
+            self.done = 0
+            self._record_progress()
+
+    def _allocate(self) -> dict[str, np.ndarray]:
+        """Create the three arrays at full size (under temporary names first, then renamed)."""
+        shapes = {"codes": (self.size, self.header.num_tokens),
+                  "positions": (self.size, self.header.num_tokens), "labels": (self.size,)}
+        for name in ARRAY_NAMES:
+            tmp = self.dir / f"{name}.npy.tmp"
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.header.dtypes[name], shape=shapes[name])
+            array.flush()
+            del array
+            os.replace(tmp, self.dir / f"{name}.npy")
+        return {n: np.load(self.dir / f"{n}.npy", mmap_mode="r+") for n in ARRAY_NAMES}
+
+    def _record_progress(self) -> None:
+        _atomic_write_json(self.dir / PROGRESS_NAME, {"done": self.done, "size": self.size})
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.size
+
+    def append(self, codes: np.ndarray | torch.Tensor, positions: np.ndarray | torch.Tensor,
+               labels: np.ndarray | torch.Tensor) -> None:
+        """Write the next rows (B×K codes, B×K positions, B labels) and record them as done."""
+        codes, positions, labels = (np.asarray(x.cpu() if torch.is_tensor(x) else x)
+                                    for x in (codes, positions, labels))
+        k, b = self.header.num_tokens, len(codes)
+        if codes.shape != (b, k) or positions.shape != (b, k) or labels.shape != (b,):
+            raise ValueError(f"expected codes and positions of shape B×{k} and labels of shape B, got "
+                             f"{codes.shape}, {positions.shape}, {labels.shape}")
+        if self.done + b > self.size:
+            raise ValueError(f"part {self.rank} holds {self.size} rows; {self.done} written, {b} more do not fit")
+        self._check_range("codes", codes, 0, self.header.codebook_size)
+        self._check_range("positions", positions, 0, self.header.num_cells)
+        num_classes = self.header.num_classes
+        self._check_range("labels", labels, -1, num_classes if num_classes is not None
+                          else int(np.iinfo(self.header.dtypes["labels"]).max))
+        if k > 1 and not (np.diff(positions.astype(np.int64), axis=1) > 0).all():
+            raise ValueError("positions must be strictly ascending along each row (raster order)")
+        stop = self.done + b
+        for name, values in zip(ARRAY_NAMES, (codes, positions, labels)):
+            self._arrays[name][self.done:stop] = values
+            self._arrays[name].flush()
+        self.done = stop
+        self._record_progress()
+
+    @staticmethod
+    def _check_range(name: str, values: np.ndarray, low: int, high: int) -> None:
+        """Values outside [low, high) would wrap silently in a narrow dtype: refuse them."""
+        if values.size and (values.min() < low or values.max() >= high):
+            raise ValueError(f"{name} must lie in [{low}, {high}), got values in "
+                             f"[{values.min()}, {values.max()}]")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class TokenStore(Dataset):
+    """All parts of a token store read as one dataset (memory-mapped, nothing loaded up front).
+
+    Items are dicts: `codes` (LongTensor K), `positions` (LongTensor K, ascending), `label`
+    (int, -1 when the image has none). Part r's rows come before part r + 1's, which is the
+    order of the dataset that was tokenized (originals and their flips interleaved when the
+    store was made with flipping).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        header = read_header(self.path)
+        self._part_dirs = [self.path / part_name(r, header.world_size) for r in range(header.world_size)]
+        self._check_complete(header)
+        self._offsets = np.cumsum([0, *header.part_sizes])
+        self._arrays: list[dict[str, np.ndarray]] | None = None
+        if header.num_classes is None:  # not declared when written: infer from the labels
+            max_label = max((int(self._open()[r]["labels"].max()) for r, n in enumerate(header.part_sizes) if n),
+                            default=-1)
+            header = dataclasses.replace(header, num_classes=max_label + 1)
+        self.header = header
+
+    def _check_complete(self, header: TokenStoreHeader) -> None:
+        problems = []
+        for part_dir, size in zip(self._part_dirs, header.part_sizes):
+            progress = part_dir / PROGRESS_NAME
+            if not progress.is_file():
+                problems.append(f"{part_dir.name} is missing")
+                continue
+            done = int(json.loads(progress.read_text())["done"])
+            if done < size:
+                problems.append(f"{part_dir.name} has {done} of {size} rows")
+        if problems:
+            raise IncompleteStoreError(
+                f"token store {self.path} is incomplete: {', '.join(problems)}. Run the same "
+                f"`mvq tokenize` command again (with {header.world_size} rank(s)) to finish it.")
+
+    def _open(self) -> list[dict[str, np.ndarray]]:
+        """Memory-map the arrays on first use (per process, so DataLoader workers map their own)."""
+        if self._arrays is None:
+            self._arrays = [{n: np.load(d / f"{n}.npy", mmap_mode="r") for n in ARRAY_NAMES}
+                            for d in self._part_dirs]
+        return self._arrays
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_arrays"] = None  # never pickle the mapped data itself
+        return state
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a token store of {len(self)} items")
+        part = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        row = index - int(self._offsets[part])
+        arrays = self._open()[part]
+        return {
+            "codes": torch.from_numpy(arrays["codes"][row].astype(np.int64)),
+            "positions": torch.from_numpy(arrays["positions"][row].astype(np.int64)),
+            "label": int(arrays["labels"][row]),
+        }
+
+    def arrays(self) -> Iterator[dict[str, np.ndarray]]:
+        """The memory-mapped arrays of each part, in order (for bulk reads and statistics)."""
+        return iter(self._open())
+
+
+# ----------------------------------------------------------------------------- tokenizing
+
+
+def declared_num_classes(dataset: Any) -> int | None:
+    """The number of classes a dataset declares (`num_classes` or `classes`), or None."""
+    while dataset is not None:
+        n = getattr(dataset, "num_classes", None)
+        if isinstance(n, int):
+            return n
+        classes = getattr(dataset, "classes", None)
+        if classes is not None:
+            return len(classes)
+        dataset = getattr(dataset, "dataset", None)  # look through Subset-like wrappers
+    return None
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world_size) from torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is not None and world is not None:
+        return int(rank), int(world)
+    return 0, 1
+
+
+def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.PathLike, *,
+                     flip: bool = False, batch_size: int = 64, num_workers: int = 0,
+                     rank: int | None = None, world_size: int | None = None,
+                     device: str | torch.device = "cpu", source: Mapping[str, Any] | None = None,
+                     progress: bool = True) -> TokenStoreHeader:
+    """Encode `dataset` with an MQ-VAE into the store at `out`; this rank writes its part.
+
+    `model` needs `config` (codebook_size, grid_size, num_tokens, resolution) and
+    `tokenize(images) -> (codes, positions)`; dataset items are dicts with `image` (3×R×R in
+    [-1, 1]) and `label`. With `flip`, row 2i is image i and row 2i + 1 its horizontal mirror.
+    A part already (partly) written is continued from its recorded progress; with the same
+    batch size the finished store is identical to one written without interruption.
+    """
+    from torch.utils.data import DataLoader, Subset
+    from tqdm.auto import tqdm
+
+    if rank is None or world_size is None:
+        rank, world_size = distributed_rank()
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    config = model.config
+    copies = 2 if flip else 1
+    num_images = len(dataset)
+    bounds = [shard_bounds(num_images, r, world_size) for r in range(world_size)]
+    num_classes = declared_num_classes(dataset)
+    vae_config = dataclass_to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
+    header = TokenStoreHeader(
+        codebook_size=int(config.codebook_size), grid_size=int(config.grid_size),
+        num_tokens=int(config.num_tokens), num_classes=num_classes,
+        part_sizes=tuple(copies * (stop - start) for start, stop in bounds),
+        dtypes=store_dtypes(int(config.codebook_size), int(config.grid_size) ** 2, num_classes),
+        flip=flip, vae={"config": vae_config, "weights_sha256": vae_fingerprint(model)},
+        source={"num_images": num_images, **(source or {})},
+    )
+    create_store(out, header)
+    writer = TokenPartWriter(out, header, rank)
+    start, stop = bounds[rank]
+    first = start + writer.done // copies
+    bar = tqdm(total=stop - start, initial=first - start, unit="img", disable=not progress or rank != 0,
+               desc=f"tokenize {part_name(rank, world_size)}" if world_size > 1 else "tokenize")
+    if first < stop:
+        loader = DataLoader(Subset(dataset, range(first, stop)), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers)
+        model.eval()
+        resolution = getattr(config, "resolution", None)
+        with torch.inference_mode():
+            for batch in loader:
+                images, labels = batch["image"].to(device), torch.as_tensor(batch["label"])
+                if resolution is not None and tuple(images.shape[1:]) != (3, resolution, resolution):
+                    raise ValueError(f"the dataset gives images of shape {tuple(images.shape[1:])}, the MQ-VAE "
+                                     f"expects 3×{resolution}×{resolution}: set the data resolution to {resolution}")
+                if flip:  # original and mirror of each image side by side: rows 2i, 2i + 1
+                    images = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
+                    labels = labels.repeat_interleave(2)
+                codes, positions = model.tokenize(images)
+                writer.append(codes, positions, labels)
+                bar.update(len(batch["label"]))
+    bar.close()
+    return header

@@ -1,0 +1,40 @@
+"""Lightning data module for image datasets, with a resumable training sampler."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from mvq.training.sampler import ResumableSampler
+
+
+class ImageDataModule(L.LightningDataModule):
+    def __init__(self, data_config, seed: int = 0):
+        super().__init__()
+        self.config, self.seed = data_config, seed
+        self.train_dataset = self.val_dataset = None
+        self.train_sampler: ResumableSampler | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        from mvq.data import build_dataset
+
+        if self.train_dataset is None:
+            self.train_dataset = build_dataset(self.config, "train")
+            self.val_dataset = build_dataset(self.config, "val")
+
+    def _loader(self, dataset, sampler=None, drop_last: bool = False) -> DataLoader:
+        workers = self.config.num_workers
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=workers, persistent_workers=workers > 0, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        self.train_sampler = ResumableSampler(len(self.train_dataset), self.config.batch_size, seed=self.seed,
+                                              shuffle=True, rank=trainer.global_rank, world_size=trainer.world_size)
+        return self._loader(self.train_dataset, self.train_sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = ResumableSampler(len(self.val_dataset), 1, shuffle=False, rank=trainer.global_rank,
+                                   world_size=trainer.world_size)
+        return self._loader(self.val_dataset, sampler)

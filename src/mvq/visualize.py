@@ -1,0 +1,61 @@
+"""Pictures of what the MQ-VAE does: keep-mask overlays and score heat-maps, image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """B×3×H×W in [-1, 1] → B×H×W×3 uint8."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def keep_mask_overlay(images: torch.Tensor, keep_mask: torch.Tensor, dim: float = 0.25) -> torch.Tensor:
+    """Masked cells darkened to `dim` brightness, kept cells as they are (images in [-1, 1])."""
+    mask = F.interpolate(keep_mask.float().unsqueeze(1), size=images.shape[-2:], mode="nearest")
+    unit = (images + 1) / 2
+    return (unit * (dim + (1 - dim) * mask)) * 2 - 1
+
+
+def score_heatmap(images: torch.Tensor, scores: torch.Tensor, alpha: float = 0.6) -> torch.Tensor:
+    """Scores (B×H×W, normalised per image) as a red-yellow heat-map blended over a grey image."""
+    s = scores.float()
+    lo = s.flatten(1).min(1).values.view(-1, 1, 1)
+    hi = s.flatten(1).max(1).values.view(-1, 1, 1)
+    s = ((s - lo) / (hi - lo).clamp_min(1e-6)).unsqueeze(1)
+    s = F.interpolate(s, size=images.shape[-2:], mode="nearest")
+    heat = torch.cat([torch.ones_like(s), s, torch.zeros_like(s)], dim=1)  # black→red→yellow
+    heat = heat * s.clamp_min(0.15)
+    grey = ((images + 1) / 2).mean(1, keepdim=True).expand_as(heat)
+    return ((1 - alpha) * grey + alpha * heat) * 2 - 1
+
+
+def image_grid(rows: list[torch.Tensor], pad: int = 2) -> torch.Tensor:
+    """Stack equally sized image batches (each B×3×H×W in [-1, 1]) as grid rows → 3×H'×W' in [0, 1]."""
+    from torchvision.utils import make_grid
+
+    batch = torch.cat([r.detach().float().cpu().clamp(-1, 1) for r in rows])
+    return make_grid((batch + 1) / 2, nrow=rows[0].shape[0], padding=pad, pad_value=1.0)
+
+
+def save_image(grid: torch.Tensor, path: str | Path) -> Path:
+    """Save a 3×H×W grid in [0, 1] as PNG."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array).save(path)
+    return path
+
+
+def reconstruction_rows(model, images: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+    """Inputs, reconstructions, keep-mask overlays and score heat-maps for a batch (model in eval mode)."""
+    with torch.no_grad():
+        out = model(images)
+    rows = [images, out.reconstruction.float().clamp(-1, 1), keep_mask_overlay(images, out.keep_mask),
+            score_heatmap(images, out.scores)]
+    return rows, {"output": out}

@@ -1,0 +1,116 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mvq.config import ConfigError
+from mvq.models.mqvae import MQVAE
+from mvq.training.run import export, train
+from tests.train_helpers import tiny_stage1_config
+
+
+def model_state(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt, {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("model.", "loss."))}
+
+
+def test_short_run_writes_folder_and_exports(tmp_path):
+    run_dir = train(str(tiny_stage1_config(tmp_path)), [], run_dir=str(tmp_path / "run"))
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert list((run_dir / "images").glob("step_*.png"))
+    assert list((run_dir / "logs").glob("events.out.tfevents.*"))
+    ckpt, state = model_state(run_dir)
+    assert ckpt["global_step"] == 6
+    assert ckpt["mvq_state"]["batches_trained"] == 6
+    assert len(ckpt["optimizer_states"]) == 2 and len(ckpt["lr_schedulers"]) == 2
+    assert any(k.startswith("loss.discriminator.") for k in state)
+    assert "model.quantizer.embed_ema" in state
+    # The GAN was switched on at disc_start=2: the discriminator optimizer has state.
+    assert ckpt["optimizer_states"][1]["state"]
+    out = export(run_dir, tmp_path / "vae")
+    vae = MQVAE.from_pretrained(out)
+    for key, value in vae.state_dict().items():
+        assert torch.equal(value, state["model." + key]), key
+    # Scalars that users look at are in TensorBoard.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "logs")).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ["train/l1_loss", "train/codebook_loss", "train/lr", "train/gan_weight", "train/disc_loss",
+                "val/rec_loss", "val/codebook_usage", "val/perplexity", "val/score_kept", "val/score_masked"]:
+        assert tag in tags, tag
+
+
+def test_accumulation_really_accumulates(tmp_path):
+    path = tiny_stage1_config(tmp_path, optim={"accumulate_grad_batches": 3},
+                              trainer={"max_steps": 2, "val_check_interval": 6})
+    run_dir = train(str(path), [], run_dir=str(tmp_path / "run"))
+    ckpt, _ = model_state(run_dir)
+    # 2 optimizer steps took 6 batches, and the generator's Adam saw exactly 2 steps.
+    assert ckpt["global_step"] == 2 and ckpt["mvq_state"]["batches_trained"] == 6
+    adam_steps = {float(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {2.0}
+    # lr scaling follows accumulation: base_lr × batch × devices × accumulation.
+    path = tiny_stage1_config(tmp_path, optim={"lr": None, "base_lr": 1e-4, "accumulate_grad_batches": 3},
+                              trainer={"max_steps": 1, "val_check_interval": 3})
+    run_dir = train(str(path), [], run_dir=str(tmp_path / "run2"))
+    ckpt, _ = model_state(run_dir)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1e-4 * 4 * 1 * 3)
+
+
+def test_misspelt_key_fails_before_work(tmp_path):
+    path = tiny_stage1_config(tmp_path, optim={"base_lrr": 1.0})
+    with pytest.raises(ConfigError, match="base_lrr"):
+        train(str(path), [], run_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="max_step"):
+        train(str(tiny_stage1_config(tmp_path)), ["trainer.max_step=3"], run_dir=str(tmp_path / "run"))
+    result = subprocess.run([sys.executable, "-m", "mvq.cli", "train", str(tiny_stage1_config(tmp_path)),
+                             "model.keep_ration=0.3"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1 and "keep_ration" in result.stderr and "keep_ratio" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_vgg_weights_stop_before_first_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    path = tiny_stage1_config(tmp_path, loss={"perceptual_weight": 1.0})
+    with pytest.raises(FileNotFoundError, match="vgg16-397923af.pth"):
+        train(str(path), [], run_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
+    steps = 16
+    path = tiny_stage1_config(tmp_path, trainer={"max_steps": steps, "val_check_interval": 5})
+    straight = train(str(path), [], run_dir=str(tmp_path / "straight"))
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "mvq.cli", "train", str(path), "--run-dir", str(interrupted)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 240
+    while not (interrupted / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output
+    assert "--resume" in output
+    ckpt, _ = model_state(interrupted)
+    stopped_at = ckpt["global_step"]
+    assert 2 <= stopped_at < steps
+    assert not list((interrupted / "checkpoints").glob("*.tmp"))
+
+    train(None, [], resume=str(interrupted))
+    final_a, state_a = model_state(straight)
+    final_b, state_b = model_state(interrupted)
+    assert final_b["global_step"] == steps
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key

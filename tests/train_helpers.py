@@ -1,0 +1,27 @@
+"""Small training configs and helpers shared by the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import TINY_MQVAE
+
+
+def tiny_stage1_config(tmp_path: Path, **sections) -> Path:
+    config = {
+        "model": dict(TINY_MQVAE),
+        "data": {"dataset": "synthetic", "resolution": 32, "batch_size": 4, "num_workers": 0,
+                 "num_train": 48, "num_val": 8},
+        "loss": {"perceptual_weight": 0.0, "disc_weight": 0.75, "disc_start": 2},
+        "optim": {"lr": 1e-3, "warmup_steps": 2},
+        "trainer": {"max_steps": 6, "val_check_interval": 3, "check_val_every_n_epoch": None,
+                    "num_sanity_val_steps": 0, "log_every_n_steps": 1, "enable_model_summary": False},
+        "run": {"image_every_n_steps": 3, "num_log_images": 4, "checkpoint_every_n_steps": 2, "deterministic": True},
+    }
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
