@@ -45,6 +45,7 @@ class RunConfig:
     checkpoint_every_n_steps: int = 1000
     compile: bool = False
     deterministic: bool = False
+    init_from: str | None = None  # a pretrained folder whose weights start the run (not a resume)
 
 
 # Trainer arguments that the run sets itself or that have a home elsewhere in the config.

@@ -26,9 +26,25 @@ class MQVAETraining(TrainingStateMixin, L.LightningModule):
         self.automatic_optimization = False
         self.model = MQVAE(config.model)
         self.loss = Stage1Loss(config.loss)
+        if config.run.init_from:
+            self._init_from(config.run.init_from)
         self.batches_trained = 0
         self._throughput = Throughput()
         self._reset_validation_stats()
+
+    def _init_from(self, folder: str) -> None:
+        """Start from a pretrained folder's weights (and its discriminator.safetensors, if present)."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        pretrained = MQVAE.from_pretrained(folder)
+        if pretrained.config != self.model.config:
+            raise ValueError(f"run.init_from={folder}: its model config differs from this config's model section")
+        self.model.load_state_dict(pretrained.state_dict())
+        disc = Path(folder) / "discriminator.safetensors"
+        if disc.is_file():
+            self.loss.discriminator.load_state_dict(load_file(str(disc)))
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self):
