@@ -114,3 +114,18 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
     assert final_b["global_step"] == steps
     for key in state_a:
         assert torch.equal(state_a[key], state_b[key]), key
+
+
+@pytest.mark.timeout(300)
+def test_two_process_ddp_fit_keeps_codebooks_identical(tmp_path):
+    path = tiny_stage1_config(tmp_path, trainer={"max_steps": 4, "val_check_interval": 2, "accelerator": "cpu",
+                                                 "devices": 2, "strategy": "ddp"})
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "mvq.cli", "train", str(path), "--run-dir", str(run_dir)],
+                            capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ckpt, state = model_state(run_dir)
+    assert ckpt["global_step"] == 4
+    # The learning rate is scaled by the number of devices.
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3)
+    assert state["model.quantizer.cluster_size_ema"].sum() > 0

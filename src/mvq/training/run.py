@@ -86,6 +86,10 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, ru
         datamodule = ImageDataModule(config.data, seed=config.run.seed)
         extra = [ReconstructionGrids(config.run.image_every_n_steps, config.run.num_log_images, folder / "images")]
         monitor = "val/rec_loss"
+        # Generator and discriminator each take their own backward pass, and the discriminator is idle
+        # before disc_start: data-parallel gradient sync must allow parameters unused by a pass.
+        if str(config.trainer.get("strategy", "auto")) in ("auto", "ddp"):
+            config.trainer["strategy"] = "ddp_find_unused_parameters_true" if _multi_device(config.trainer) else "auto"
     else:
         from mvq.training.stage2 import StackformerTraining, TokenDataModule
 
@@ -120,6 +124,19 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, ru
         if launched_by_us:
             os.environ.pop(RUN_DIR_ENV, None)
     return folder
+
+
+def _multi_device(trainer: dict) -> bool:
+    devices, nodes = trainer.get("devices", "auto"), int(trainer.get("num_nodes", 1))
+    if nodes > 1 or str(trainer.get("strategy", "")) == "ddp":
+        return True
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if str(devices) in ("auto", "-1"):
+        import torch
+
+        return torch.cuda.device_count() > 1 and trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    return int(devices) > 1
 
 
 class TrainingInterrupted(Exception):

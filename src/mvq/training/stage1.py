@@ -155,6 +155,13 @@ class MQVAETraining(TrainingStateMixin, L.LightningModule):
     def on_train_start(self) -> None:
         self.restore_rng_and_data_position()
 
+    def on_train_end(self) -> None:
+        """Under data parallelism every rank must hold the same codebook; check it once at the end."""
+        if self.trainer.world_size > 1:
+            codebooks = self.all_gather(self.model.quantizer.codebook)
+            if not all(torch.equal(codebooks[0], other) for other in codebooks[1:]):
+                raise RuntimeError("the codebooks of the data-parallel ranks differ")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mvq_config"] = {"stage": 1, "model": dataclass_to_dict(self.config.model)}
         self.save_training_state(checkpoint)
