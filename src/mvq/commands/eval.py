@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-WEIGHTS_HELP = ("file {name} (default: the torch hub cache, $TORCH_HOME/hub/checkpoints/); "
+WEIGHTS_HELP = (": the file {name} (default: look in the torch hub cache, $TORCH_HOME/hub/checkpoints/); "
                 "nothing is downloaded")
 
 
 def _add_common(parser: argparse.ArgumentParser, out_default: str | None) -> None:
     parser.add_argument("--inception-weights", metavar="FILE",
-                        help="torch-fidelity Inception weights " + WEIGHTS_HELP.format(
+                        help="torch-fidelity's Inception weights" + WEIGHTS_HELP.format(
                             name="weights-inception-2015-12-05-6726825d.pth"))
     parser.add_argument("--batch-size", type=int, default=50, help="images per forward pass (default: 50)")
     parser.add_argument("--num-workers", type=int, default=4, help="data loading processes (default: 4)")
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recon.add_argument("--n", type=int, default=None, metavar="N",
                        help="evaluate a seeded random subset of N images (default: all)")
     recon.add_argument("--vgg-weights", metavar="FILE",
-                       help="VGG16 weights for LPIPS " + WEIGHTS_HELP.format(name="vgg16-397923af.pth"))
+                       help="VGG16 weights for LPIPS" + WEIGHTS_HELP.format(name="vgg16-397923af.pth"))
     recon.add_argument("--no-fid", action="store_true", help="skip rFID (no Inception needed)")
     recon.add_argument("--no-lpips", action="store_true", help="skip LPIPS (no VGG16 needed)")
     _add_common(recon, "eval_recon.json")
@@ -101,7 +101,7 @@ LABELS = {
     "inception_score_mean": "Inception Score", "inception_score_std": "  ± std over splits",
     "kid_mean": "KID", "kid_std": "  ± std over subsets",
     "codebook_usage_percent": "codebook usage (%)", "codebook_perplexity": "codebook perplexity",
-    "codebook_used_codes": "codes used", "codebook_codebook_size": "codebook size",
+    "used_codes": "codes used", "codebook_size": "codebook size",
     "keep_score_kept": "mean score, kept cells", "keep_score_masked": "mean score, masked cells",
     "num_images": "images", "num_samples": "samples", "num_reference": "reference images",
 }

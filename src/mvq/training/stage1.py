@@ -144,10 +144,10 @@ class MQVAETraining(TrainingStateMixin, L.LightningModule):
         sums = torch.stack([self._kept_score_sum, self._masked_score_sum, self._kept_cells, self._masked_cells])
         sums = self.all_gather(sums)
         sums = sums.sum(0) if sums.dim() > 1 else sums
-        from mvq.training.metrics import codebook_usage
+        from mvq.evaluation.codebook import codebook_usage_from_counts
 
-        usage, perplexity = codebook_usage(counts)
-        self.log_dict({"val/codebook_usage": usage, "val/perplexity": perplexity,
+        usage = codebook_usage_from_counts(counts)
+        self.log_dict({"val/codebook_usage": usage["usage_percent"], "val/perplexity": usage["perplexity"],
                        "val/score_kept": sums[0] / sums[2].clamp_min(1),
                        "val/score_masked": sums[1] / sums[3].clamp_min(1)}, rank_zero_only=True)
 

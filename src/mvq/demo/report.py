@@ -1,0 +1,69 @@
+"""The demo's report: loss-curve plots and a self-contained `index.html`."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+
+def read_scalars(log_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """All scalar series of a TensorBoard log folder: tag → (steps, values)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
+    return {tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
+            for tag in events.Tags()["scalars"]}
+
+
+def plot_curves(series: dict[str, tuple[list[int], list[float]]], tags: list[str], title: str, path: Path) -> Path:
+    """One PNG with the given scalar tags against the training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for tag in tags:
+        if tag in series:
+            steps, values = series[tag]
+            ax.plot(steps, values, label=tag, marker="o" if len(steps) < 20 else None)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+img { image-rendering: pixelated; max-width: 100%; border: 1px solid #ccc; }
+table { border-collapse: collapse; } td, th { padding: 4px 10px; border-bottom: 1px solid #eee; text-align: left; }
+.note { color: #555; } .pass { color: #17803d; } .fail { color: #b42318; }
+"""
+
+
+def write_index(out_dir: Path, title: str, sections: list[dict], metrics: dict, checks: list[dict]) -> Path:
+    """Write `index.html`. Each section: {"title", "text", "image" (path relative to out_dir)}."""
+    rows = "".join(
+        f"<tr><td>{html.escape(c['name'])}</td><td>{c['value']:.4g}</td><td>{html.escape(c['target'])}</td>"
+        f"<td class=\"{'pass' if c['passed'] else 'fail'}\">{'pass' if c['passed'] else 'below target'}</td></tr>"
+        for c in checks)
+    body = [f"<h1>{html.escape(title)}</h1>",
+            "<p class=note>Everything on this page was produced by <code>mvq demo</code> on this machine.</p>",
+            "<h2>Quality checks</h2><table><tr><th>measure</th><th>value</th><th>target</th><th></th></tr>"
+            f"{rows}</table>"]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section['title'])}</h2><p class=note>{html.escape(section['text'])}</p>")
+        body.append(f"<img src=\"{html.escape(section['image'])}\" alt=\"{html.escape(section['title'])}\">")
+    body.append("<h2>All metrics</h2><pre>" + html.escape(json.dumps(metrics, indent=2)) + "</pre>")
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+    path = out_dir / "index.html"
+    path.write_text(page)
+    return path

@@ -1,0 +1,1 @@
+"""Training losses: perceptual (LPIPS), discriminator and the stage-1 objective."""

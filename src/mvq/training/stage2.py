@@ -1,0 +1,267 @@
+"""Stage 2: the Lightning module that trains a Stackformer on a token store (design §2.6).
+
+Batches are (codes, positions, label) rows read from a store that `mvq tokenize` wrote once;
+the MQ-VAE is only loaded to check that it made the store and to decode sample grids.
+Optimisation: AdamW with weight decay on linear weights only, warm-up + cosine, manual
+stepping so that `optim.accumulate_grad_batches` really accumulates (and skips the DDP
+all-reduce on the batches that do not step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mvq.config import dataclass_to_dict
+from mvq.models.stackformer import Stackformer
+from mvq.training.common import Throughput, TrainingStateMixin, peak_lr, schedule_for
+from mvq.training.config import Stage2Config
+from mvq.training.sampler import ResumableSampler
+
+VAL_SPLIT_SEED = 20230601  # the held-out rows depend on the store only, not on the run's seed
+
+
+def build_stackformer(config: Stage2Config) -> Stackformer:
+    """The Stackformer a stage-2 config describes (geometry already read from its MQ-VAE)."""
+    return Stackformer(config.model)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def held_out_rows(count: int, fraction: float, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, val rows) of a store of `count` rows: a fixed random `fraction` of it held out.
+
+    Rows come in groups of `group` consecutive rows (2 for stores with flipped copies: an image
+    and its mirror) that stay on the same side of the split.
+    """
+    groups = count // group
+    if groups < 2:
+        raise ValueError(f"the token store has {count} rows: too few to hold out a validation set "
+                         f"(set data.val_tokens)")
+    num_val = min(groups - 1, max(1, round(fraction * groups)))
+    order = torch.randperm(groups, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    val_groups, _ = order[:num_val].sort()
+    train_groups, _ = order[num_val:].sort()
+
+    def rows(g: torch.Tensor) -> torch.Tensor:
+        return (g[:, None] * group + torch.arange(group)).flatten()
+
+    return rows(train_groups), rows(val_groups)
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Token-store batches: `codes` and `positions` (B×K long), `label` (B long)."""
+
+    def __init__(self, data_config, seed: int = 0):
+        super().__init__()
+        self.config, self.seed = data_config, seed
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.store = None  # the training store (its header says what the tokens mean)
+        self.train_sampler: ResumableSampler | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        from mvq.data.token_store import TokenStore
+
+        if self.train_dataset is not None:
+            return
+        self.store = TokenStore(self.config.tokens)
+        if self.config.val_tokens is not None:
+            self.train_dataset, self.val_dataset = self.store, TokenStore(self.config.val_tokens)
+        else:
+            group = 2 if self.store.header.flip else 1
+            train_rows, val_rows = held_out_rows(len(self.store), self.config.val_fraction, group)
+            self.train_dataset = Subset(self.store, train_rows.tolist())
+            self.val_dataset = Subset(self.store, val_rows.tolist())
+
+    def _loader(self, dataset: Dataset, sampler: ResumableSampler, drop_last: bool) -> DataLoader:
+        workers = self.config.num_workers
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        self.train_sampler = ResumableSampler(len(self.train_dataset), self.config.batch_size, seed=self.seed,
+                                              shuffle=True, rank=trainer.global_rank, world_size=trainer.world_size)
+        return self._loader(self.train_dataset, self.train_sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = ResumableSampler(len(self.val_dataset), 1, shuffle=False, rank=trainer.global_rank,
+                                   world_size=trainer.world_size)
+        return self._loader(self.val_dataset, sampler, drop_last=False)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class StackformerTraining(TrainingStateMixin, L.LightningModule):
+    def __init__(self, config: Stage2Config):
+        super().__init__()
+        self.config = config
+        self.automatic_optimization = False
+        self.model = build_stackformer(config)
+        self.batches_trained = 0
+        self._throughput = Throughput()
+
+    def callbacks(self, folder: Path) -> list[Callback]:
+        """Extra callbacks of a stage-2 run: the store/MQ-VAE check and sample grids."""
+        run = self.config.run
+        return [SampleGrids(self.config.vae, run.image_every_n_steps, run.num_log_images,
+                            Path(folder) / "images", seed=run.seed)]
+
+    def _labels(self, batch: dict) -> torch.Tensor | None:
+        return batch["label"] if self.config.model.num_classes else None
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        optim = self.config.optim
+        lr = peak_lr(optim, self.config.data.batch_size, self.trainer.world_size)
+        groups = self.model.optimizer_groups(optim.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_for(self.trainer, optim, lr))
+        return [optimizer], [scheduler]
+
+    def _seed_step(self) -> None:
+        """Seed dropout and label dropout from (run seed, rank, batch): a resumed run draws the same masks."""
+        seed = (self.config.run.seed * 1_000_003 + self.global_rank) * 1_000_003 + self.batches_trained
+        torch.manual_seed(seed % (2 ** 63))
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        accumulate = self.config.optim.accumulate_grad_batches
+        stepping = (self.batches_trained + 1) % accumulate == 0
+        codes, positions = batch["codes"], batch["positions"]
+
+        self._seed_step()
+        no_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
+        with no_sync() if (no_sync is not None and not stepping) else contextlib.nullcontext():
+            out = self.model(codes, positions, self._labels(batch))
+            self.manual_backward(out.loss / accumulate)
+        if stepping:
+            if self.config.optim.grad_clip:
+                self.clip_gradients(optimizer, gradient_clip_val=self.config.optim.grad_clip,
+                                    gradient_clip_algorithm="norm")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        self.batches_trained += 1
+
+        self.log_dict({"train/loss": out.loss.detach(), "train/code_loss": out.code_loss.detach(),
+                       "train/position_loss": out.position_loss.detach(),
+                       "train/lr": torch.tensor(scheduler.get_last_lr()[0])}, on_step=True, logger=True)
+        self.log("loss", out.loss.detach(), prog_bar=True, logger=False)
+        rate = self._throughput.update(codes.numel() * self.trainer.world_size)
+        if rate is not None:
+            self.log("train/tokens_per_s", rate, prog_bar=False, logger=True)
+            self.log("tok/s", rate, prog_bar=True, logger=False)
+
+    # ----------------------------------------------------------------- validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.model(batch["codes"], batch["positions"], self._labels(batch))
+        self.log_dict({"val/loss": out.loss, "val/code_loss": out.code_loss,
+                       "val/position_loss": out.position_loss},
+                      on_epoch=True, sync_dist=True, batch_size=batch["codes"].shape[0])
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_train_start(self) -> None:
+        self.restore_rng_and_data_position()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mvq_config"] = {"stage": 2, "model": dataclass_to_dict(self.config.model),
+                                    "vae": self.config.vae}
+        self.save_training_state(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.load_training_state(checkpoint)
+
+
+# ----------------------------------------------------------------------------- sample grids
+
+
+def grid_labels(num_classes: int, rows: int) -> list[int]:
+    """`rows` classes spread evenly over 0..num_classes-1 (all of them when there are few)."""
+    rows = min(rows, num_classes)
+    return [math.floor(i * num_classes / rows) for i in range(rows)]
+
+
+class SampleGrids(Callback):
+    """Checks the MQ-VAE against the token store, then every N steps writes a grid of samples.
+
+    The grid's first row decodes fixed validation rows (what the model learns to produce);
+    then one row per class (spread over the classes, at most `num_images` rows) of a
+    class-conditional model, or two rows of an unconditional one. Samples use a fixed seed,
+    so grids of successive steps show the same draws as the model improves.
+    """
+
+    def __init__(self, vae_path: str, every_n_steps: int, num_images: int, out_dir: Path, seed: int = 0):
+        self.vae_path, self.every_n_steps, self.num_images = vae_path, every_n_steps, num_images
+        self.out_dir, self.seed = Path(out_dir), seed
+        self.vae = None
+        self._last_step: int | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: StackformerTraining) -> None:
+        from mvq.data.token_store import check_compatible, vae_fingerprint
+        from mvq.models.mqvae import MQVAE
+
+        if not trainer.is_global_zero:
+            return
+        vae = MQVAE.from_pretrained(self.vae_path)
+        datamodule = trainer.datamodule
+        stores = [datamodule.store]
+        if isinstance(datamodule.val_dataset, Dataset) and hasattr(datamodule.val_dataset, "header"):
+            stores.append(datamodule.val_dataset)
+        fingerprint = vae_fingerprint(vae)
+        for store in stores:
+            try:
+                check_compatible(store.header, vae.config, weights_sha256=fingerprint)
+            except ValueError as exc:
+                raise ValueError(f"{store.path}: {exc} (vae: {self.vae_path})") from None
+        self.vae = vae.to(pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps:
+            return
+        if self._last_step == step:  # several batches per step under accumulation
+            return
+        self._last_step = step
+        self.write(trainer, pl_module, step)
+
+    @torch.no_grad()
+    def rows(self, trainer: L.Trainer, model: Stackformer) -> list[torch.Tensor]:
+        """Image rows of the grid (each num_images×3×R×R in [-1, 1])."""
+        device = model.code_embedding.weight.device
+        n = self.num_images
+        val = trainer.datamodule.val_dataset
+        items = [val[i] for i in range(min(n, len(val)))]
+        rows = [self.vae.detokenize(torch.stack([it["codes"] for it in items]).to(device),
+                                    torch.stack([it["positions"] for it in items]).to(device))]
+        if len(items) < n:  # pad the reference row to the grid's width
+            rows[0] = torch.cat([rows[0], rows[0].new_ones(n - len(items), *rows[0].shape[1:])])
+        num_classes = model.config.num_classes
+        row_labels = grid_labels(num_classes, n) if num_classes else [None, None]
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        labels = None if not num_classes else torch.tensor(row_labels, device=device).repeat_interleave(n)
+        codes, positions = model.generate(n * len(row_labels), labels=labels, generator=generator)
+        samples = self.vae.detokenize(codes, positions).float()
+        rows.extend(samples.split(n))
+        return rows
+
+    def write(self, trainer: L.Trainer, pl_module: StackformerTraining, step: int) -> Path:
+        from mvq.visualize import image_grid, save_image
+
+        grid = image_grid(self.rows(trainer, pl_module.model))
+        path = save_image(grid, self.out_dir / f"step_{step:07d}.png")
+        logger = trainer.logger
+        if logger is not None and hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image"):
+            logger.experiment.add_image("samples", grid, step)
+        return path

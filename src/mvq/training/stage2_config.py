@@ -1,0 +1,150 @@
+"""The stage-2 config: a Stackformer trained on a token store made by a pretrained MQ-VAE.
+
+A stage-2 config names the MQ-VAE folder (`vae:`) and the token store (`data.tokens`); the
+codebook size, grid and K come from the MQ-VAE, so the `model:` section only holds the
+Stackformer's own architecture. Everything is checked here, before any work: the MQ-VAE
+folder, the store (complete, and made by an MQ-VAE of this geometry), and any geometry a
+config repeats anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mvq.config import ConfigError, build_dataclass
+
+# The reference release's stage-2 optimisation (configs/stage2/*.yml there): AdamW, fixed lr
+# 5e-4 (not scaled by batch size), weight decay 0.01 on linear weights, betas (0.9, 0.95),
+# no warm-up, cosine decay to 0.
+STAGE2_OPTIM_DEFAULTS = {"lr": 5.0e-4, "min_lr": 0.0, "betas": [0.9, 0.95], "weight_decay": 0.01,
+                         "warmup_epochs": 0.0}
+
+# `model:` keys that describe the tokens, not the Stackformer: they come from the MQ-VAE.
+GEOMETRY_KEYS = ("codebook_size", "grid_size", "num_tokens")
+
+TOKENIZE_HINT = "make one with `mvq tokenize --vae VAE_DIR --data DATA --out STORE`"
+
+
+@dataclass
+class TokenDataConfig:
+    """`data:` of a stage-2 config: token stores and batching (the image encoder never runs here).
+
+    Without `val_tokens`, a deterministic `val_fraction` of `tokens` is held out for validation
+    (whole images: an image and its flipped copy stay on the same side).
+    """
+
+    tokens: str | None = None
+    val_tokens: str | None = None
+    val_fraction: float = 0.01
+    batch_size: int = 4
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be 0 or more, got {self.num_workers}")
+        if self.val_tokens is None and not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1) when data.val_tokens is not set "
+                              f"(validation picks the best checkpoint), got {self.val_fraction}")
+
+
+def read_vae_config(path: str | Path) -> Any:
+    """The MQVAEConfig of a pretrained MQ-VAE folder, read from its config.json (weights not loaded)."""
+    from mvq.models.mqvae import MQVAEConfig
+    from mvq.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"vae: {folder} not found. It must be a pretrained MQ-VAE folder ({CONFIG_NAME} + "
+                          f"{WEIGHTS_NAME}), e.g. written by `mvq export STAGE1_RUN_DIR OUT_DIR`")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise ConfigError(f"vae: {folder} is not a pretrained MQ-VAE folder ({name} is missing); "
+                              f"write one with `mvq export STAGE1_RUN_DIR OUT_DIR`")
+    mapping = json.loads((folder / CONFIG_NAME).read_text())
+    model_type = mapping.pop("model_type", None)
+    if model_type != "mqvae":
+        raise ConfigError(f"vae: {folder} holds a {model_type!r} model, not an MQ-VAE")
+    return MQVAEConfig.from_mapping(mapping)
+
+
+def _open_store(path: str, key: str, vae_config: Any):
+    """A complete token store whose tokens the MQ-VAE can decode; errors name the config key."""
+    from mvq.data.token_store import TokenStore, check_compatible
+
+    try:
+        store = TokenStore(path)
+        check_compatible(store.header, vae_config)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{key}={path}: {exc}") from exc
+    return store
+
+
+def _model_section(raw_model: Any, vae_config: Any, store_classes: int) -> Any:
+    """Validate `model:` and complete it with the MQ-VAE's geometry and the store's classes."""
+    from mvq.models.stackformer import CONFIG_ALIASES, StackformerConfig
+
+    if raw_model is not None and not isinstance(raw_model, dict):
+        raise ConfigError(f"model: must be a mapping of Stackformer settings, got {raw_model!r}")
+    section = {CONFIG_ALIASES.get(k, k): v for k, v in (raw_model or {}).items()}
+    valid = [f.name for f in fields(StackformerConfig)]
+    for key in section:  # misspelt keys fail with the list of valid ones
+        if key not in valid:
+            build_dataclass(StackformerConfig, {key: section[key]}, "model")
+    geometry = {"codebook_size": vae_config.codebook_size, "grid_size": vae_config.grid_size,
+                "num_tokens": vae_config.num_tokens}
+    for key in GEOMETRY_KEYS:
+        given = section.get(key)
+        if given is not None and given != geometry[key]:
+            raise ConfigError(f"model.{key} is {given}, but the MQ-VAE (vae:) has {key} {geometry[key]}. "
+                              f"Stage 2 reads {', '.join(GEOMETRY_KEYS)} from the MQ-VAE: remove model.{key} "
+                              f"from the config or use the MQ-VAE it was meant for")
+    section.update(geometry)
+    num_classes = section.get("num_classes")
+    if num_classes is None:  # not set: as many as the token store's labels have
+        section["num_classes"] = store_classes
+    elif num_classes > 0 and num_classes != store_classes:
+        have = f"labels of {store_classes} classes" if store_classes else "no class labels"
+        raise ConfigError(f"model.num_classes is {num_classes}, but the token store (data.tokens) has {have}. "
+                          f"Set model.num_classes to {store_classes} (or leave it out), or 0 for an "
+                          f"unconditional model")
+    return build_dataclass(StackformerConfig, section, "model")
+
+
+def parse_stage2(raw: dict, *, optim: Any, trainer: dict, run: Any) -> Any:
+    """Validate a stage-2 config mapping into a Stage2Config with a complete StackformerConfig.
+
+    `optim` is rebuilt here on top of the reference's stage-2 defaults (the OptimConfig
+    defaults are stage 1's), so a config only lists what it changes.
+    """
+    from mvq.training.config import OptimConfig, Stage2Config
+
+    vae = raw.get("vae")
+    if vae in (None, ""):
+        raise ConfigError("vae: is not set. Stage 2 trains on the tokens of a pretrained MQ-VAE: add "
+                          "vae=PATH (the MQ-VAE folder written by `mvq export`) and data.tokens=STORE (its "
+                          f"token store; {TOKENIZE_HINT}) to the command line, e.g. "
+                          "`mvq train CONFIG vae=PATH data.tokens=STORE`")
+    if not isinstance(vae, str):
+        raise ConfigError(f"vae: must be the path of a pretrained MQ-VAE folder, got {vae!r}")
+    vae_config = read_vae_config(vae)
+
+    data = build_dataclass(TokenDataConfig, raw.get("data"), "data")
+    if data.tokens is None:
+        raise ConfigError(f"data.tokens is not set: give the token store to train on with data.tokens=STORE "
+                          f"({TOKENIZE_HINT})")
+    store = _open_store(data.tokens, "data.tokens", vae_config)
+    if data.val_tokens is not None:
+        _open_store(data.val_tokens, "data.val_tokens", vae_config)
+    model = _model_section(raw.get("model"), vae_config, store.header.num_classes or 0)
+
+    optim_section = dict(raw.get("optim") or {})
+    defaults = dict(STAGE2_OPTIM_DEFAULTS)
+    if "base_lr" in optim_section:  # a scaled lr was asked for: do not fix lr
+        defaults.pop("lr")
+    optim = build_dataclass(OptimConfig, {**defaults, **optim_section}, "optim")
+    return Stage2Config(model=model, data=data, vae=vae, optim=optim, trainer=trainer, run=run)
