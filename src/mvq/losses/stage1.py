@@ -115,7 +115,7 @@ class Stage1Loss(nn.Module):
 
     def gan_active(self, global_step: int) -> bool:
         """Whether the GAN terms count at this step (a caller may skip discriminator work otherwise)."""
-        return global_step >= self.config.disc_start and self.config.disc_factor > 0
+        return global_step >= self.config.disc_start and self.config.disc_factor > 0 and self.config.disc_weight > 0
 
     def adaptive_gan_weight(self, nll_loss: torch.Tensor, g_loss: torch.Tensor,
                             last_layer: torch.Tensor) -> torch.Tensor:

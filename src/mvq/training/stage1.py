@@ -75,7 +75,7 @@ class MQVAETraining(TrainingStateMixin, L.LightningModule):
         self.untoggle_optimizer(opt_g)
 
         logs = {f"train/{k}": v for k, v in g_logs.items()}
-        if self.config.loss.disc_weight > 0 and self.loss.gan_active(self.global_step):
+        if self.loss.gan_active(self.global_step):
             self.toggle_optimizer(opt_d)
             d_loss, d_logs = self.loss.discriminator_loss(images, out.reconstruction.detach(), self.global_step)
             self.manual_backward(d_loss / accumulate)
