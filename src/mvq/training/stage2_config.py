@@ -91,10 +91,10 @@ def _model_section(raw_model: Any, vae_config: Any, store_classes: int) -> Any:
     if raw_model is not None and not isinstance(raw_model, dict):
         raise ConfigError(f"model: must be a mapping of Stackformer settings, got {raw_model!r}")
     section = {CONFIG_ALIASES.get(k, k): v for k, v in (raw_model or {}).items()}
-    valid = [f.name for f in fields(StackformerConfig)]
-    for key in section:  # misspelt keys fail with the list of valid ones
-        if key not in valid:
-            build_dataclass(StackformerConfig, {key: section[key]}, "model")
+    valid = {f.name for f in fields(StackformerConfig)}
+    unknown = [key for key in section if key not in valid]
+    if unknown:  # fails naming the key, the closest valid one and the list of valid ones
+        build_dataclass(StackformerConfig, {unknown[0]: section[unknown[0]]}, "model")
     geometry = {"codebook_size": vae_config.codebook_size, "grid_size": vae_config.grid_size,
                 "num_tokens": vae_config.num_tokens}
     for key in GEOMETRY_KEYS:
@@ -107,7 +107,7 @@ def _model_section(raw_model: Any, vae_config: Any, store_classes: int) -> Any:
     num_classes = section.get("num_classes")
     if num_classes is None:  # not set: as many as the token store's labels have
         section["num_classes"] = store_classes
-    elif num_classes > 0 and num_classes != store_classes:
+    elif isinstance(num_classes, int) and num_classes > 0 and num_classes != store_classes:
         have = f"labels of {store_classes} classes" if store_classes else "no class labels"
         raise ConfigError(f"model.num_classes is {num_classes}, but the token store (data.tokens) has {have}. "
                           f"Set model.num_classes to {store_classes} (or leave it out), or 0 for an "
@@ -127,8 +127,9 @@ def parse_stage2(raw: dict, *, optim: Any, trainer: dict, run: Any) -> Any:
     if vae in (None, ""):
         raise ConfigError("vae: is not set. Stage 2 trains on the tokens of a pretrained MQ-VAE: add "
                           "vae=PATH (the MQ-VAE folder written by `mvq export`) and data.tokens=STORE (its "
-                          f"token store; {TOKENIZE_HINT}) to the command line, e.g. "
-                          "`mvq train CONFIG vae=PATH data.tokens=STORE`")
+                          f"token store; {TOKENIZE_HINT}) to the command line: "
+                          "`mvq train CONFIG vae=PATH data.tokens=STORE`, or the same key=value pairs after "
+                          "`python train.py --base CONFIG ...`")
     if not isinstance(vae, str):
         raise ConfigError(f"vae: must be the path of a pretrained MQ-VAE folder, got {vae!r}")
     vae_config = read_vae_config(vae)
