@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval", help="rFID/PSNR/SSIM/LPIPS/codebook usage of a tokenizer; FID/IS of samples",
         description="Evaluate an MQ-VAE's reconstructions (recon), generated samples (gen), or precompute "
-                    "reference statistics for FID (stats). See the README section "Evaluation protocol".")
+                    "reference statistics for FID (stats). See the README section 'Evaluation protocol'.")
     commands = parser.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
 
     recon = commands.add_parser(

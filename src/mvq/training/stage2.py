@@ -217,7 +217,7 @@ class SampleGrids(Callback):
         vae = MQVAE.from_pretrained(self.vae_path)
         datamodule = trainer.datamodule
         stores = [datamodule.store]
-        if isinstance(datamodule.val_dataset, Dataset) and hasattr(datamodule.val_dataset, "header"):
+        if hasattr(datamodule.val_dataset, "header"):  # a store of its own (data.val_tokens)
             stores.append(datamodule.val_dataset)
         fingerprint = vae_fingerprint(vae)
         for store in stores:

@@ -1,0 +1,246 @@
+"""Stackformer sampling (KV caches, constraints, guidance, batching) and `mvq sample` end to end."""
+
+import numpy as np
+import pytest
+import torch
+
+from mvq.models.stackformer import Stackformer, StackformerConfig, filter_probabilities, sample_from_logits
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread avoids waiting on busy cores for parallel regions that cannot pay off."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY = dict(codebook_size=32, grid_size=4, num_tokens=6, code_layers=2, position_layers=2, dim=32, heads=4,
+            dropout=0.0)
+
+
+def tiny_model(**overrides) -> Stackformer:
+    model = Stackformer(StackformerConfig(**{**TINY, **overrides}))
+    with torch.no_grad():  # larger weights than the init so that sampled tokens depend visibly on the inputs
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- filtering and drawing
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    p = logits.softmax(-1)[0]  # ≈ 0.644, 0.237, 0.087, 0.032
+    assert (filter_probabilities(logits, top_k=2, top_p=None)[0] > 0).tolist() == [True, True, False, False]
+    # The nucleus is the smallest prefix whose mass reaches top_p.
+    assert (filter_probabilities(logits, None, float(p[0]) + 0.01)[0] > 0).tolist() == [True, True, False, False]
+    assert (filter_probabilities(logits, None, float(p[0]) - 0.01)[0] > 0).tolist() == [True, False, False, False]
+    assert (filter_probabilities(logits, None, 1.0)[0] > 0).all()
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    logits = torch.tensor([0.0, float("-inf"), 1.0, 2.0, float("-inf")]).expand(20000, 5)
+    uniforms = (torch.arange(20000) + 0.5) / 20000
+    picks = sample_from_logits(logits, None, None, uniforms)
+    freq = torch.bincount(picks, minlength=5).float() / 20000
+    torch.testing.assert_close(freq, logits[0].softmax(-1), atol=1e-3, rtol=0)
+    # The largest uniform never lands on a forbidden trailing entry.
+    assert sample_from_logits(logits[:1], None, None, torch.tensor([1 - 1e-9])).item() == 3
+
+
+# ----------------------------------------------------------------------------- caches
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+@pytest.mark.parametrize("raster", [True, False])
+def test_cached_and_uncached_generation_agree(num_classes, raster):
+    model = tiny_model(num_classes=num_classes).double()
+    labels = [0, 2, 1, 2] if num_classes else None
+    cached = model.generate(4, labels=labels, raster_constraint=raster, generator=seeded(3), top_k=None, top_p=None)
+    uncached = model.generate(4, labels=labels, raster_constraint=raster, generator=seeded(3), top_k=None,
+                              top_p=None, use_cache=False)
+    assert torch.equal(cached[0], uncached[0]) and torch.equal(cached[1], uncached[1])
+    other = model.generate(4, labels=labels, raster_constraint=raster, generator=seeded(4), top_k=None, top_p=None)
+    assert not torch.equal(cached[0], other[0])  # the seed matters
+
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_cached_decoding_logits_equal_teacher_forcing(num_classes):
+    model = tiny_model(num_classes=num_classes)
+    labels = torch.tensor([1, 0, 2]) if num_classes else None
+    codes, positions = model.generate(3, labels=labels, generator=seeded(0))
+    with torch.no_grad():
+        forced = model(codes, positions, labels)
+        decoder = model.incremental_decoder(model.start_tokens(labels, 3, codes.device))
+        for t in range(model.config.num_tokens):
+            code_logits = decoder.code_logits()
+            position_logits = decoder.position_logits(codes[:, t])
+            decoder.append_position(positions[:, t])
+            torch.testing.assert_close(code_logits, forced.code_logits[:, t], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(position_logits, forced.position_logits[:, t], atol=1e-5, rtol=1e-5)
+    assert t == model.config.num_tokens - 1  # the last step was compared
+
+
+# ----------------------------------------------------------------------------- position constraints
+
+def _prefer_last_cell(model: Stackformer) -> Stackformer:
+    """Make the position head strongly prefer the last cell, so constraints decide the positions."""
+    with torch.no_grad():
+        model.position_norm.weight.zero_()
+        model.position_norm.bias.fill_(1.0)
+        model.position_head.weight.copy_(torch.arange(model.config.num_cells + 1.0)[:, None] / model.config.dim)
+    return model
+
+
+def test_raster_positions_ascending_and_leave_room():
+    model = _prefer_last_cell(tiny_model())
+    n, k = model.config.num_cells, model.config.num_tokens
+    codes, positions = model.generate(5, generator=seeded(0), position_top_k=None, position_top_p=None,
+                                      position_temperature=0.01)
+    assert positions.shape == (5, k) and codes.shape == (5, k)
+    assert (positions[:, 1:] > positions[:, :-1]).all()
+    # Greedy towards the end of the grid must stop early enough for every remaining step.
+    assert torch.equal(positions, torch.arange(n - k, n).expand(5, k))
+    assert ((codes >= 0) & (codes < model.config.codebook_size)).all()
+
+
+def test_positions_never_repeat():
+    model = tiny_model()
+    for raster in (True, False):
+        _, positions = model.generate(16, generator=seeded(1), raster_constraint=raster, position_top_k=None,
+                                      position_top_p=None)
+        assert ((positions >= 0) & (positions < model.config.num_cells)).all()
+        assert all(len(set(row)) == model.config.num_tokens for row in positions.tolist())
+    # Without the raster constraint the strongly preferred cells come first, in any order.
+    _, positions = _prefer_last_cell(tiny_model()).generate(2, generator=seeded(0), raster_constraint=False,
+                                                            position_top_k=1)
+    assert positions[0].tolist() == [15, 14, 13, 12, 11, 10]
+
+
+# ----------------------------------------------------------------------------- labels and guidance
+
+def test_classifier_free_guidance():
+    model = tiny_model(num_classes=4, class_dropout=0.1)
+    kwargs = dict(generator=None, top_k=None, top_p=None)
+    plain = model.generate(3, labels=[0, 1, 3], **{**kwargs, "generator": seeded(5)})
+    scale_one = model.generate(3, labels=[0, 1, 3], cfg_scale=1.0, **{**kwargs, "generator": seeded(5)})
+    guided = model.generate(3, labels=[0, 1, 3], cfg_scale=4.0, **{**kwargs, "generator": seeded(5)})
+    assert torch.equal(plain[0], scale_one[0]) and torch.equal(plain[1], scale_one[1])
+    assert not torch.equal(plain[0], guided[0])
+    # At scale 0 only the unconditional logits count: the labels stop mattering.
+    a = model.generate(3, labels=[0, 1, 3], cfg_scale=0.0, **{**kwargs, "generator": seeded(5)})
+    b = model.generate(3, labels=[2, 2, 2], cfg_scale=0.0, **{**kwargs, "generator": seeded(5)})
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="class_dropout"):
+        tiny_model(num_classes=4).generate(1, labels=[0], cfg_scale=2.0)
+
+
+def test_labels_matter_and_are_checked():
+    model = tiny_model(num_classes=4)
+    a = model.generate(4, labels=[0, 0, 0, 0], generator=seeded(2), top_k=None, top_p=None)
+    b = model.generate(4, labels=[3, 3, 3, 3], generator=seeded(2), top_k=None, top_p=None)
+    assert not torch.equal(a[0], b[0])
+    with pytest.raises(ValueError, match="class-conditional"):
+        model.generate(1)
+    with pytest.raises(ValueError, match="labels must be in 0..3"):
+        model.generate(1, labels=[4])
+    with pytest.raises(ValueError, match="unconditional"):
+        tiny_model().generate(1, labels=[0])
+
+
+def test_per_sample_generators_make_batching_irrelevant():
+    model = tiny_model(num_classes=3)
+    batch = model.generate(3, labels=[0, 1, 2], generator=[seeded(10), seeded(11), seeded(12)])
+    alone = model.generate(1, labels=[1], generator=[seeded(11)])
+    assert torch.equal(batch[0][1:2], alone[0]) and torch.equal(batch[1][1:2], alone[1])
+
+
+def test_generate_keeps_training_mode_and_has_no_dropout():
+    model = tiny_model(dropout=0.5)
+    model.train()
+    a = model.generate(2, generator=seeded(0))
+    assert model.training
+    b = model.eval().generate(2, generator=seeded(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+# ----------------------------------------------------------------------------- pipeline and command
+
+def run_sample_command(argv):
+    """`mvq sample ARGV` through the command's own parser (independent of the other commands)."""
+    import argparse
+
+    from mvq.commands import sample
+
+    parser = argparse.ArgumentParser(prog="mvq")
+    sample.register(parser.add_subparsers())
+    args = parser.parse_args(["sample", *argv])
+    return args.func(args)
+
+
+TINY_VAE = dict(resolution=16, ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=64,
+                keep_ratio=0.25, codebook_size=32, codebook_dim=8, demask_layers=1)
+
+
+@pytest.fixture
+def pretrained_pair(tmp_path):
+    from mvq.models.mqvae import MQVAE
+
+    vae = MQVAE.from_config(TINY_VAE)
+    sf = tiny_model(num_classes=3, grid_size=vae.config.grid_size, num_tokens=vae.config.num_tokens,
+                    codebook_size=vae.config.codebook_size)
+    vae.save_pretrained(tmp_path / "vae")
+    sf.save_pretrained(tmp_path / "sf")
+    return tmp_path / "sf", tmp_path / "vae"
+
+
+def test_sample_command_writes_pngs_and_npz_independent_of_batch_size(pretrained_pair, tmp_path):
+    from PIL import Image
+
+    sf_dir, vae_dir = pretrained_pair
+    for batch_size in (1, 3):
+        run_sample_command(["--stackformer", str(sf_dir), "--vae", str(vae_dir), "--n", "4", "--batch-size",
+              str(batch_size), "--labels", "2", "0", "--seed", "7", "--device", "cpu", "--out",
+              str(tmp_path / f"out{batch_size}")])
+    one = np.load(tmp_path / "out1" / "samples.npz")
+    three = np.load(tmp_path / "out3" / "samples.npz")
+    assert one["arr_0"].shape == (4, 16, 16, 3) and one["arr_0"].dtype == np.uint8
+    assert np.array_equal(one["arr_0"], three["arr_0"])
+    assert one["labels"].tolist() == [2, 0, 2, 0]
+    assert not np.array_equal(one["arr_0"][0], one["arr_0"][2])  # same label, different sample
+    pngs = sorted((tmp_path / "out3" / "images").glob("*.png"))
+    assert [p.name for p in pngs] == ["000000.png", "000001.png", "000002.png", "000003.png"]
+    assert np.array_equal(np.asarray(Image.open(pngs[3])), three["arr_0"][3])
+
+
+def test_sample_command_needs_labels_for_a_class_model(pretrained_pair, tmp_path):
+    sf_dir, vae_dir = pretrained_pair
+    with pytest.raises(ValueError, match="--classes-balanced"):
+        run_sample_command(["--stackformer", str(sf_dir), "--vae", str(vae_dir), "--n", "2", "--device", "cpu",
+                            "--out", str(tmp_path / "out")])
+    run_sample_command(["--stackformer", str(sf_dir), "--vae", str(vae_dir), "--n", "4", "--classes-balanced",
+                        "--no-png", "--device", "cpu", "--out", str(tmp_path / "balanced")])
+    saved = np.load(tmp_path / "balanced" / "samples.npz")
+    assert saved["labels"].tolist() == [0, 1, 2, 0] and saved["arr_0"].shape == (4, 16, 16, 3)
+    assert not (tmp_path / "balanced" / "images").exists()
+
+
+def test_pipeline_matches_generate_and_checks_compatibility(pretrained_pair):
+    from mvq.models.mqvae import MQVAE
+    from mvq.pipeline import MVQPipeline, balanced_labels, sample_generator, to_uint8
+
+    sf_dir, vae_dir = pretrained_pair
+    pipe = MVQPipeline.from_pretrained(sf_dir, vae_dir, device="cpu")
+    labels = balanced_labels(4, pipe.num_classes)
+    assert labels == [0, 1, 2, 0]
+    images = pipe(labels=labels, seed=3, batch_size=2)
+    codes, positions = pipe.stackformer.generate(1, labels=[1], generator=[sample_generator(3, 1)])
+    assert np.array_equal(images[1], to_uint8(pipe.vae.detokenize(codes, positions))[0])
+    other = MQVAE.from_config({**TINY_VAE, "codebook_size": 16})
+    with pytest.raises(ValueError, match="codebook_size: Stackformer 32 vs MQ-VAE 16"):
+        MVQPipeline(pipe.stackformer, other)
