@@ -28,10 +28,10 @@ DEMO_METRICS = [
 ]
 
 # Shorter settings for `--fast` (the test suite runs these).
-FAST_STAGE1 = ["trainer.max_steps=40", "trainer.val_check_interval=20", "data.num_train=640", "data.num_val=64",
-               "run.image_every_n_steps=20", "run.checkpoint_every_n_steps=20"]
-FAST_STAGE2 = ["trainer.max_steps=30", "trainer.val_check_interval=15", "run.image_every_n_steps=15",
-               "run.checkpoint_every_n_steps=15"]
+FAST_STAGE1 = ["trainer.max_steps=20", "trainer.val_check_interval=10", "data.num_train=320", "data.num_val=64",
+               "data.batch_size=16", "run.image_every_n_steps=10", "run.checkpoint_every_n_steps=10"]
+FAST_STAGE2 = ["trainer.max_steps=20", "trainer.val_check_interval=10", "run.image_every_n_steps=10",
+               "run.checkpoint_every_n_steps=10"]
 
 
 def _data_sets(run_dir: Path):
@@ -177,7 +177,7 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
     with _timed(timings, "seconds_stage2"):
         run2 = train(str(DEMO_CONFIGS / "stackformer_shapes.yaml"),
                      [f"vae={out / 'mqvae'}", f"data.tokens={out / 'tokens' / 'train'}",
-                      f"data.val_tokens={out / 'tokens' / 'val'}", f"model.num_classes={num_classes}",
+                      f"data.val_tokens={out / 'tokens' / 'val'}",
                       f"run.seed={seed}", *(FAST_STAGE2 if fast else [])],
                      run_dir=str(out / "runs" / "stackformer"))
         export(run2, out / "stackformer")
@@ -189,7 +189,7 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
         with _timed(timings, "seconds_classifier"):
             classifier, metrics["classifier_accuracy"] = train_classifier(
                 train_set, val_set, num_classes, epochs=1 if fast else 3, progress=progress,
-                max_items=1024 if fast else None)
+                max_items=256 if fast else None)
     say("evaluating: reconstructions, samples, losses")
     figures = out / "figures"
     with _timed(timings, "seconds_evaluate"):

@@ -21,14 +21,16 @@ def peak_lr(optim: OptimConfig, batch_size: int, world_size: int) -> float:
 
 def schedule_for(trainer: L.Trainer, optim: OptimConfig, lr: float) -> WarmupCosine:
     """Warm-up + cosine over the optimizer steps this fit will take."""
-    batches = trainer.estimated_stepping_batches
-    if not math.isfinite(batches):
+    per_epoch = max(1, trainer.num_training_batches // optim.accumulate_grad_batches)
+    # trainer.max_steps counts optimizer steps already; max_epochs counts passes over the data.
+    limits = [trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else math.inf,
+              per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else math.inf]
+    if not math.isfinite(min(limits)):
         raise ValueError("set trainer.max_steps or trainer.max_epochs: the lr schedule needs a length")
-    total = max(1, int(batches) // optim.accumulate_grad_batches)
+    total = max(1, int(min(limits)))
     if optim.warmup_steps is not None:
         warmup = optim.warmup_steps
     else:
-        per_epoch = max(1, trainer.num_training_batches // optim.accumulate_grad_batches)
         warmup = int(optim.warmup_epochs * per_epoch)
     return WarmupCosine(warmup, total, optim.min_lr / lr if lr > 0 else 0.0)
 

@@ -21,6 +21,11 @@ def _default_run_dir(config_path: str | Path) -> Path:
 
 
 def _use_data_folder(raw: dict, data_path: str) -> dict:
+    from mvq.training.config import config_stage
+
+    if config_stage(raw) == 2:
+        raise ConfigError("--data takes an image folder for stage 1; stage 2 reads a token store "
+                          "(make one with mvq tokenize, then pass data.tokens=STORE)")
     if not Path(data_path).is_dir():
         raise FileNotFoundError(f"--data {data_path}: no such folder")
     data = dict(raw.get("data") or {})
@@ -106,7 +111,8 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, ru
         default_root_dir=folder,
         logger=TensorBoardLogger(save_dir=str(folder), name="logs", version=""),
         callbacks=[LastCheckpoint(checkpoints, config.run.checkpoint_every_n_steps),
-                   best_checkpoint(checkpoints, monitor), TQDMProgressBar(refresh_rate=1), *extra],
+                   best_checkpoint(checkpoints, monitor), *extra,
+                   *([TQDMProgressBar(refresh_rate=1)] if config.trainer.get("enable_progress_bar", True) else [])],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         deterministic=config.run.deterministic,
