@@ -9,6 +9,7 @@ visible. Configs: the demo config and the paper config (256 px) at batch 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -59,6 +60,7 @@ def loop_step_seconds(config_path: Path, overrides: list[str], steps: int) -> fl
     timer = StepTimer()
     original = L.Trainer.__init__
 
+    @functools.wraps(original)  # keeps the signature that config validation reads
     def with_timer(self, *args, callbacks=None, **kwargs):
         original(self, *args, callbacks=[*(callbacks or []), timer], **kwargs)
 

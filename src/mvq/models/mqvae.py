@@ -5,15 +5,13 @@ An image becomes K (code, position) pairs instead of H×W codes (design §2.1–
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from mvq.config import ConfigError, build_dataclass, load_yaml
+from mvq.config import ConfigError, build_dataclass
 from mvq.models.pretrained import PretrainedMixin
 from mvq.nn import AdaptiveDemasker, AdaptiveMasker, Decoder, EMAVectorQuantizer, Encoder
 
@@ -115,19 +113,6 @@ class MQVAE(nn.Module, PretrainedMixin):
         self.decoder = Decoder(out_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult,
                                num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
                                resolution=c.resolution, dropout=c.dropout)
-
-    @classmethod
-    def from_config(cls, source: str | os.PathLike | Mapping[str, Any] | MQVAEConfig) -> "MQVAE":
-        """Build from a config object, a `model:` mapping, or a stage-1 YAML file (ours or the reference's)."""
-        if isinstance(source, MQVAEConfig):
-            return cls(source)
-        if isinstance(source, (str, Path)):
-            source = load_yaml(source)
-            if "model" not in source:
-                raise ConfigError("the config file has no 'model:' section")
-        if "model" in source and isinstance(source["model"], Mapping):
-            source = source["model"]
-        return cls(MQVAEConfig.from_mapping(source))
 
     @property
     def last_layer(self) -> torch.Tensor:

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Mapping, TypeVar
 
 import torch
 
@@ -22,11 +22,27 @@ class PretrainedMixin:
     """Adds pretrained-folder I/O to an nn.Module that has a `config` dataclass.
 
     Subclasses set `model_type` (written into config.json and checked on load, so an MQ-VAE
-    folder is never loaded as a Stackformer) and `config_class`.
+    folder is never loaded as a Stackformer) and `config_class` (a dataclass with a
+    `from_mapping` that validates a `model:` section).
     """
 
     model_type: ClassVar[str]
     config_class: ClassVar[type]
+
+    @classmethod
+    def from_config(cls: type[M], source: "str | os.PathLike | Mapping[str, Any] | Any") -> M:
+        """Build from a config object, a `model:` mapping, or a YAML file with a `model:` section."""
+        from mvq.config import ConfigError, load_yaml
+
+        if isinstance(source, cls.config_class):
+            return cls(source)
+        if isinstance(source, (str, Path)):
+            source = load_yaml(source)
+            if "model" not in source:
+                raise ConfigError("the config file has no 'model:' section")
+        if "model" in source and isinstance(source["model"], Mapping):
+            source = source["model"]
+        return cls(cls.config_class.from_mapping(source))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write config.json and model.safetensors (parameters and buffers) into `directory`."""
@@ -65,7 +81,7 @@ class PretrainedMixin:
         found = config.pop("model_type", None)
         if found != cls.model_type:
             raise ValueError(f"{directory} holds a {found!r} model, not a {cls.model_type!r} model")
-        model = cls.from_config(config)  # type: ignore[attr-defined]
+        model = cls.from_config(config)
         state = load_file(str(weights_path), device=str(map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -16,16 +16,14 @@ is the start position.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq.config import ConfigError, build_dataclass, load_yaml
+from mvq.config import ConfigError, build_dataclass
 from mvq.models.pretrained import PretrainedMixin
 from mvq.nn.transformer import KVCache, TransformerStack
 
@@ -146,19 +144,6 @@ class Stackformer(nn.Module, PretrainedMixin):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    @classmethod
-    def from_config(cls, source: str | os.PathLike | Mapping[str, Any] | StackformerConfig) -> "Stackformer":
-        """Build from a config object, a `model:` mapping, or a YAML file whose `model:` section is one."""
-        if isinstance(source, StackformerConfig):
-            return cls(source)
-        if isinstance(source, (str, Path)):
-            source = load_yaml(source)
-            if "model" not in source:
-                raise ConfigError("the config file has no 'model:' section")
-        if "model" in source and isinstance(source["model"], Mapping):
-            source = source["model"]
-        return cls(StackformerConfig.from_mapping(source))
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: weight decay on linear-layer weights only."""

@@ -1,31 +1,31 @@
-"""Lightning data module for image datasets, with a resumable training sampler."""
+"""Lightning data modules: images for stage 1; both train through a resumable sampler."""
 
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from mvq.training.sampler import ResumableSampler
 
 
-class ImageDataModule(L.LightningDataModule):
+class ResumableDataModule(L.LightningDataModule):
+    """Loaders over `train_dataset` / `val_dataset` (set by `setup`), split across ranks.
+
+    The training sampler is kept as `train_sampler` so a resumed run can skip the batches it
+    already trained on (see TrainingStateMixin).
+    """
+
     def __init__(self, data_config, seed: int = 0):
         super().__init__()
         self.config, self.seed = data_config, seed
-        self.train_dataset = self.val_dataset = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
         self.train_sampler: ResumableSampler | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        from mvq.data import build_dataset
-
-        if self.train_dataset is None:
-            self.train_dataset = build_dataset(self.config, "train")
-            self.val_dataset = build_dataset(self.config, "val")
-
-    def _loader(self, dataset, sampler=None, drop_last: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: ResumableSampler, drop_last: bool) -> DataLoader:
         workers = self.config.num_workers
         return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=workers, persistent_workers=workers > 0, pin_memory=False)
+                          num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -37,4 +37,15 @@ class ImageDataModule(L.LightningDataModule):
         trainer = self.trainer
         sampler = ResumableSampler(len(self.val_dataset), 1, shuffle=False, rank=trainer.global_rank,
                                    world_size=trainer.world_size)
-        return self._loader(self.val_dataset, sampler)
+        return self._loader(self.val_dataset, sampler, drop_last=False)
+
+
+class ImageDataModule(ResumableDataModule):
+    """Image batches: `image` (B×3×R×R in [-1, 1]) and `label`."""
+
+    def setup(self, stage: str | None = None) -> None:
+        from mvq.data import build_dataset
+
+        if self.train_dataset is None:
+            self.train_dataset = build_dataset(self.config, "train")
+            self.val_dataset = build_dataset(self.config, "val")

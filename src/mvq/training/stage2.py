@@ -16,13 +16,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Subset
 
 from mvq.config import dataclass_to_dict
 from mvq.models.stackformer import Stackformer
 from mvq.training.common import Throughput, TrainingStateMixin, peak_lr, schedule_for
 from mvq.training.config import Stage2Config
-from mvq.training.sampler import ResumableSampler
+from mvq.training.datamodule import ResumableDataModule
 
 VAL_SPLIT_SEED = 20230601  # the held-out rows depend on the store only, not on the run's seed
 
@@ -56,16 +56,10 @@ def held_out_rows(count: int, fraction: float, group: int = 1) -> tuple[torch.Te
     return rows(train_groups), rows(val_groups)
 
 
-class TokenDataModule(L.LightningDataModule):
+class TokenDataModule(ResumableDataModule):
     """Token-store batches: `codes` and `positions` (B×K long), `label` (B long)."""
 
-    def __init__(self, data_config, seed: int = 0):
-        super().__init__()
-        self.config, self.seed = data_config, seed
-        self.train_dataset: Dataset | None = None
-        self.val_dataset: Dataset | None = None
-        self.store = None  # the training store (its header says what the tokens mean)
-        self.train_sampler: ResumableSampler | None = None
+    store = None  # the training store (its header says what the tokens mean)
 
     def setup(self, stage: str | None = None) -> None:
         from mvq.data.token_store import TokenStore
@@ -80,23 +74,6 @@ class TokenDataModule(L.LightningDataModule):
             train_rows, val_rows = held_out_rows(len(self.store), self.config.val_fraction, group)
             self.train_dataset = Subset(self.store, train_rows.tolist())
             self.val_dataset = Subset(self.store, val_rows.tolist())
-
-    def _loader(self, dataset: Dataset, sampler: ResumableSampler, drop_last: bool) -> DataLoader:
-        workers = self.config.num_workers
-        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=workers, persistent_workers=workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        self.train_sampler = ResumableSampler(len(self.train_dataset), self.config.batch_size, seed=self.seed,
-                                              shuffle=True, rank=trainer.global_rank, world_size=trainer.world_size)
-        return self._loader(self.train_dataset, self.train_sampler, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = ResumableSampler(len(self.val_dataset), 1, shuffle=False, rank=trainer.global_rank,
-                                   world_size=trainer.world_size)
-        return self._loader(self.val_dataset, sampler, drop_last=False)
 
 
 # ----------------------------------------------------------------------------- training
