@@ -89,6 +89,7 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
     torch.manual_seed(100 + rank)  # each rank sees different data and draws different random numbers
     vq = EMAVectorQuantizer(32, 4)
     torch.manual_seed(0)

@@ -121,8 +121,10 @@ def test_two_process_ddp_fit_keeps_codebooks_identical(tmp_path):
     path = tiny_stage1_config(tmp_path, trainer={"max_steps": 4, "val_check_interval": 2, "accelerator": "cpu",
                                                  "devices": 2, "strategy": "ddp"})
     run_dir = tmp_path / "ddp"
+    # One thread per process: two processes with two threads each would oversubscribe two cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "mvq.cli", "train", str(path), "--run-dir", str(run_dir)],
-                            capture_output=True, text=True, timeout=280, cwd=tmp_path)
+                            capture_output=True, text=True, timeout=280, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ckpt, state = model_state(run_dir)
     assert ckpt["global_step"] == 4
