@@ -84,3 +84,35 @@ def test_cli_help_lists_commands():
     assert result.returncode == 0
     for name in ["train", "export", "tokenize", "reconstruct", "convert-original"]:
         assert name in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["class", "uncond"])
+def test_convert_original_stackformer_checkpoint(tmp_path, kind):
+    from mvq.models.stackformer import Stackformer
+
+    meta = json.loads(reference_path(f"stackformer_{kind}_tiny.json").read_text())
+    ref = meta["reference_config"]
+    transformer = {k: ref[k] for k in ("vocab_size", "position_size", "block_size", "position_layer", "value_layer",
+                                       "n_head", "n_embd", "add_absolute_position")}
+    params = {"transformer_config": {"params": transformer},
+              "first_stage_config": {"params": {
+                  "masker_config": {"params": {"topk_ratio": ref["kept"] / ref["grid"] ** 2,
+                                               "input_token_num": ref["grid"] ** 2}},
+                  "vqconfig": {"params": {"codebook_size": ref["codebook_size"]}}}}}
+    target = "models.stage2_masked.stackformer_uncond.ReverseStackformer"
+    if kind == "class":
+        params["n_classes"] = ref["n_classes"]
+        target = "models.stage2_masked.stackformer_class.ClassTransformer"
+    (tmp_path / "ref.yml").write_text(yaml.safe_dump({"model": {"target": target, "params": params}}))
+    state = load_file(reference_path(f"stackformer_{kind}_tiny_state_dict.safetensors"))
+    torch.save({"state_dict": {f"transformer.{k}": v for k, v in state.items()}}, tmp_path / "ref.ckpt")
+    with pytest.raises(SystemExit) as done:
+        main(["convert-original", str(tmp_path / "ref.ckpt"), "--config", str(tmp_path / "ref.yml"),
+              "--out", str(tmp_path / "sf")])
+    assert done.value.code == 0
+    model = Stackformer.from_pretrained(tmp_path / "sf")
+    io = load_file(reference_path(f"stackformer_{kind}_tiny_io.safetensors"))
+    with torch.no_grad():
+        out = model(io["codes"], io["positions"], io.get("labels"))
+    torch.testing.assert_close(out.code_loss, io["code_loss"].reshape(()), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.position_loss, io["position_loss"].reshape(()), atol=1e-5, rtol=0)

@@ -131,3 +131,36 @@ def test_two_process_ddp_fit_keeps_codebooks_identical(tmp_path):
     # The learning rate is scaled by the number of devices.
     assert ckpt["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3)
     assert state["model.quantizer.cluster_size_ema"].sum() > 0
+
+
+def test_training_on_a_folder_with_broken_files_names_them(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(folder / f"good{i}.png")
+    Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(folder / "cut.jpg")
+    data = (folder / "cut.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    path = tiny_stage1_config(tmp_path, trainer={"max_steps": 2, "val_check_interval": 2})
+    with pytest.warns(UserWarning) as warned:
+        run_dir = train(str(path), [], run_dir=str(tmp_path / "run"), data_path=str(folder))
+    messages = " ".join(str(w.message) for w in warned)
+    for name in ["cut.jpg", "empty.png", "notes.txt"]:
+        assert name in messages
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path):
+    path = tiny_stage1_config(tmp_path, trainer={"max_steps": 2, "val_check_interval": 2,
+                                                 "precision": "bf16-mixed"})
+    run_dir = train(str(path), [], run_dir=str(tmp_path / "run"))
+    ckpt, state = model_state(run_dir)
+    assert ckpt["global_step"] == 2
+    assert state["model.quantizer.codebook"].dtype == torch.float32
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

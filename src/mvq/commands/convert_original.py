@@ -44,14 +44,10 @@ def convert(checkpoint: str, config_path: str, out: str) -> str:
     if not isinstance(params, dict):
         raise ValueError(f"{config_path} is not a reference config (no model.params section)")
     state = load_reference_state_dict(checkpoint)
-    if "transformer_config" in params:
-        from mvq.convert.stackformer import reference_params_from_yaml, stackformer_from_original
-        from mvq.models.stackformer import Stackformer
+    from mvq.convert.stackformer import is_original_stackformer_config, load_original_stackformer
 
-        config, ours = stackformer_from_original(state, reference_params_from_yaml(raw))
-        model = Stackformer.from_config(config)
-        model.load_state_dict(ours, strict=True)
-        model.save_pretrained(out)
+    if is_original_stackformer_config(raw):
+        load_original_stackformer(state, raw).save_pretrained(out)
         return f"Stackformer → {out}"
     from safetensors.torch import save_file
 

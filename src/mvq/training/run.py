@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 from mvq.config import ConfigError, apply_overrides, load_yaml
@@ -78,6 +79,8 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, ru
     from mvq.training.config import Stage1Config
 
     folder, raw, config, checkpoint = prepare_run(config_path, overrides or [], run_dir, resume, data_path)
+    # Our checkpoints deliberately hold the state after the optimizer step (that is what resuming needs).
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         folder.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(raw), folder / "config.yaml")
