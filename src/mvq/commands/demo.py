@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", metavar="FOLDER",
                    help="use your own images (class subfolders make the Stackformer class-conditional)")
     p.add_argument("--fast", action="store_true", help="a short version (about 2 minutes)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of both training runs and of sampling (default: the configs' own)")
     p.set_defaults(func=run)
 
 

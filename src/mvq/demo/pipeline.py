@@ -133,9 +133,12 @@ def _timed(timings: dict, name: str):
     return _Timer()
 
 
-def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: bool = False, seed: int = 0,
+def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: bool = False, seed: int | None = None,
              progress: bool = True) -> dict[str, Any]:
-    """Run the whole pipeline and write the report into `out`; returns the metrics."""
+    """Run the whole pipeline and write the report into `out`; returns the metrics.
+
+    `seed` overrides the demo configs' `run.seed` (and seeds sampling); by default their own seeds are used.
+    """
     from mvq.data.token_store import TokenStore, tokenize_dataset
     from mvq.demo.classifier import predict, train_classifier
     from mvq.demo.report import plot_curves, read_scalars, write_index
@@ -149,7 +152,8 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
     for name in ["runs", "tokens", "mqvae", "stackformer", "figures"]:  # the demo regenerates its outputs
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    seed_overrides = [] if seed is None else [f"run.seed={seed}"]
+    sample_seed = 0 if seed is None else seed
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -159,7 +163,7 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
 
     say("stage 1 — training the MQ-VAE")
     with _timed(timings, "seconds_stage1"):
-        run1 = train(str(DEMO_CONFIGS / "mqvae_shapes.yaml"), [f"run.seed={seed}", *(FAST_STAGE1 if fast else [])],
+        run1 = train(str(DEMO_CONFIGS / "mqvae_shapes.yaml"), [*seed_overrides, *(FAST_STAGE1 if fast else [])],
                      run_dir=str(out / "runs" / "mqvae"), data_path=data)
         export(run1, out / "mqvae")
     vae = MQVAE.from_pretrained(out / "mqvae")
@@ -178,7 +182,7 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
         run2 = train(str(DEMO_CONFIGS / "stackformer_shapes.yaml"),
                      [f"vae={out / 'mqvae'}", f"data.tokens={out / 'tokens' / 'train'}",
                       f"data.val_tokens={out / 'tokens' / 'val'}",
-                      f"run.seed={seed}", *(FAST_STAGE2 if fast else [])],
+                      *seed_overrides, *(FAST_STAGE2 if fast else [])],
                      run_dir=str(out / "runs" / "stackformer"))
         export(run2, out / "stackformer")
 
@@ -205,10 +209,10 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
         per_class = 4 if fast else SAMPLES_PER_CLASS
         if num_classes:
             wanted = [c for c in range(num_classes) for _ in range(per_class)]
-            samples = pipeline(labels=wanted, seed=seed, batch_size=64)
+            samples = pipeline(labels=wanted, seed=sample_seed, batch_size=64)
         else:
             wanted = None
-            samples = pipeline(n=4 * per_class, seed=seed, batch_size=64)
+            samples = pipeline(n=4 * per_class, seed=sample_seed, batch_size=64)
         metrics["num_samples"] = len(samples)
         sample_tensor = torch.from_numpy(samples).permute(0, 3, 1, 2).float() / 127.5 - 1
         n_rows = max(num_classes, 4)
