@@ -52,10 +52,9 @@ def save_image(grid: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
-def reconstruction_rows(model, images: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+def reconstruction_rows(model, images: torch.Tensor) -> list[torch.Tensor]:
     """Inputs, reconstructions, keep-mask overlays and score heat-maps for a batch (model in eval mode)."""
     with torch.no_grad():
         out = model(images)
-    rows = [images, out.reconstruction.float().clamp(-1, 1), keep_mask_overlay(images, out.keep_mask),
+    return [images, out.reconstruction.float().clamp(-1, 1), keep_mask_overlay(images, out.keep_mask),
             score_heatmap(images, out.scores)]
-    return rows, {"output": out}

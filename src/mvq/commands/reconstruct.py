@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start: start + args.batch_size]
         images = torch.stack([transform(load_rgb(p)) for p in chunk]).to(device)
-        rows, _ = reconstruction_rows(model, images)
+        rows = reconstruction_rows(model, images)
         all_rows.append([r.cpu() for r in rows])
         for i, path in enumerate(chunk):
             for name, row in zip(["reconstruction", "keep_mask", "scores"], rows[1:]):

@@ -199,7 +199,7 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
     with _timed(timings, "seconds_evaluate"):
         recon_metrics, held_out = evaluate_reconstruction(vae, val_set)
         metrics.update(recon_metrics)
-        rows, _ = reconstruction_rows(vae, held_out["images"][:12])
+        rows = reconstruction_rows(vae, held_out["images"][:12])
         save_image(image_grid(rows), figures / "reconstructions.png")
 
         stackformer = Stackformer.from_pretrained(out / "stackformer")

@@ -5,7 +5,7 @@ An image becomes K (code, position) pairs instead of H×W codes (design §2.1–
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -90,7 +90,6 @@ class MQVAEOutput:
     positions: torch.Tensor       # B×K long, ascending
     keep_mask: torch.Tensor       # B×H×W bool
     scores: torch.Tensor          # B×H×W, score-network output in (0, 1)
-    extras: dict = field(default_factory=dict)
 
 
 class MQVAE(nn.Module, PretrainedMixin):
@@ -151,7 +150,7 @@ class MQVAE(nn.Module, PretrainedMixin):
         return self.decode_tokens(codes, positions)
 
     def decode_tokens(self, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Differentiable-free decode path shared by `detokenize` and samplers."""
+        """Codes at positions → images; the decode path behind `detokenize` (without its input checks)."""
         n = self.config.num_cells
         keep_mask = torch.zeros(codes.shape[0], n, dtype=torch.bool, device=codes.device)
         keep_mask.scatter_(1, positions, True)

@@ -85,7 +85,7 @@ class ReconstructionGrids(Callback):
         model = pl_module.model
         was_training = model.training
         model.eval()
-        rows, _ = reconstruction_rows(model, self._fixed_images(trainer).to(pl_module.device))
+        rows = reconstruction_rows(model, self._fixed_images(trainer).to(pl_module.device))
         model.train(was_training)
         grid = image_grid(rows)
         path = save_image(grid, self.out_dir / f"step_{step:07d}.png")

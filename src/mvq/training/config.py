@@ -151,11 +151,16 @@ def parse_training_config(raw: dict) -> Stage1Config | Stage2Config:
     return parse_stage2(raw, optim=optim, trainer=trainer, run=run)
 
 
+def reject_reference_layout(raw: dict, path: str | Path) -> None:
+    """Training reads mvq's own configs; the reference's layout is for building models only."""
+    if isinstance(raw.get("model"), dict) and "params" in raw["model"]:
+        raise ConfigError(f"{path} is in the reference release's layout; train from mvq's own configs "
+                          "(configs/stage1, configs/stage2). MQVAE.from_config reads the reference layout for models.")
+
+
 def load_training_config(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, Stage1Config | Stage2Config]:
     """Read, override and validate a training config; returns (resolved mapping, parsed config)."""
     raw = load_yaml(path)
-    if "model" in raw and isinstance(raw["model"], dict) and "params" in raw["model"]:
-        raise ConfigError(f"{path} is in the reference release's layout; mvq trains from its own configs "
-                          "(configs/stage1, configs/stage2). MQVAE.from_config reads the reference layout for models.")
+    reject_reference_layout(raw, path)
     raw = apply_overrides(raw, overrides or [])
     return raw, parse_training_config(raw)

@@ -37,7 +37,7 @@ def _use_data_folder(raw: dict, data_path: str) -> dict:
 def prepare_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None,
                 data_path: str | None) -> tuple[Path, dict, object, Path | None]:
     """Resolve and validate everything before any work: (run folder, raw config, parsed config, checkpoint)."""
-    from mvq.training.config import parse_training_config
+    from mvq.training.config import parse_training_config, reject_reference_layout
 
     if resume:
         folder = Path(resume)
@@ -53,10 +53,9 @@ def prepare_run(config_path: str | None, overrides: list[str], run_dir: str | No
         return folder, raw, parse_training_config(raw), checkpoint
     if not config_path:
         raise ConfigError("give a config file (mvq train CONFIG) or --resume RUN_DIR")
-    raw = apply_overrides(load_yaml(config_path), overrides)
-    if isinstance(raw.get("model"), dict) and "params" in raw["model"]:
-        raise ConfigError(f"{config_path} is in the reference release's layout; train from mvq's own configs "
-                          "(configs/stage1, configs/stage2)")
+    raw = load_yaml(config_path)
+    reject_reference_layout(raw, config_path)
+    raw = apply_overrides(raw, overrides)
     if data_path:
         raw = _use_data_folder(raw, data_path)
     parsed = parse_training_config(raw)
