@@ -16,6 +16,15 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread avoids waiting on busy cores for parallel regions that cannot pay off."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def reference_path(name: str) -> Path:
     """A file of the reference fixtures beside the project (shared/reference)."""
     path = REFERENCE / name

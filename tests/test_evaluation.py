@@ -23,14 +23,9 @@ from mvq.evaluation import (GaussianAccumulator, ImageSet, InceptionV3, codebook
 from mvq.weights import INCEPTION, VGG16, MissingWeightsError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """2048×2048 eigen-decompositions and Inception convolutions on one thread: on a busy machine,
-    spinning worker threads make them many times slower than a single thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# 2048×2048 eigen-decompositions and Inception convolutions run on one thread: on a busy machine,
+# spinning worker threads make them many times slower than a single thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

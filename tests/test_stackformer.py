@@ -14,13 +14,7 @@ from mvq.nn.transformer import TransformerStack
 
 from tests.conftest import reference_path
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids waiting on busy cores for parallel regions that cannot pay off."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(codebook_size=32, grid_size=4, num_tokens=6, code_layers=2, position_layers=1, dim=32, heads=4,
