@@ -32,8 +32,9 @@ def balanced_labels(n: int, num_classes: int) -> list[int]:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """B×3×R×R images in [-1, 1] → B×R×R×3 uint8 (the layout FID evaluators read)."""
-    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+    from mvq.evaluation.image_metrics import to_uint8 as quantize
+
+    return quantize(images.float()).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class MVQPipeline:

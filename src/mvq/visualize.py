@@ -8,11 +8,6 @@ import torch
 import torch.nn.functional as F
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """B×3×H×W in [-1, 1] → B×H×W×3 uint8."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
-
-
 def keep_mask_overlay(images: torch.Tensor, keep_mask: torch.Tensor, dim: float = 0.25) -> torch.Tensor:
     """Masked cells darkened to `dim` brightness, kept cells as they are (images in [-1, 1])."""
     mask = F.interpolate(keep_mask.float().unsqueeze(1), size=images.shape[-2:], mode="nearest")
