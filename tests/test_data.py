@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from mvq.config import ConfigError, build_dataclass
 from mvq.data import DataConfig, SkippedFilesWarning, build_dataset, folder_dataset, load_rgb
-from mvq.data.synthetic import SHAPE_KINDS, SyntheticShapes
+from mvq.data.synthetic import SHAPE_KINDS, SyntheticShapes, signed_distance
 from mvq.data.transforms import eval_transform
 
 # ------------------------------------------------------------------------ synthetic
@@ -47,8 +47,12 @@ def test_synthetic_labels_and_masks_agree_with_the_shapes():
     data = SyntheticShapes(120, resolution=64, seed=1)
     single_shape_checked = 0
     for i in range(len(data)):
-        _, shapes = data.layout(i)
+        background, shapes = data.layout(i)
         image, mask, label = data.render(i)
+        # away from every shape's edge band the image is the flat background colour
+        xs, ys = np.meshgrid(np.arange(64) + 0.5, np.arange(64) + 0.5)
+        outside = np.all([signed_distance(s, xs, ys) > 0.5 for s in shapes], axis=0)
+        np.testing.assert_allclose(image[outside], np.broadcast_to(background, image[outside].shape), atol=1e-6)
         largest = max(shapes, key=lambda s: s.area)
         assert label == largest.kind == data[i]["label"]
         assert largest is shapes[-1]  # the main shape is drawn last, fully visible

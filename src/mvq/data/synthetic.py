@@ -1,8 +1,7 @@
-"""Built-in synthetic images: a few coloured shapes on a smooth background.
+"""Built-in synthetic images: a few coloured shapes on a plain background.
 
 Each image holds one large "main" shape and up to two smaller distractors, each in one of
-eight saturated bright colours, over a dim, low-saturation background with a soft linear
-gradient.
+eight saturated bright colours, over a flat, dim, low-saturation background colour.
 The class label is the kind of the largest shape (always the main one: the size ranges are
 chosen so that its area exceeds any distractor's, and it is drawn on top). The foreground mask
 marks every shape pixel. Image `index` of a split is a pure function of (seed, split, index),
@@ -70,15 +69,6 @@ class Shape:
         return SHAPE_KINDS[self.kind]
 
 
-@dataclass(frozen=True)
-class Background:
-    """A base colour brightened along one direction (± gradient_amplitude across the image)."""
-
-    colour: tuple[float, float, float]
-    gradient_angle: float
-    gradient_amplitude: float
-
-
 def _rgb(hue: float, saturation: float, value: float) -> tuple[float, float, float]:
     return tuple(float(c) for c in colorsys.hsv_to_rgb(hue, saturation, value))
 
@@ -143,16 +133,12 @@ class SyntheticShapes(Dataset):
         colour = PALETTE[int(rng.integers(len(PALETTE)))]
         return Shape(kind, float(x), float(y), radius, angle, colour)
 
-    def layout(self, index: int) -> tuple[Background, list[Shape]]:
-        """The background and shapes of image `index`, shapes in drawing order (main last)."""
+    def layout(self, index: int) -> tuple[tuple[float, float, float], list[Shape]]:
+        """The background colour and shapes of image `index`, shapes in drawing order (main last)."""
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} synthetic images")
         rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], index])
-        background = Background(
-            colour=_rgb(rng.uniform(), rng.uniform(0.0, 0.35), rng.uniform(0.2, 0.45)),
-            gradient_angle=float(rng.uniform(0, 2 * math.pi)),
-            gradient_amplitude=float(rng.uniform(0.05, 0.15)),
-        )
+        background = _rgb(rng.uniform(), rng.uniform(0.0, 0.35), rng.uniform(0.2, 0.45))
         main = self._random_shape(rng, MAIN_RADIUS)
         distractors = [self._random_shape(rng, DISTRACTOR_RADIUS)
                        for _ in range(int(rng.integers(MAX_DISTRACTORS + 1)))]
@@ -163,17 +149,10 @@ class SyntheticShapes(Dataset):
         shapes = self.layout(index)[1]
         return max(shapes, key=lambda s: s.area).kind
 
-    def _background(self, background: Background) -> np.ndarray:
-        u = self._xs / self.resolution - 0.5
-        v = self._ys / self.resolution - 0.5
-        ramp = 2 * (u * math.cos(background.gradient_angle) + v * math.sin(background.gradient_angle))
-        colour = np.asarray(background.colour, np.float32)
-        return (colour + (background.gradient_amplitude * ramp)[..., None]).astype(np.float32)
-
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Image `index` as (H×W×3 float32 in [0, 1], H×W bool foreground mask, label)."""
         background, shapes = self.layout(index)
-        image = self._background(background)
+        image = np.broadcast_to(np.asarray(background, np.float32), (*self._xs.shape, 3)).copy()
         foreground = np.zeros(image.shape[:2], np.float32)
         for shape in shapes:
             # one pixel of anti-aliasing: coverage goes 1 -> 0 as the distance goes -0.5 -> 0.5
