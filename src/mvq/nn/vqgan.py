@@ -99,11 +99,13 @@ class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        # a buffer so that it moves with the module (no host-to-device copy per call); not saved
+        self.register_buffer("phase_taps", torch.tensor(_PHASE_TAPS), persistent=False)
 
     def phase_kernels(self) -> torch.Tensor:
         """The 2×2 kernel of every output phase: 2 (row phase) × 2 (column phase) × C_out × C_in × 2 × 2."""
         w = self.conv.weight
-        taps = torch.tensor(_PHASE_TAPS, dtype=w.dtype, device=w.device)
+        taps = self.phase_taps.to(w.dtype)
         return torch.einsum("apy,oiyx,bqx->aboipq", taps, w, taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
