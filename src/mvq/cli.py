@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from mvq.errors import UserError
+
 COMMANDS = ["train", "export", "tokenize", "reconstruct", "sample", "eval", "demo", "convert_original"]
 
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         result = args.func(args)
     except KeyboardInterrupt:
         raise SystemExit(130)
-    except (FileNotFoundError, ValueError) as exc:
+    except (UserError, FileNotFoundError, ValueError) as exc:
         # Bad input the user can fix: one clear line, no traceback.
         print(f"mvq {args.command}: error: {exc}", file=sys.stderr)
         raise SystemExit(1)

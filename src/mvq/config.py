@@ -14,10 +14,12 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from mvq.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message says what is wrong and how to fix it."""
 
 

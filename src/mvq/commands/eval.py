@@ -150,7 +150,7 @@ def run_recon(args: argparse.Namespace) -> int:
 
     from mvq.evaluation import InceptionV3, evaluate_reconstruction
     from mvq.evaluation.datasets import evaluation_dataset
-    from mvq.evaluation.distributed import init_from_environment, rank_and_world_size
+    from mvq.distributed import init_from_environment, rank_and_world_size
     from mvq.losses.perceptual import LPIPS
     from mvq.models.mqvae import MQVAE
 

@@ -76,7 +76,7 @@ class GaussianAccumulator:
 
     def all_reduce(self) -> None:
         """Sum the statistics over all ranks (no-op without an initialised process group)."""
-        from mvq.evaluation.distributed import all_reduce_sum
+        from mvq.distributed import all_reduce_sum
 
         self.count, self.sum, self.outer = all_reduce_sum(self.count, self.sum, self.outer)
 

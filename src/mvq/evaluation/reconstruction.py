@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mvq.evaluation.codebook import codebook_usage_from_counts
-from mvq.evaluation.distributed import all_reduce_sum, rank_and_world_size
+from mvq.distributed import all_reduce_sum, rank_and_world_size
 from mvq.evaluation.frechet import GaussianAccumulator, frechet_distance
 from mvq.evaluation.image_metrics import from_uint8, psnr, ssim, to_uint8
 from mvq.evaluation.images import evaluation_indices

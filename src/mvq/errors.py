@@ -1,0 +1,12 @@
+"""The one error type for input a user can get wrong.
+
+Raise `UserError` (or a subclass, like `mvq.config.ConfigError`) with a message that says what
+is wrong and what to do; the `mvq` command prints it as one line and exits 1, no traceback.
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input, a missing file, a refused action: the message is for the user."""
