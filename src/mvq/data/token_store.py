@@ -215,13 +215,9 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
 
 
 def vae_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 over a model's state dict (names, dtypes, shapes, bytes): identifies its weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    from mvq.models.pretrained import weights_fingerprint
+
+    return weights_fingerprint(model)
 
 
 # ----------------------------------------------------------------------------- writing
