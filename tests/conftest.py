@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -33,4 +32,17 @@ def reference_path(name: str) -> Path:
     return path
 
 
-os.environ.setdefault("MVQ_TEST", "1")
+# `make test-fast` runs `-m "not slow"`; a test slower than this belongs under the `slow` marker.
+SLOW_TEST_SECONDS = 5.0
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Name the unmarked tests that took longer than SLOW_TEST_SECONDS, so the fast subset stays fast."""
+    slow = []
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        if report.when == "call" and report.duration > SLOW_TEST_SECONDS and "slow" not in report.keywords:
+            slow.append(f"{report.duration:5.1f}s {report.nodeid}")
+    if slow:
+        terminalreporter.section(f"tests over {SLOW_TEST_SECONDS:.0f} s without @pytest.mark.slow")
+        for line in sorted(slow, reverse=True):
+            terminalreporter.write_line(line)

@@ -1,4 +1,6 @@
+import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +12,25 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from mvq.cli import main
-from mvq.commands.reference_args import translate
+from mvq.cli import COMMANDS, build_parser, main, parse_arguments
+from mvq.convert.train_args import translate
 from mvq.models.mqvae import MQVAE
 from tests.conftest import TINY_MQVAE, reference_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_convert_original_mqvae_checkpoint(tmp_path):
+class _MakesFolderWhenUnpickled:
+    """Stands for a crafted pickle: unpickling it calls os.mkdir (any callable would do)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def _reference_mqvae_files(tmp_path: Path, **extra) -> tuple[Path, Path]:
     meta = json.loads(reference_path("mqvae_tiny.json").read_text())
     ref = meta["reference_config"]
     config = {"model": {"target": "models.stage1_masked.mqvae.MaskedVectorQuantizationModel", "params": {
@@ -26,11 +38,15 @@ def test_convert_original_mqvae_checkpoint(tmp_path):
         "masker_config": {"params": ref["masker"]}, "demasker_config": {"params": ref["demasker"]},
         "vqconfig": {"params": ref["vq"]}}}}
     (tmp_path / "ref.yml").write_text(yaml.safe_dump(config))
-    torch.save({"state_dict": load_file(reference_path("mqvae_tiny_state_dict.safetensors")), "epoch": 3},
+    torch.save({"state_dict": load_file(reference_path("mqvae_tiny_state_dict.safetensors")), **extra},
                tmp_path / "ref.ckpt")
+    return tmp_path / "ref.ckpt", tmp_path / "ref.yml"
+
+
+def test_convert_original_mqvae_checkpoint(tmp_path):
+    checkpoint, config = _reference_mqvae_files(tmp_path, epoch=3)
     with pytest.raises(SystemExit) as done:
-        main(["convert-original", str(tmp_path / "ref.ckpt"), "--config", str(tmp_path / "ref.yml"),
-              "--out", str(tmp_path / "vae")])
+        main(["convert-original", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "vae")])
     assert done.value.code == 0
     model = MQVAE.from_pretrained(tmp_path / "vae")
     io = load_file(reference_path("mqvae_tiny_io.safetensors"))
@@ -38,6 +54,28 @@ def test_convert_original_mqvae_checkpoint(tmp_path):
         out = model(io["images"])
     assert torch.equal(out.positions, io["positions"]) and torch.equal(out.codes, io["codes"])
     torch.testing.assert_close(out.reconstruction, io["reconstruction"], atol=1e-4, rtol=0)
+
+
+def test_convert_original_refuses_a_checkpoint_that_would_run_code(tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    checkpoint, config = _reference_mqvae_files(tmp_path, hyper_parameters=_MakesFolderWhenUnpickled(str(marker)))
+    with pytest.raises(SystemExit) as done:
+        main(["convert-original", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "vae")])
+    assert done.value.code == 1 and not marker.exists() and not (tmp_path / "vae").exists()
+    err = capsys.readouterr().err
+    assert "--trust-checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_convert_original_reads_other_objects_only_when_trusted(tmp_path, capsys):
+    checkpoint, config = _reference_mqvae_files(tmp_path, hyper_parameters=argparse.Namespace(lr=4.5e-6))
+    command = ["convert-original", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "vae")]
+    with pytest.raises(SystemExit) as done:
+        main(command)
+    assert done.value.code == 1 and "--trust-checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--trust-checkpoint"])
+    assert done.value.code == 0
+    assert MQVAE.from_pretrained(tmp_path / "vae").config.num_tokens > 0
 
 
 def test_reconstruct_writes_overlays(tmp_path):
@@ -62,21 +100,129 @@ def test_reconstruct_writes_overlays(tmp_path):
 
 
 def test_train_py_translates_seed_commands():
-    args = translate("--gpus -1 --base configs/stage1/mqvae_imagenet_f8_r25.yml --max_epochs 50".split())
+    args = translate("--gpus -1 --base configs/stage1/mqvae_imagenet_f8_r25.yml --max_epochs 50".split(),
+                     gpu_available=True)
     assert args == ["train", "configs/stage1/mqvae_imagenet_f8_r25.yaml", "trainer.accelerator=gpu",
                     "trainer.devices=-1", "trainer.max_epochs=50"]
     args = translate(["--base", "configs/stage1/mqvae_imagenet_f8_r30.yml", "--gpus", "0,1,",
-                      "model.params.masker_config.params.topk_ratio=0.3"])
+                      "model.params.masker_config.params.topk_ratio=0.3"], gpu_available=True)
     assert "trainer.devices=[0,1]" in args and "model.keep_ratio=0.3" in args
+    # Lightning 1.x's "0," is GPU index 0, "0" is the CPU; overrides may sit anywhere, even right after --base.
+    assert translate(["--gpus", "0,", "--base", "configs/stage1/mqvae_small.yml"], gpu_available=True)[2:] == [
+        "trainer.accelerator=gpu", "trainer.devices=[0]"]
+    args = translate(["--base", "configs/stage1/mqvae_small.yml", "a.b=1", "--gpus", "0", "-l", "LOGS", "c.d=2"],
+                     gpu_available=False)
+    assert args == ["train", "configs/stage1/mqvae_small.yaml", "--run-dir", "LOGS", "trainer.accelerator=cpu",
+                    "a.b=1", "c.d=2"]
 
 
+@pytest.mark.slow
 def test_train_py_runs_as_written_up_to_the_data(tmp_path):
     # The seed's command reaches the dataset check: ImageNet's root has to be given.
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--gpus", "-1", "--base",
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--gpus", "0", "--base",
                              "configs/stage1/mqvae_imagenet_f8_r25.yml", "--max_epochs", "50"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert "data.root" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_py_without_a_gpu_says_so_in_one_line():
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--gpus", "-1", "--base",
+                             "configs/stage1/mqvae_imagenet_f8_r25.yml", "--max_epochs", "50"],
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "no GPU" in result.stderr and "--gpus 0" in result.stderr
+
+
+def _image_folder(root: Path, classes: int, per_class: int, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"n{c:08d}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(
+                root / f"n{c:08d}" / f"{i}.png")
+    return root
+
+
+TINY_MODEL_OVERRIDES = ["model.resolution=32", "model.ch=32", "model.ch_mult=[1,2,2]", "model.num_res_blocks=1",
+                        "model.attn_resolutions=[8]", "model.z_channels=64", "model.codebook_size=64",
+                        "model.codebook_dim=16", "model.demask_layers=2", "data.resolution=32", "data.batch_size=2",
+                        "data.num_workers=0", "loss.perceptual_weight=0", "trainer.max_steps=1",
+                        "trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=1",
+                        "trainer.enable_model_summary=false", "run.image_every_n_steps=1000"]
+
+
+@pytest.mark.slow
+def test_seed_readme_command_lines_train_one_step_through_train_py(tmp_path):
+    """The seed README's stage-1 command lines, as written apart from --gpus 0 and tiny-size overrides."""
+    imagenet = tmp_path / "ImageNet"
+    _image_folder(imagenet / "train", classes=2, per_class=2)
+    _image_folder(imagenet / "val", classes=2, per_class=1)
+    folder = _image_folder(tmp_path / "photos", classes=1, per_class=3)
+    commands = [
+        ["--gpus", "0", "--base", "configs/stage1/mqvae_imagenet_f8_r25.yml", "--max_epochs", "50",
+         f"data.root={imagenet}", *TINY_MODEL_OVERRIDES, "-l", str(tmp_path / "imagenet_run")],
+        # The issue's form: options, then -l, then overrides; also the reference's topk_ratio key.
+        ["--gpus", "0", "--base", "configs/stage1/mqvae_small.yml", "--max_epochs", "50", "-l",
+         str(tmp_path / "small_run"), "data.dataset=folder", f"data.root={folder}", *TINY_MODEL_OVERRIDES,
+         "model.params.masker_config.params.topk_ratio=0.5"],
+    ]
+    for command in commands:
+        result = subprocess.run([sys.executable, str(ROOT / "train.py"), *command], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    for run, keep in [("imagenet_run", 0.25), ("small_run", 0.5)]:
+        saved = yaml.safe_load((tmp_path / run / "config.yaml").read_text())
+        assert saved["trainer"]["max_epochs"] == 50 and saved["trainer"]["max_steps"] == 1
+        assert saved["trainer"]["accelerator"] == "cpu" and saved["model"]["keep_ratio"] == keep
+        assert (tmp_path / run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_train_overrides_are_accepted_anywhere_on_the_line():
+    parser = build_parser()
+    args = parse_arguments(parser, ["train", "cfg.yaml", "a=1", "--data", "DIR", "b=2", "--run-dir", "RUN", "c=3"])
+    assert (args.config, args.overrides, args.data, args.run_dir) == ("cfg.yaml", ["a=1", "b=2", "c=3"], "DIR", "RUN")
+    args = parse_arguments(parser, ["train", "--data", "DIR", "cfg.yaml", "trainer.max_steps=10"])
+    assert (args.config, args.overrides) == ("cfg.yaml", ["trainer.max_steps=10"])
+    with pytest.raises(SystemExit) as done:  # unknown options are still refused
+        parse_arguments(parser, ["train", "cfg.yaml", "--no-such-option", "a=1"])
+    assert done.value.code == 2
+    with pytest.raises(SystemExit) as done:  # and a command without overrides takes none
+        parse_arguments(parser, ["convert-original", "CKPT", "--config", "Y", "--out", "OUT", "a=1"])
+    assert done.value.code == 2
+
+
+@pytest.mark.slow
+def test_train_override_after_options_reaches_the_config(tmp_path, capsys):
+    from tests.train_helpers import tiny_stage1_config
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", str(tiny_stage1_config(tmp_path)), "--run-dir", str(tmp_path / "run"), "model.codebook_size=0"])
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert "model.codebook_size must be at least 1" in err and len(err.strip().splitlines()) == 1
+
+
+def _subcommand_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths.append(prefix + (name,))
+                paths += _subcommand_paths(sub, prefix + (name,))
+    return paths
+
+
+def test_every_command_prints_its_help(capsys):
+    paths = _subcommand_paths(build_parser())
+    assert {(name.replace("_", "-"),) for name in COMMANDS} <= set(paths)
+    for path in paths:
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        assert done.value.code == 0, path
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: mvq {' '.join(path)}"), (path, out[:200])
 
 
 def test_cli_help_lists_commands():
@@ -84,6 +230,14 @@ def test_cli_help_lists_commands():
     assert result.returncode == 0
     for name in ["train", "export", "tokenize", "reconstruct", "convert-original"]:
         assert name in result.stdout
+
+
+def test_a_command_module_that_fails_to_import_is_an_error(monkeypatch):
+    import mvq.cli
+
+    monkeypatch.setattr(mvq.cli, "COMMANDS", [*mvq.cli.COMMANDS, "no_such_command"])
+    with pytest.raises(ModuleNotFoundError, match="no_such_command"):
+        build_parser()
 
 
 @pytest.mark.parametrize("kind", ["class", "uncond"])

@@ -1,7 +1,9 @@
 """Datasets: synthetic shapes, image reading and skipping, ImageNet / FFHQ / folder layouts."""
 
 import io
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ from torch.utils.data import DataLoader
 from mvq.config import ConfigError, build_dataclass
 from mvq.data import DataConfig, SkippedFilesWarning, build_dataset, folder_dataset, load_rgb
 from mvq.data.synthetic import SHAPE_KINDS, SyntheticShapes, signed_distance
+from mvq.data.discovery import FolderLinkWarning, list_files
 from mvq.data.transforms import eval_transform
+from mvq.errors import UserError
 
 # ------------------------------------------------------------------------ synthetic
 
@@ -307,3 +311,91 @@ def test_folder_with_class_subfolders_and_splits(tmp_path):
     with pytest.raises(FileNotFoundError, match="no readable images"):
         (tmp_path / "none").mkdir()
         folder_dataset(tmp_path / "none", 16, train=True)
+
+
+# ------------------------------------------------------------------------ file discovery
+
+
+def test_symlink_loop_is_read_once_and_reported(tmp_path):
+    root = tmp_path / "images"
+    save(rgb_image(seed=1), root / "a.png")
+    save(rgb_image(seed=2), root / "sub" / "b.png")
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    with pytest.warns(FolderLinkWarning, match="loop"):
+        data = folder_dataset(root, 16, train=True)
+    assert sorted(p.name for p in data.files) == ["a.png", "b.png"]
+
+
+@pytest.mark.timeout(60)
+def test_two_symlink_loops_do_not_hang(tmp_path):
+    root = tmp_path / "images"
+    save(rgb_image(seed=1), root / "x" / "a.png")
+    save(rgb_image(seed=2), root / "y" / "b.png")
+    (root / "x" / "up").symlink_to(root, target_is_directory=True)
+    (root / "y" / "up").symlink_to(root, target_is_directory=True)
+    with pytest.warns(FolderLinkWarning, match="2 folder link"):
+        data = folder_dataset(root, 16, train=True)
+    assert len(data) == 2 and data.classes == ["x", "y"]
+
+
+def test_linked_folders_are_followed_once_per_real_folder(tmp_path):
+    save(rgb_image(seed=3), tmp_path / "elsewhere" / "c.png")
+    root = tmp_path / "images"
+    save(rgb_image(seed=1), root / "a.png")
+    (root / "link1").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "link2").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.warns(FolderLinkWarning, match="link2"):
+        files = list_files(root)
+    assert [p.relative_to(root).as_posix() for p in files] == ["a.png", "link1/c.png"]
+
+
+def test_an_unreadable_class_folder_is_an_error(tmp_path, monkeypatch):
+    for cls in ("cats", "dogs"):
+        save(rgb_image(seed=1), tmp_path / cls / "a.png")
+    real_scandir = os.scandir
+
+    def scandir(path):  # what a folder without read permission does (the tests may run as root)
+        if Path(path).name == "dogs":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(UserError, match=r"cannot read the folder .*dogs \(Permission denied\)"):
+        folder_dataset(tmp_path, 16, train=True)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((8, 16, 3), np.uint8)  # 16 wide, 8 high; left half white
+    pixels[:, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif.tobytes(), quality=100)
+    rgb = load_rgb(tmp_path / "photo.jpg")
+    assert rgb.size == (8, 16)  # shown upright: 8 wide, 16 high
+    top, bottom = np.asarray(rgb)[:8].mean(), np.asarray(rgb)[8:].mean()
+    assert top > 200 and bottom < 50  # the white left half is now on top
+
+
+def test_dataset_from_path_reads_folders_and_configs(tmp_path, capsys):
+    from mvq.data.build import dataset_from_path
+
+    save(rgb_image(seed=1), tmp_path / "images" / "a.png")
+    save(rgb_image(seed=2), tmp_path / "images" / "sub" / "b.png")
+    (tmp_path / "images" / "sub" / "loop").symlink_to(tmp_path / "images", target_is_directory=True)
+    with pytest.warns(FolderLinkWarning):
+        folder = dataset_from_path(tmp_path / "images", "val", 16)
+    assert len(folder) == 2 and folder[0]["image"].shape == (3, 16, 16)
+    with pytest.raises(UserError, match="needs a resolution"):
+        dataset_from_path(tmp_path / "images", "val")
+    with pytest.raises(UserError, match="no such config file or image folder"):
+        dataset_from_path(tmp_path / "typo", "val", 16)
+
+    config = tmp_path / "data.yaml"
+    config.write_text("data:\n  dataset: synthetic\n  resolution: 24\n  num_val: 3\n")
+    assert dataset_from_path(config, "val")[0]["image"].shape == (3, 24, 24)
+    assert capsys.readouterr().err == ""
+    assert dataset_from_path(config, "val", 16)[0]["image"].shape == (3, 16, 16)
+    assert "using resolution 16 (the model's) instead of the config's 24" in capsys.readouterr().err
+    (tmp_path / "other.yaml").write_text("model:\n  resolution: 16\n")
+    with pytest.raises(ConfigError, match="no 'data:' section"):
+        dataset_from_path(tmp_path / "other.yaml", "val", 16)

@@ -26,3 +26,41 @@ def test_fast_demo_writes_every_output(tmp_path):
     assert referenced, "the report shows no images"
     for ref in referenced:
         assert (out / ref).is_file(), ref
+
+
+def test_demo_refuses_bad_input_before_touching_the_output_folder(tmp_path):
+    from mvq.errors import UserError
+
+    out = tmp_path / "work"
+    for name in ["runs/mine/last.ckpt", "tokens/part.npz", "mqvae/config.json", "figures/plot.png"]:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("user data")
+    with pytest.raises(UserError, match="no such folder"):
+        run_demo(out, data=str(tmp_path / "typo"), fast=True, progress=False)
+    with pytest.raises(UserError, match="not made by mvq demo"):
+        run_demo(out, fast=True, progress=False)
+    for name in ["runs/mine/last.ckpt", "tokens/part.npz", "mqvae/config.json", "figures/plot.png"]:
+        assert (out / name).read_text() == "user data", name
+    assert not (out / ".mvq-demo").exists()
+
+
+def test_demo_folder_replaces_only_its_own_outputs(tmp_path):
+    from mvq.demo.pipeline import DEMO_OUTPUTS, MARKER, prepare_output_folder
+
+    out = prepare_output_folder(tmp_path / "new")  # a new folder becomes the demo's
+    assert (out / MARKER).is_file()
+    for name in DEMO_OUTPUTS:  # as an earlier demo leaves them
+        (out / name).mkdir() if "." not in name else (out / name).write_text("old")
+    (out / "runs" / "old.txt").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    prepare_output_folder(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "notes.txt"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (prepare_output_folder(empty) / MARKER).is_file()
+    file = tmp_path / "file"
+    file.write_text("x")
+    from mvq.errors import UserError
+
+    with pytest.raises(UserError, match="is a file"):
+        prepare_output_folder(file)

@@ -382,6 +382,35 @@ def test_eval_command_reports_missing_inception_weights(tmp_path, empty_torch_ho
     assert INCEPTION.filename in capsys.readouterr().err
 
 
+def test_eval_gen_checks_the_reference_before_running_inception(tmp_path, empty_torch_home, capsys):
+    """A wrong --ref is reported at once: not after Inception has gone over every sample, nor as missing weights."""
+    from mvq.cli import main
+
+    class CountingInception(torch.nn.Module):
+        calls = 0
+
+        def forward(self, images):
+            CountingInception.calls += 1
+            return torch.zeros(images.shape[0], 2048), torch.zeros(images.shape[0], 1008)
+
+    np.savez(tmp_path / "samples.npz", smooth_images(2, 16, seed=10))
+    not_images = tmp_path / "notes.txt"
+    not_images.write_text("x")
+    for ref, message in [(tmp_path / "missing.npz", "missing.npz"), (not_images, "notes.txt")]:
+        with pytest.raises((FileNotFoundError, ValueError), match=message):
+            evaluate_generation(tmp_path / "samples.npz", ref, CountingInception())
+        assert CountingInception.calls == 0
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", "gen", "--samples", str(tmp_path / "samples.npz"), "--ref", str(ref), "--device", "cpu"])
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err
+        assert message in err and INCEPTION.filename not in err
+    np.savez(tmp_path / "stats_only.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(ValueError, match="KID needs reference images"):
+        evaluate_generation(tmp_path / "samples.npz", tmp_path / "stats_only.npz", CountingInception(), kid=True)
+    assert CountingInception.calls == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # reconstruction evaluation
 
@@ -516,5 +545,6 @@ def test_eval_command_help_and_light_import():
     assert "torch_fidelity" not in out and "lpips" not in out
     from mvq.cli import build_parser
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as done:
         build_parser().parse_args(["eval", "gen", "--help"])
+    assert done.value.code == 0

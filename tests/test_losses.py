@@ -6,8 +6,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mvq.config import ConfigError, build_dataclass
-from mvq.losses.discriminator import PatchDiscriminator, discriminator_from_original
-from mvq.losses.stage1 import Stage1Loss, Stage1LossConfig, loss_config_from_original
+from mvq.convert.losses import discriminator_from_original, load_original_discriminator, loss_config_from_original
+from mvq.losses.discriminator import PatchDiscriminator
+from mvq.losses.stage1 import Stage1Loss, Stage1LossConfig
 
 SMALL_DISC = dict(perceptual_weight=0.0, disc_layers=2, disc_channels=8)
 
@@ -101,7 +102,7 @@ def test_reference_discriminator_keys_map_to_ours_and_compute_the_same():
     reference = ReferenceDiscriminator()
     reference.load_state_dict(reference_state, strict=True)
     images = torch.randn(2, 3, 32, 32)
-    rebuilt = PatchDiscriminator.from_original(reference_state)  # shapes inferred from the weights
+    rebuilt = load_original_discriminator(reference_state)  # shapes inferred from the weights
     torch.testing.assert_close(rebuilt.eval()(images), reference.eval()(images))
     for mode in (False, True):  # eval: running statistics; train: batch statistics
         disc.train(mode)
@@ -111,7 +112,7 @@ def test_reference_discriminator_keys_map_to_ours_and_compute_the_same():
 
 def test_reference_mapping_infers_other_depths_and_rejects_unknown_layouts():
     state = random_state(reference_key_shapes(n_layers=2, ndf=16))
-    disc = PatchDiscriminator.from_original(state)
+    disc = load_original_discriminator(state)
     assert len(disc.blocks) == 2 and disc.stem.out_channels == 16
     with pytest.raises(ValueError, match="ActNorm"):
         discriminator_from_original({**state, "main.3.loc": torch.zeros(1, 32, 1, 1)})

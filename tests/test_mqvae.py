@@ -56,11 +56,19 @@ def test_gradients_reach_score_network_and_encoder():
 def test_score_gradient_flows_only_through_kept_feature_weighting():
     model = tiny()
     model.eval()
+    scores = []
+    model.masker.score_net.register_forward_hook(lambda module, inputs, output: scores.append(output))
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     out = model(x)
+    scores[0].retain_grad()
     out.reconstruction.sum().backward()
+    score_grad = scores[0].grad
     # Eval-mode score network: gradient exists and comes from the kept cells' score multiplication.
     assert model.masker.score_net.conv2.weight.grad.abs().sum() > 0
+    # Only the kept cells' scores receive gradient (the ranking is detached); masked cells get exactly none.
+    kept = out.keep_mask.flatten(1)
+    assert (score_grad[~kept] == 0).all()
+    assert (score_grad[kept] != 0).sum() > kept.sum() // 2
 
 
 def test_detokenize_of_tokenize_equals_forward_in_eval():
@@ -116,6 +124,36 @@ def test_bad_config_values():
         MQVAE.from_config({**TINY_MQVAE, "codebook_size": "many"})
 
 
+@pytest.mark.parametrize("key,value", [("codebook_size", 0), ("codebook_size", -4), ("codebook_dim", 0),
+                                       ("demask_layers", 0), ("ch", -1), ("num_res_blocks", 0), ("resolution", 0),
+                                       ("keep_ratio", 1.5), ("keep_ratio", -0.25), ("ch_mult", []),
+                                       ("ema_decay", 1.0), ("dropout", 1.0), ("mask_init_value", 0.0)])
+def test_non_positive_sizes_and_out_of_range_values_are_one_line_config_errors(key, value):
+    with pytest.raises(ConfigError, match=f"model.{key}") as err:
+        MQVAE.from_config({**TINY_MQVAE, key: value})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_pixels_are_refused_by_tokenize_and_eval_forward(bad):
+    model = tiny().eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x[1, 2, 5, 7] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.tokenize(x)
+    with pytest.raises(ValueError, match="NaN or infinite"), torch.no_grad():
+        model(x)
+
+
+def test_pixels_outside_minus_one_to_one_are_refused():
+    model = tiny().eval()
+    with pytest.raises(ValueError, match=r"expects \[-1, 1\]"):
+        model.tokenize(torch.rand(1, 3, 32, 32) * 255)  # 8-bit values, not normalised
+    edge = torch.tensor([-1.0, 1.0]).repeat(3 * 32 * 16).view(1, 3, 32, 32)
+    codes, positions = model.tokenize(edge)  # the end points themselves are fine
+    assert codes.shape == positions.shape == (1, model.config.num_tokens)
+
+
 def test_wrong_image_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="expected images of shape"):
         tiny()(torch.zeros(1, 3, 64, 64))
@@ -137,14 +175,31 @@ def test_shipped_configs_build_and_paper_size():
     assert abs(ours - 35.76e6) / 35.76e6 < 0.01
 
 
-def test_accepts_reference_stage1_yaml(tmp_path):
+def test_reference_stage1_yaml_is_translated_by_convert(tmp_path):
     from pathlib import Path
+
+    from mvq.config import load_yaml
+    from mvq.convert.mqvae import mqvae_config_section
     text = (Path(__file__).parent / "data" / "reference_mqvae_imagenet_f8_r30.yml").read_text()
     path = tmp_path / "ref.yml"
     path.write_text(text)
-    model_cfg = MQVAE.from_config(path).config
+    model_cfg = MQVAE.from_config(mqvae_config_section(load_yaml(path)["model"])).config
     assert model_cfg.keep_ratio == 0.30 and model_cfg.ch == 128 and model_cfg.demask_layers == 8
     assert model_cfg.num_tokens == 307
+    # The model itself reads mvq's layout only, and says where the translation lives.
+    with pytest.raises(ConfigError, match="mvq.convert"):
+        MQVAE.from_config(path)
+
+
+def test_reference_key_names_are_renamed_by_convert():
+    from mvq.convert.mqvae import mqvae_config_section
+
+    assert mqvae_config_section({**TINY_MQVAE, "topk_ratio": 0.5})["keep_ratio"] == 0.5  # the later name wins
+    ours = {k: v for k, v in TINY_MQVAE.items() if k not in ("keep_ratio", "demask_layers")}
+    config = MQVAEConfig.from_mapping(mqvae_config_section({**ours, "topk_ratio": 0.5, "n_layer": 3, "decay": 0.9}))
+    assert (config.keep_ratio, config.demask_layers, config.ema_decay) == (0.5, 3, 0.9)
+    with pytest.raises(ConfigError, match="unknown key 'topk_ratio'"):
+        MQVAEConfig.from_mapping({**TINY_MQVAE, "topk_ratio": 0.5})
 
 
 @pytest.mark.parametrize("size", [(1, 3, 5, 5), (2, 8, 4, 6)])

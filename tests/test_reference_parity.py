@@ -3,7 +3,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from mvq.convert import from_original
+from mvq.convert import config_from_original, from_original
 from mvq.models.mqvae import MQVAE
 from tests.conftest import reference_path
 
@@ -14,7 +14,7 @@ def load_reference_mqvae() -> tuple[MQVAE, dict]:
     section = {"params": {"encoder_config": {"params": ref["encoder"]}, "decoder_config": {"params": ref["decoder"]},
                           "masker_config": {"params": ref["masker"]}, "demasker_config": {"params": ref["demasker"]},
                           "vqconfig": {"params": ref["vq"]}}}
-    model = MQVAE.from_config(section)
+    model = MQVAE.from_config(config_from_original(section))
     state, loss = from_original(load_file(reference_path("mqvae_tiny_state_dict.safetensors")))
     model.load_state_dict(state, strict=True)
     return model.eval(), load_file(reference_path("mqvae_tiny_io.safetensors"))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mvq.models.stackformer import Stackformer, StackformerConfig, filter_probabilities, sample_from_logits
+from mvq.models.sampling import filter_probabilities, sample_from_logits
+from mvq.models.stackformer import Stackformer, StackformerConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,6 +115,44 @@ def test_positions_never_repeat():
     _, positions = _prefer_last_cell(tiny_model()).generate(2, generator=seeded(0), raster_constraint=False,
                                                             position_top_k=1)
     assert positions[0].tolist() == [15, 14, 13, 12, 11, 10]
+
+
+# ----------------------------------------------------------------------------- completion (forced prefix)
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_forced_prefix_is_kept_and_continued_in_raster_order(num_classes):
+    model = tiny_model(num_classes=num_classes, class_dropout=0.1 if num_classes else 0.0).double()
+    n, k = model.config.num_cells, model.config.num_tokens
+    labels = [2, 0] if num_classes else None
+    prefix_codes = torch.tensor([[5, 9], [1, 1]])
+    prefix_positions = torch.tensor([[0, 3], [2, 7]])
+    guidance = dict(cfg_scale=2.0) if num_classes else {}
+    kwargs = dict(labels=labels, prefix_codes=prefix_codes, prefix_positions=prefix_positions, top_k=None,
+                  top_p=None, position_top_k=None, position_top_p=None, **guidance)
+    codes, positions = model.generate(2, generator=[seeded(1), seeded(2)], **kwargs)
+    assert torch.equal(codes[:, :2], prefix_codes) and torch.equal(positions[:, :2], prefix_positions)
+    assert (positions[:, 1:] > positions[:, :-1]).all() and (positions < n).all()
+    uncached = model.generate(2, generator=[seeded(1), seeded(2)], use_cache=False, **kwargs)
+    assert torch.equal(codes, uncached[0]) and torch.equal(positions, uncached[1])
+    # The continuation is conditioned on the prefix: another prefix, other tokens after it.
+    other = model.generate(2, generator=[seeded(1), seeded(2)],
+                           **{**kwargs, "prefix_codes": torch.tensor([[30, 31], [30, 31]])})
+    assert not torch.equal(codes[:, 2:], other[0][:, 2:])
+    # A prefix that leaves too few cells, or is not in raster order, is refused.
+    with pytest.raises(ValueError, match="too few cells"):
+        model.generate(1, labels=labels[:1] if labels else None, prefix_codes=[1], prefix_positions=[n - k + 1])
+    with pytest.raises(ValueError, match="ascending"):
+        model.generate(1, labels=labels[:1] if labels else None, prefix_codes=[1, 2], prefix_positions=[4, 3])
+
+
+def test_forced_prefix_of_every_length_matches_unforced_sampling():
+    """Forcing the first P steps of a sampled sequence with the same generators reproduces the sequence."""
+    model = tiny_model(num_classes=3)
+    codes, positions = model.generate(3, labels=[0, 1, 2], generator=[seeded(i) for i in range(3)])
+    for p in range(1, model.config.num_tokens + 1):
+        forced = model.generate(3, labels=[0, 1, 2], generator=[seeded(i) for i in range(3)],
+                                prefix_codes=codes[:, :p], prefix_positions=positions[:, :p])
+        assert torch.equal(forced[0], codes) and torch.equal(forced[1], positions), p
 
 
 # ----------------------------------------------------------------------------- labels and guidance
@@ -238,3 +277,108 @@ def test_pipeline_matches_generate_and_checks_compatibility(pretrained_pair):
     other = MQVAE.from_config({**TINY_VAE, "codebook_size": 16})
     with pytest.raises(ValueError, match="codebook_size: Stackformer 32 vs MQ-VAE 16"):
         MVQPipeline(pipe.stackformer, other)
+
+
+# ----------------------------------------------------------------------------- settings and refusals
+
+@pytest.mark.parametrize("setting", [dict(temperature=float("nan")), dict(temperature=float("inf")),
+                                     dict(position_temperature=float("nan")), dict(cfg_scale=float("nan")),
+                                     dict(cfg_scale=float("inf")), dict(top_p=float("nan")),
+                                     dict(position_top_p=float("nan")), dict(temperature=0.0)])
+def test_non_finite_or_invalid_sampling_settings_are_refused(setting):
+    from mvq.errors import UserError
+    from mvq.models.sampling import SamplingConfig
+
+    name = next(iter(setting))
+    with pytest.raises(UserError, match=name):
+        SamplingConfig(**setting)
+    with pytest.raises(UserError, match=name):
+        tiny_model(num_classes=3, class_dropout=0.1).generate(1, labels=[0], **setting)
+
+
+@pytest.mark.parametrize("flag", ["--temperature", "--cfg-scale", "--position-temperature", "--top-p"])
+def test_sample_command_refuses_non_finite_settings_in_one_line(pretrained_pair, tmp_path, capsys, flag):
+    from mvq.cli import main
+
+    sf_dir, vae_dir = pretrained_pair
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--stackformer", str(sf_dir), "--vae", str(vae_dir), "--n", "1", "--labels", "0",
+              "--device", "cpu", flag, "nan", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "finite" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "samples.npz").exists()
+
+
+def test_sampling_config_travels_from_pipeline_to_generate(pretrained_pair):
+    from mvq.models.sampling import SamplingConfig
+    from mvq.pipeline import MVQPipeline, sample_generator
+
+    pipe = MVQPipeline.from_pretrained(*pretrained_pair, device="cpu")
+    config = SamplingConfig(temperature=0.7, top_k=5, top_p=0.9, position_top_k=3, raster_constraint=False)
+    images = pipe(labels=[2], seed=1, sampling=config)
+    direct = pipe.stackformer.generate(1, labels=[2], sampling=config, generator=[sample_generator(1, 0)])
+    keywords = pipe.stackformer.generate(1, labels=[2], temperature=0.7, top_k=5, top_p=0.9, position_top_k=3,
+                                         raster_constraint=False, generator=[sample_generator(1, 0)])
+    assert torch.equal(direct[0], keywords[0]) and torch.equal(direct[1], keywords[1])
+    from mvq.pipeline import to_uint8
+    assert np.array_equal(images[0], to_uint8(pipe.vae.detokenize(*direct))[0])
+    default = pipe(labels=[2], seed=1)
+    assert not np.array_equal(images, default)  # the settings reached the sampler
+
+
+def test_sample_command_refuses_a_non_empty_folder_unless_overwrite(pretrained_pair, tmp_path):
+    from mvq.errors import UserError
+
+    sf_dir, vae_dir = pretrained_pair
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "000009.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    argv = ["--stackformer", str(sf_dir), "--vae", str(vae_dir), "--n", "2", "--labels", "1", "--device", "cpu",
+            "--out", str(out)]
+    with pytest.raises(UserError, match="--overwrite"):
+        run_sample_command(argv)
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "samples.npz").exists()
+    run_sample_command([*argv, "--overwrite"])
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png"]
+    assert np.load(out / "samples.npz")["arr_0"].shape == (2, 16, 16, 3)
+
+
+def test_sample_command_streams_the_npz(pretrained_pair, tmp_path):
+    """The .npz is written batch by batch; np.load and the evaluators' streaming reader both read it."""
+    from mvq.evaluation.images import ImageSet
+
+    sf_dir, vae_dir = pretrained_pair
+    run_sample_command(["--stackformer", str(sf_dir), "--vae", str(vae_dir), "--n", "5", "--batch-size", "2",
+                        "--labels", "0", "1", "--no-png", "--device", "cpu", "--out", str(tmp_path / "out")])
+    saved = np.load(tmp_path / "out" / "samples.npz")
+    assert saved["arr_0"].shape == (5, 16, 16, 3) and saved["labels"].tolist() == [0, 1, 0, 1, 0]
+    streamed = torch.cat(list(ImageSet(tmp_path / "out" / "samples.npz").batches(2)))
+    assert torch.equal(streamed, torch.from_numpy(saved["arr_0"]).permute(0, 3, 1, 2))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["samples.npz"]
+
+
+def test_stackformer_of_another_mqvae_is_refused(pretrained_pair, tmp_path, capsys):
+    import json
+
+    from mvq.errors import UserError
+    from mvq.models.mqvae import MQVAE
+    from mvq.models.pretrained import weights_fingerprint
+    from mvq.pipeline import MVQPipeline
+
+    sf_dir, vae_dir = pretrained_pair
+    vae = MQVAE.from_pretrained(vae_dir)
+    other = MQVAE.from_config(TINY_VAE)  # same shapes, other weights
+    other.save_pretrained(tmp_path / "other_vae")
+    (sf_dir / "tokenizer.json").write_text(json.dumps({"mqvae_fingerprint": weights_fingerprint(vae)}))
+    MVQPipeline.from_pretrained(sf_dir, vae_dir, device="cpu")  # its own MQ-VAE: fine
+    with pytest.raises(UserError, match="allow-tokenizer-mismatch"):
+        MVQPipeline.from_pretrained(sf_dir, tmp_path / "other_vae", device="cpu")
+    argv = ["--stackformer", str(sf_dir), "--vae", str(tmp_path / "other_vae"), "--n", "1", "--labels", "0",
+            "--device", "cpu", "--no-png"]
+    with pytest.raises(UserError, match="different MQ-VAE"):
+        run_sample_command([*argv, "--out", str(tmp_path / "refused")])
+    with pytest.warns(UserWarning, match="different MQ-VAE"):
+        run_sample_command([*argv, "--allow-tokenizer-mismatch", "--out", str(tmp_path / "allowed")])
+    assert (tmp_path / "allowed" / "samples.npz").is_file()

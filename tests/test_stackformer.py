@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from mvq.config import ConfigError
 from mvq.convert.stackformer import (reference_params_from_yaml, stackformer_config_from_original,
-                                     stackformer_from_original)
+                                     stackformer_config_section, stackformer_from_original)
 from mvq.models.stackformer import Stackformer, StackformerConfig
 from mvq.nn.transformer import TransformerStack
 
@@ -104,7 +104,8 @@ def test_config_validation_and_yaml(tmp_path):
     with pytest.raises(ConfigError, match="class_dropout"):
         StackformerConfig.from_mapping({**TINY, "class_dropout": 0.1})
     # The reference's names are accepted for the same things.
-    config = StackformerConfig.from_mapping({**TINY, "n_embd": 64, "n_head": 2, "n_classes": 3})
+    config = StackformerConfig.from_mapping(stackformer_config_section({**TINY, "n_embd": 64, "n_head": 2,
+                                                                       "n_classes": 3}))
     assert (config.dim, config.heads, config.num_classes, config.vocab_size) == (64, 2, 3, 35)
     path = tmp_path / "stage2.yaml"
     path.write_text("model:\n" + "".join(f"  {k}: {v}\n" for k, v in TINY.items()))

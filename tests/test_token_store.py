@@ -20,10 +20,10 @@ from mvq.data.token_store import (
     part_name,
     smallest_integer_dtype,
     store_dtypes,
-    tokenize_dataset,
-    vae_fingerprint,
 )
 from mvq.models.mqvae import MQVAE, MQVAEConfig
+from mvq.models.pretrained import weights_fingerprint as vae_fingerprint
+from mvq.tokenizing import tokenize_dataset
 
 TINY_VAE = dict(resolution=32, ch=16, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], z_channels=32,
                 keep_ratio=0.25, codebook_size=64, codebook_dim=16, demask_layers=1)
@@ -271,13 +271,13 @@ def test_check_compatible_names_the_mismatch(vae, tmp_path):
     tokenize_dataset(vae, ImageSet(2), tmp_path, rank=0, world_size=1, progress=False)
     header = TokenStore(tmp_path).header
     check_compatible(header, vae.config)
-    check_compatible(json.loads((tmp_path / "header.json").read_text()), TINY_VAE)
+    check_compatible(json.loads((tmp_path / "header.json").read_text()), MQVAEConfig.from_mapping(TINY_VAE))
     with pytest.raises(ValueError, match="codebook_size: store 64, MQ-VAE 128"):
-        check_compatible(header, {**TINY_VAE, "codebook_size": 128})
+        check_compatible(header, MQVAEConfig.from_mapping({**TINY_VAE, "codebook_size": 128}))
     with pytest.raises(ValueError, match="grid_size: store 8, MQ-VAE 16"):
         check_compatible(header, MQVAEConfig.from_mapping({**TINY_VAE, "resolution": 64}))
     with pytest.raises(ValueError, match="num_tokens: store 16, MQ-VAE 32"):
-        check_compatible(header, {**TINY_VAE, "keep_ratio": 0.5})
+        check_compatible(header, MQVAEConfig.from_mapping({**TINY_VAE, "keep_ratio": 0.5}))
     other = MQVAE.from_config(TINY_VAE)
     with pytest.raises(ValueError, match="other weights"):
         check_compatible(header, other.config, vae_fingerprint(other))
@@ -285,7 +285,7 @@ def test_check_compatible_names_the_mismatch(vae, tmp_path):
 
 def test_cli_tokenize_writes_store(vae, tmp_path, monkeypatch, capsys):
     from mvq.cli import main
-    from mvq.commands import tokenize as command
+    from mvq.data import build
 
     vae.save_pretrained(tmp_path / "vae")
     data = ImageSet(3)
@@ -295,7 +295,7 @@ def test_cli_tokenize_writes_store(vae, tmp_path, monkeypatch, capsys):
         calls.append((str(path), split, resolution))
         return data
 
-    monkeypatch.setattr(command, "build_tokenize_dataset", fake_dataset)
+    monkeypatch.setattr(build, "dataset_from_path", fake_dataset)
     with pytest.raises(SystemExit) as exit_info:
         main(["tokenize", "--vae", str(tmp_path / "vae"), "--data", "images/", "--out", str(tmp_path / "store"),
               "--flip", "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--split", "val"])

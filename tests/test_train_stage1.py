@@ -14,7 +14,7 @@ from tests.train_helpers import tiny_stage1_config
 
 
 def model_state(run_dir):
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return ckpt, {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("model.", "loss."))}
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from mvq.config import ConfigError
-from mvq.data.token_store import TokenPartWriter, TokenStoreHeader, create_store, store_dtypes, vae_fingerprint
+from mvq.config import ConfigError, dataclass_to_dict
+from mvq.data.token_store import TokenPartWriter, TokenStoreHeader, create_store, store_dtypes
+from mvq.models.pretrained import weights_fingerprint
 from mvq.models.mqvae import MQVAE, MQVAEConfig
 from mvq.models.stackformer import Stackformer
 from mvq.training.run import export, train
@@ -32,7 +33,7 @@ def write_store(path: Path, vae: MQVAE, rows: int = 64, codebook_size: int | Non
     header = TokenStoreHeader(codebook_size=codebook_size, grid_size=c.grid_size, num_tokens=k,
                               num_classes=NUM_CLASSES, part_sizes=(rows,),
                               dtypes=store_dtypes(codebook_size, n, NUM_CLASSES),
-                              vae={"weights_sha256": vae_fingerprint(vae)})
+                              vae={"weights_sha256": weights_fingerprint(vae)})
     create_store(path, header)
     TokenPartWriter(path, header, 0).append(codes, positions, labels)
     return path
@@ -75,8 +76,20 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_loss_goes_down_and_run_exports(tmp_path, assets):
-    run_dir = train(str(stage2_config(tmp_path, assets)), [], run_dir=str(tmp_path / "run"))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, assets):
+    """A 30-step run (validation every 10 steps, grids every 15) and its exported folder."""
+    root = tmp_path_factory.mktemp("trained")
+    run_dir = train(str(stage2_config(root, assets)), [], run_dir=str(root / "run"))
+    return run_dir, export(run_dir, root / "export")
+
+
+def last_checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_run_writes_checkpoints_and_sample_grids(trained):
+    run_dir, _ = trained
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     grids = sorted((run_dir / "images").glob("step_*.png"))
@@ -87,26 +100,38 @@ def test_loss_goes_down_and_run_exports(tmp_path, assets):
     width, height = Image.open(grids[0]).size
     assert (width, height) == (4 * 34 + 2, (1 + NUM_CLASSES) * 34 + 2)
 
-    logged = scalars(run_dir)
+
+def test_run_logs_losses_and_throughput(trained):
+    logged = scalars(trained[0])
     for tag in ["train/loss", "train/code_loss", "train/position_loss", "train/lr", "train/tokens_per_s",
                 "val/loss", "val/code_loss", "val/position_loss"]:
         assert tag in logged, tag
-    initial = logged["train/loss"][0]
-    assert initial > math.log(64) + math.log(65) - 0.5  # an untrained model is near uniform over both streams
     assert len(logged["val/loss"]) == 3
-    assert logged["val/loss"][-1] < initial - 2.0
-    assert logged["val/loss"][-1] < logged["val/loss"][0]
     assert logged["val/loss"][-1] == pytest.approx(logged["val/code_loss"][-1] + logged["val/position_loss"][-1],
                                                    rel=1e-4)
 
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+def test_loss_goes_down(trained):
+    logged = scalars(trained[0])
+    initial = logged["train/loss"][0]
+    assert initial > math.log(64) + math.log(65) - 0.5  # an untrained model is near uniform over both streams
+    assert logged["val/loss"][-1] < initial - 2.0
+    assert logged["val/loss"][-1] < logged["val/loss"][0]
+
+
+def test_checkpoint_holds_the_run_state_without_the_vae(trained):
+    ckpt = last_checkpoint(trained[0])
     assert ckpt["global_step"] == 30 and ckpt["mvq_state"]["batches_trained"] == 30
     assert not any(k.startswith("vae") for k in ckpt["state_dict"])  # the MQ-VAE is not part of the run state
     # AdamW: decay on linear weights only.
     groups = ckpt["optimizer_states"][0]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.01, 0.0] and groups[0]["betas"] == (0.9, 0.95)
 
-    model = Stackformer.from_pretrained(export(run_dir, tmp_path / "export"))
+
+def test_export_holds_the_trained_stackformer(trained):
+    run_dir, exported = trained
+    ckpt = last_checkpoint(run_dir)
+    model = Stackformer.from_pretrained(exported)
     assert (model.config.codebook_size, model.config.grid_size, model.config.num_tokens) == (64, 8, 16)
     assert model.config.num_classes == NUM_CLASSES
     for key, value in model.state_dict().items():
@@ -115,8 +140,39 @@ def test_loss_goes_down_and_run_exports(tmp_path, assets):
     assert codes.shape == positions.shape == (2, 16)
 
 
+def test_run_and_export_record_the_tokenizer_fingerprint(trained, assets):
+    from mvq.data.token_store import read_header
+    from mvq.models.pretrained import read_tokenizer_record
+
+    run_dir, exported = trained
+    fingerprint = weights_fingerprint(MQVAE.from_pretrained(assets / "vae"))
+    assert read_header(assets / "tokens").vae["weights_sha256"] == fingerprint
+    assert last_checkpoint(run_dir)["mvq_state"]["tokenizer"]["mqvae_fingerprint"] == fingerprint
+    record = read_tokenizer_record(exported)
+    assert record["mqvae_fingerprint"] == fingerprint
+    assert record["mqvae_config"] == dataclass_to_dict(MQVAE.from_pretrained(assets / "vae").config)
+    assert read_tokenizer_record(assets / "vae") is None
+
+
+def test_saved_config_holds_absolute_paths_and_export_takes_overrides(tmp_path, trained, assets, monkeypatch):
+    from mvq.training.config import load_training_config
+
+    monkeypatch.chdir(assets)
+    raw, _ = load_training_config(stage2_config(tmp_path, assets), ["vae=vae", "data.tokens=tokens"])
+    assert raw["vae"] == str(assets / "vae") and raw["data"]["tokens"] == str(assets / "tokens")
+    # A run whose MQ-VAE folder moved exports once told where it is now.
+    run_dir = Path(shutil.copytree(trained[0], tmp_path / "run"))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["vae"] == str(assets / "vae")
+    moved = Path(shutil.copytree(assets / "vae", tmp_path / "moved_vae"))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**saved, "vae": str(tmp_path / "gone")}))
+    with pytest.raises(ConfigError, match="not found"):
+        export(run_dir, tmp_path / "out")
+    Stackformer.from_pretrained(export(run_dir, tmp_path / "out", overrides=[f"vae={moved}"]))
+
+
 def test_resume_reaches_planned_step_exactly(tmp_path, assets, monkeypatch):
-    from mvq.training.callbacks import AtomicCheckpointIO
+    from mvq.training.checkpoints import AtomicCheckpointIO
 
     saved_at_4 = tmp_path / "step4.ckpt"
     original = AtomicCheckpointIO.save_checkpoint
@@ -139,8 +195,8 @@ def test_resume_reaches_planned_step_exactly(tmp_path, assets, monkeypatch):
     shutil.copy(saved_at_4, interrupted / "checkpoints" / "last.ckpt")
     train(None, [], resume=str(interrupted))
 
-    a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    b = torch.load(interrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(interrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert b["global_step"] == 10 and b["mvq_state"]["batches_trained"] == 10
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
@@ -155,7 +211,7 @@ def test_accumulation_steps_once_per_group(tmp_path, assets):
                          trainer={"max_steps": 3, "val_check_interval": 6},
                          run={"image_every_n_steps": 0})
     run_dir = train(str(path), [], run_dir=str(tmp_path / "run"))
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3 and ckpt["mvq_state"]["batches_trained"] == 6
     assert {float(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()} == {3.0}
 
@@ -205,8 +261,8 @@ def test_shipped_configs_ask_for_their_vae(tmp_path):
                  "stage2/stackformer_ffhq_uncond", "demo/stackformer_shapes"]:
         with pytest.raises(ConfigError, match="vae=PATH"):
             train(str(REPO / "configs" / f"{name}.yaml"), [], run_dir=str(tmp_path / "run"))
-    # The reference's command line, as written in its README.
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--gpus", "-1", "--base",
+    # The reference's command line, as written in its README (on the CPU: `--gpus -1` needs a GPU).
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--gpus", "0", "--base",
                              "configs/stage2/stackformer_imagenet_v12p12_class.yml", "--max_epochs", "50"],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 1 and "vae=PATH" in result.stderr and "Traceback" not in result.stderr

@@ -1,7 +1,8 @@
 """The `mvq` command: one entry point, one sub-command per job.
 
 Each sub-command lives in `mvq.commands.<name>` with `register(subparsers)` (argparse only,
-imports nothing heavy) and a `run(args)` that does the work.
+imports nothing heavy) and a `run(args)` that does the work. A command that declares an
+`overrides` positional takes `key=value` overrides anywhere on its command line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from mvq.errors import UserError
 
-COMMANDS = ["train", "export", "tokenize", "reconstruct", "sample", "eval", "demo", "convert_original"]
+COMMANDS = ["train", "export", "tokenize", "reconstruct", "sample", "eval", "demo", "convert_original", "app", "weights"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,19 +21,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mvq", description="Masked vector quantization (MQ-VAE + Stackformer) for image generation.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"mvq.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"mvq.commands.{name}":
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"mvq.commands.{name}").register(subparsers)
     return parser
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`; `key=value` items after options join the command's overrides (argparse stops at options)."""
+    args, extra = parser.parse_known_args(argv)
+    late = [item for item in extra if "=" in item and not item.startswith("-")]
+    if late and isinstance(getattr(args, "overrides", None), list):
+        args.overrides += late
+        extra = [item for item in extra if item not in late]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         raise SystemExit(2)

@@ -37,14 +37,13 @@ def image_grid(rows: list[torch.Tensor], pad: int = 2) -> torch.Tensor:
 
 
 def save_image(grid: torch.Tensor, path: str | Path) -> Path:
-    """Save a 3×H×W grid in [0, 1] as PNG."""
+    """Save a 3×H×W grid in [0, 1] as PNG, atomically (never half a file under `path`)."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from mvq.atomic import atomic_write
+
     array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array).save(path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def reconstruction_rows(model, images: torch.Tensor) -> list[torch.Tensor]:

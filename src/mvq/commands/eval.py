@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 WEIGHTS_HELP = (": the file {name} (default: look in the torch hub cache, $TORCH_HOME/hub/checkpoints/); "
@@ -45,8 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recon.add_argument("--split", choices=["train", "val"], default="val", help="dataset split (default: val)")
     recon.add_argument("--n", type=int, default=None, metavar="N",
                        help="evaluate a seeded random subset of N images (default: all)")
-    recon.add_argument("--vgg-weights", metavar="FILE",
-                       help="VGG16 weights for LPIPS" + WEIGHTS_HELP.format(name="vgg16-397923af.pth"))
+    recon.add_argument("--lpips-net", choices=["vgg", "alex"], default="vgg",
+                       help="LPIPS trunk: vgg (default; the training loss's) or alex (the LPIPS authors' default)")
+    recon.add_argument("--lpips-weights", "--vgg-weights", dest="lpips_weights", metavar="FILE",
+                       help="the LPIPS trunk's weights" + WEIGHTS_HELP.format(
+                           name="vgg16-397923af.pth / alexnet-owt-7be5be79.pth, or what `mvq weights install` wrote"))
     recon.add_argument("--no-fid", action="store_true", help="skip rFID (no Inception needed)")
     recon.add_argument("--no-lpips", action="store_true", help="skip LPIPS (no VGG16 needed)")
     _add_common(recon, "eval_recon.json")
@@ -84,57 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.set_defaults(func=run_stats)
 
 
-def _device(name: str):
-    import torch
+def _report(path: str, command: str, metrics: dict[str, Any], settings: dict[str, Any]) -> None:
+    from mvq.evaluation.report import format_table, write_results
 
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
-LABELS = {
-    "rfid": "rFID", "fid": "FID", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS",
-    "inception_score_mean": "Inception Score", "inception_score_std": "  ± std over splits",
-    "kid_mean": "KID", "kid_std": "  ± std over subsets",
-    "codebook_usage_percent": "codebook usage (%)", "codebook_perplexity": "codebook perplexity",
-    "used_codes": "codes used", "codebook_size": "codebook size",
-    "keep_score_kept": "mean score, kept cells", "keep_score_masked": "mean score, masked cells",
-    "num_images": "images", "num_samples": "samples", "num_reference": "reference images",
-}
-
-
-def format_table(metrics: dict[str, Any]) -> str:
-    """The metrics as an aligned two-column table."""
-    rows = []
-    for key, value in metrics.items():
-        if key not in LABELS:
-            continue
-        if isinstance(value, float):
-            text = "inf" if math.isinf(value) else f"{value:.4f}" if abs(value) < 1e4 else f"{value:.1f}"
-        else:
-            text = "n/a" if value is None else str(value)
-        rows.append((LABELS[key], text))
-    width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {text:>12}" for label, text in rows)
-
-
-def _write_results(path: str, command: str, metrics: dict[str, Any], settings: dict[str, Any]) -> None:
-    def clean(v):  # JSON has no inf/nan
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    payload = {"command": f"mvq eval {command}", "metrics": {k: clean(v) for k, v in metrics.items()},
-               "settings": settings}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_results(path, f"mvq eval {command}", metrics, settings)
     print(format_table(metrics))
-    print(f"wrote {out}", file=sys.stderr)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _versions() -> dict[str, str]:
@@ -148,22 +102,22 @@ def run_recon(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
+    from mvq.distributed import init_from_environment, rank_and_world_size, resolve_device
     from mvq.evaluation import InceptionV3, evaluate_reconstruction
-    from mvq.evaluation.datasets import evaluation_dataset
-    from mvq.distributed import init_from_environment, rank_and_world_size
+    from mvq.data.build import dataset_from_path
     from mvq.losses.perceptual import LPIPS
     from mvq.models.mqvae import MQVAE
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     created = init_from_environment(device.type)
     try:
         rank, world_size = rank_and_world_size()
-        inception = None if args.no_fid else InceptionV3(args.inception_weights).to(device)
-        lpips = None if args.no_lpips else LPIPS(args.vgg_weights).to(device)
         model = MQVAE.from_pretrained(args.vae, map_location=device)
-        dataset = evaluation_dataset(args.data, model.config.resolution, args.split)
+        dataset = dataset_from_path(args.data, args.split, model.config.resolution)
+        inception = None if args.no_fid else InceptionV3(args.inception_weights).to(device)
+        lpips = None if args.no_lpips else LPIPS(args.lpips_weights, net=args.lpips_net).to(device)
         metrics = evaluate_reconstruction(model, dataset, inception=inception, lpips=lpips, num_images=args.n,
                                           batch_size=args.batch_size, device=device, num_workers=args.num_workers,
                                           progress=not args.no_progress)
@@ -171,8 +125,10 @@ def run_recon(args: argparse.Namespace) -> int:
             settings = {"vae": str(args.vae), "data": str(args.data), "split": args.split, "n": args.n,
                         "resolution": model.config.resolution, "world_size": world_size,
                         "inception_weights": str(inception.weights_path) if inception is not None else None,
+                        "lpips_net": None if lpips is None else args.lpips_net,
+                        "lpips_weights": None if lpips is None else str(lpips.weights_path),
                         **_versions()}
-            _write_results(args.out, "recon", metrics, settings)
+            _report(args.out, "recon", metrics, settings)
     finally:
         if created:
             dist.destroy_process_group()
@@ -180,43 +136,36 @@ def run_recon(args: argparse.Namespace) -> int:
 
 
 def run_gen(args: argparse.Namespace) -> int:
-    from mvq.evaluation import InceptionV3, evaluate_generation
+    from mvq.distributed import resolve_device
+    from mvq.evaluation import ImageSet, InceptionV3, evaluate_generation
+    from mvq.evaluation.generation import open_reference
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
+    # Wrong --samples or --ref: say so now, not after Inception has gone over every sample.
+    open_reference(args.ref, ImageSet(args.samples, args.resolution), args.resolution, args.kid)
     inception = InceptionV3(args.inception_weights).to(device)
     metrics = evaluate_generation(args.samples, args.ref, inception, batch_size=args.batch_size, device=device,
                                   num_samples=args.n, resolution=args.resolution, isc_splits=args.isc_splits,
                                   kid=args.kid, kid_subset_size=args.kid_subset_size, num_workers=args.num_workers,
                                   progress=not args.no_progress)
+    if metrics.get("inception_score_unavailable"):
+        print(metrics["inception_score_unavailable"], file=sys.stderr)
     settings = {"samples": metrics.pop("samples"), "reference": metrics.pop("reference"),
                 "inception_weights": metrics.pop("inception_weights"), "resolution": args.resolution,
                 **_versions()}
-    _write_results(args.out, "gen", metrics, settings)
+    _report(args.out, "gen", metrics, settings)
     return 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    import torch
+    from mvq.distributed import resolve_device
+    from mvq.evaluation import FID_IMAGE_COUNT, InceptionV3, reference_statistics, save_statistics
 
-    from mvq.evaluation import FID_IMAGE_COUNT, ImageSet, InceptionV3, run_inception, save_statistics, to_uint8
-    from mvq.evaluation.datasets import evaluation_dataset
-    from mvq.evaluation.images import evaluation_indices
-
-    device = _device(args.device)
+    device = resolve_device(args.device)
     inception = InceptionV3(args.inception_weights).to(device)
-    path = Path(args.data)
-    if path.suffix in (".yaml", ".yml"):
-        dataset = evaluation_dataset(path, args.resolution, args.split)
-        subset = torch.utils.data.Subset(dataset, evaluation_indices(len(dataset), args.n))
-        loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, num_workers=args.num_workers)
-        batches = (to_uint8(batch["image"]) for batch in loader)
-        total = len(subset)
-    else:
-        images = ImageSet(path, args.resolution, args.num_workers)
-        batches, total = images.batches(args.batch_size, args.n), min(len(images), args.n or len(images))
-    outputs = run_inception(batches, inception, device, progress=not args.no_progress, total=total, desc="stats")
-    mu, sigma = outputs.gaussian.mean_and_covariance()
-    n = outputs.num_images
+    mu, sigma, n = reference_statistics(args.data, inception, resolution=args.resolution, split=args.split,
+                                        batch_size=args.batch_size, device=device, num_images=args.n,
+                                        num_workers=args.num_workers, progress=not args.no_progress)
     save_statistics(args.out, mu, sigma, num_images=n, source=str(args.data),
                     resolution=args.resolution if args.resolution else -1,
                     feature_extractor="torch-fidelity inception-v3-compat, 2048-d pool features")

@@ -1,8 +1,16 @@
-"""`mvq reconstruct --vae DIR IMAGES... --out DIR`: reconstructions and what the mask module chose."""
+"""`mvq reconstruct --vae DIR IMAGES... --out DIR`: reconstructions and what the mask module chose.
+
+Outputs keep the inputs' paths relative to the folder they share (`A/a.png` and `B/a.png`
+become `OUT/A/a_*.png` and `OUT/B/a_*.png`), so no output overwrites another.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+
+OUTPUT_KINDS = ("reconstruction", "keep_mask", "scores")
 
 
 def register(subparsers) -> None:
@@ -10,63 +18,98 @@ def register(subparsers) -> None:
         "reconstruct", help="reconstruct images and show the keep-mask and score maps",
         description="For each image: its reconstruction, a keep-mask overlay (masked cells darkened) and a "
                     "heat-map of the mask module's scores, plus one grid of all of them (rows: inputs, "
-                    "reconstructions, keep-masks, scores).")
+                    "reconstructions, keep-masks, scores). Outputs keep the inputs' relative paths. Images "
+                    "of another size are resized (shorter side) and centre-cropped to the MQ-VAE's resolution.")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--vae", required=True, help="pretrained MQ-VAE folder")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out, replacing files of the same names (others are kept)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=run)
 
 
-def collect_images(inputs: list[str]) -> list:
-    """Files given directly, and the image files under folders given."""
-    from pathlib import Path
+def collect_images(inputs: list[str]) -> tuple[list[Path], Path]:
+    """The readable images among the files and folders given, and the folder they share.
 
-    from mvq.data.images import list_files, scan_images
+    Folders are listed with the file discovery every command uses; a file reached twice is
+    read once.
+    """
+    from mvq.data.discovery import list_files
+    from mvq.data.images import scan_images
+    from mvq.errors import UserError
 
-    paths = []
+    paths: list[Path] = []
+    bases: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             paths.extend(list_files(path))
+            bases.append(os.path.abspath(path))
         elif path.is_file():
             paths.append(path)
+            bases.append(os.path.abspath(path.parent))
         else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
-    good, skipped = scan_images(paths)
+            raise UserError(f"{item}: no such file or folder")
+    unique, seen = [], set()
+    for path in paths:
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            unique.append(path)
+    good, skipped = scan_images(unique)
     for bad, reason in skipped:
         print(f"skipped {bad}: {reason}")
     if not good:
-        raise ValueError("no readable images among the inputs")
-    return good
+        raise UserError("no readable images among the inputs")
+    return good, Path(os.path.commonpath(bases))
+
+
+def output_stems(paths: list[Path], base: Path) -> list[str]:
+    """One distinct output name per input: its path relative to `base` without the suffix, or
+    with it where two inputs differ only by their suffix (`a.png`, `a.jpg`)."""
+    relative = [Path(os.path.relpath(os.path.abspath(p), base)) for p in paths]
+    stems = [r.with_suffix("").as_posix() for r in relative]
+    shared = {s for s in stems if stems.count(s) > 1}
+    return [r.as_posix() if s in shared else s for r, s in zip(relative, stems)]
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
-    from mvq.data.images import load_rgb
+    from mvq.atomic import check_writable_destination
+    from mvq.data.images import load_rgb, notice
     from mvq.data.transforms import eval_transform
+    from mvq.distributed import resolve_device
     from mvq.models.mqvae import MQVAE
     from mvq.visualize import image_grid, reconstruction_rows, save_image
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = MQVAE.from_pretrained(args.vae).to(device).eval()
-    transform = eval_transform(model.config.resolution)
-    paths = collect_images(args.images)
-    out = Path(args.out)
+    out = check_writable_destination(args.out, args.overwrite)
+    device = resolve_device(args.device)
+    model = MQVAE.from_pretrained(args.vae, map_location=device).eval()
+    resolution = model.config.resolution
+    transform = eval_transform(resolution)
+    paths, base = collect_images(args.images)
+    stems = output_stems(paths, base)
+    written: set[Path] = set()
+    resized = 0
     all_rows: list[list[torch.Tensor]] = []
     for start in range(0, len(paths), args.batch_size):
-        chunk = paths[start: start + args.batch_size]
-        images = torch.stack([transform(load_rgb(p)) for p in chunk]).to(device)
-        rows = reconstruction_rows(model, images)
+        images = []
+        for path in paths[start: start + args.batch_size]:
+            image = load_rgb(path)
+            resized += image.size != (resolution, resolution)
+            images.append(transform(image))
+        rows = reconstruction_rows(model, torch.stack(images).to(device))
         all_rows.append([r.cpu() for r in rows])
-        for i, path in enumerate(chunk):
-            for name, row in zip(["reconstruction", "keep_mask", "scores"], rows[1:]):
-                save_image(image_grid([row[i: i + 1]], pad=0), out / f"{path.stem}_{name}.png")
+        for i, stem in enumerate(stems[start: start + args.batch_size]):
+            for kind, row in zip(OUTPUT_KINDS, rows[1:]):
+                written.add(save_image(image_grid([row[i: i + 1]], pad=0), out / f"{stem}_{kind}.png"))
+    if resized:
+        notice(f"{resized} of {len(paths)} images are not {resolution}×{resolution}: resized (shorter side to "
+               f"{resolution}) and centre-cropped")
     grid_rows = [torch.cat([rows[r] for rows in all_rows]) for r in range(4)]
-    save_image(image_grid(grid_rows), out / "grid.png")
-    print(f"wrote {len(paths)} reconstructions, keep-mask overlays and score maps to {out} (overview: grid.png)")
+    written.add(save_image(image_grid(grid_rows), out / "grid.png"))
+    print(f"wrote {len(paths)} reconstructions, keep-mask overlays and score maps ({len(written)} files) to {out} "
+          "(overview: grid.png)")
     return 0

@@ -44,54 +44,73 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="recompute the whole prefix every step (slow; for checking)")
     parser.add_argument("--no-png", dest="png", action="store_false", help="write only the .npz")
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out folder (its old contents go once the new samples are complete)")
+    parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                        help="sample even if the Stackformer records a different MQ-VAE than --vae (warns)")
     parser.set_defaults(func=run)
+
+
+def sampling_config(args: argparse.Namespace):
+    """The validated sampling settings of the command line."""
+    from mvq.models.sampling import SamplingConfig
+
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          position_temperature=args.position_temperature, position_top_k=args.position_top_k,
+                          position_top_p=args.position_top_p, cfg_scale=args.cfg_scale,
+                          raster_constraint=args.raster_constraint, use_cache=args.use_cache)
+
+
+def _labels(args: argparse.Namespace, num_classes: int) -> list[int] | None:
+    from mvq.models.sampling import SamplingError
+    from mvq.pipeline import balanced_labels
+
+    if not num_classes:
+        if args.labels or args.classes_balanced:
+            raise SamplingError("the Stackformer is unconditional: --labels and --classes-balanced do not apply")
+        return None
+    if args.labels:
+        return [args.labels[i % len(args.labels)] for i in range(args.n)]
+    if args.classes_balanced:
+        return balanced_labels(args.n, num_classes)
+    raise SamplingError(f"the Stackformer is class-conditional ({num_classes} classes): "
+                        f"pass --labels L ... or --classes-balanced")
 
 
 def run(args: argparse.Namespace) -> None:
     import numpy as np
-    import torch
     from PIL import Image
     from tqdm import tqdm
 
-    from mvq.pipeline import MVQPipeline, balanced_labels
+    from mvq.atomic import atomic_directory, check_writable_destination
+    from mvq.distributed import resolve_device
+    from mvq.evaluation.npz_writer import NpzImageWriter
+    from mvq.models.sampling import SamplingError
+    from mvq.pipeline import MVQPipeline
 
     if args.n < 1 or args.batch_size < 1:
-        raise ValueError("--n and --batch-size must be at least 1")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    pipe = MVQPipeline.from_pretrained(args.stackformer, args.vae, device=device)
-    num_classes = pipe.num_classes
-    if num_classes:
-        if args.labels:
-            labels = [args.labels[i % len(args.labels)] for i in range(args.n)]
-        elif args.classes_balanced:
-            labels = balanced_labels(args.n, num_classes)
-        else:
-            raise ValueError(f"the Stackformer is class-conditional ({num_classes} classes): "
-                             f"pass --labels L ... or --classes-balanced")
-    elif args.labels or args.classes_balanced:
-        raise ValueError("the Stackformer is unconditional: --labels and --classes-balanced do not apply")
-    else:
-        labels = None
+        raise SamplingError("--n and --batch-size must be at least 1")
+    sampling = sampling_config(args)
+    check_writable_destination(args.out, args.overwrite)  # refuse before loading anything
+    pipe = MVQPipeline.from_pretrained(args.stackformer, args.vae, device=resolve_device(args.device),
+                                       allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
+    labels = _labels(args, pipe.num_classes)
 
     out = Path(args.out)
-    image_dir = out / "images"
-    (image_dir if args.png else out).mkdir(parents=True, exist_ok=True)
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    position_temperature=args.position_temperature, position_top_k=args.position_top_k,
-                    position_top_p=args.position_top_p, cfg_scale=args.cfg_scale,
-                    raster_constraint=args.raster_constraint, use_cache=args.use_cache)
-    collected = []
-    with tqdm(total=args.n, desc="sampling", unit="img") as progress:
-        for start, images in pipe.batches(args.n, labels, seed=args.seed, batch_size=args.batch_size, **sampling):
-            if args.png:
-                for offset, image in enumerate(images):
-                    Image.fromarray(image).save(image_dir / f"{start + offset:06d}.png")
-            collected.append(images)
-            progress.update(len(images))
-    arrays = {"arr_0": np.concatenate(collected)}
-    if labels is not None:
-        arrays["labels"] = np.asarray(labels, dtype=np.int64)
-    npz = out / "samples.npz"
-    np.savez(npz, **arrays)
-    print(f"wrote {args.n} images to {npz}" + (f" and {image_dir}" if args.png else ""))
+    with atomic_directory(out, overwrite=args.overwrite) as folder:
+        image_dir = folder / "images"
+        if args.png:
+            image_dir.mkdir()
+        with NpzImageWriter(folder / "samples.npz", args.n, pipe.vae.config.resolution) as npz, \
+                tqdm(total=args.n, desc="sampling", unit="img") as progress:
+            for start, images in pipe.batches(args.n, labels, seed=args.seed, batch_size=args.batch_size,
+                                              sampling=sampling):
+                if args.png:
+                    for offset, image in enumerate(images):
+                        Image.fromarray(image).save(image_dir / f"{start + offset:06d}.png")
+                npz.write(images)
+                progress.update(len(images))
+            if labels is not None:
+                npz.add("labels", np.asarray(labels, dtype=np.int64))
+    print(f"wrote {args.n} images to {out / 'samples.npz'}" + (f" and {out / 'images'}" if args.png else ""))

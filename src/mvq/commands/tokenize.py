@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,52 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def build_tokenize_dataset(data: str | Path, split: str, resolution: int) -> Any:
-    """The dataset to encode, at the MQ-VAE's resolution and with evaluation transforms.
-
-    `data` is an image folder or a YAML file whose `data:` section is a DataConfig.
-    Tokens are made once and reused every epoch, so no random augmentation is applied here.
-    """
-    import dataclasses
-
-    from mvq.config import ConfigError, build_dataclass, load_yaml
-
-    path = Path(data)
-    if not path.exists():
-        raise FileNotFoundError(f"--data {data}: no such config file or image folder")
-    from mvq.data import DataConfig, build_dataset, folder_dataset
-
-    if path.is_dir():
-        return folder_dataset(path, resolution, train=split == "train", augment=False)
-    section = load_yaml(path).get("data")
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path} has no 'data:' section to build the dataset from")
-    config = build_dataclass(DataConfig, section, "data")
-    if config.resolution != resolution:
-        print(f"mvq tokenize: using resolution {resolution} (the MQ-VAE's) instead of the config's "
-              f"{config.resolution}", file=sys.stderr)
-        config = dataclasses.replace(config, resolution=resolution)
-    return build_dataset(config, split, augment=False)
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
-
-
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from mvq.data.token_store import distributed_rank, part_name, tokenize_dataset
+    from mvq.data import build
+    from mvq.data.token_store import part_name
+    from mvq.distributed import rank_and_world_size, resolve_device
     from mvq.models.mqvae import MQVAE
+    from mvq.tokenizing import tokenize_dataset
 
-    rank, world_size = distributed_rank()
-    device = _device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    rank, world_size = rank_and_world_size()
+    device = resolve_device(args.device)
     model = MQVAE.from_pretrained(args.vae, map_location=device)
-    dataset = build_tokenize_dataset(args.data, args.split, model.config.resolution)
+    dataset = build.dataset_from_path(args.data, args.split, model.config.resolution)
     header = tokenize_dataset(
         model, dataset, args.out, flip=args.flip, batch_size=args.batch_size, num_workers=args.num_workers,
         rank=rank, world_size=world_size, device=device,

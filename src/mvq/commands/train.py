@@ -1,4 +1,4 @@
-"""`mvq train CONFIG [key=value ...]` and `mvq export RUN_DIR OUT_DIR`."""
+"""`mvq train CONFIG [key=value ...]`: start or resume a training run."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train an MQ-VAE (stage 1) or a Stackformer (stage 2)",
                               description="Train stage 1 or stage 2, chosen by the config. Dotted key=value "
                                           "overrides change any config value, e.g. model.keep_ratio=0.3 "
-                                          "trainer.max_steps=50.")
+                                          "trainer.max_steps=50; they may come before, between or after "
+                                          "the options.")
     p.add_argument("config", nargs="?", help="YAML config (configs/stage1/..., configs/stage2/..., configs/demo/...)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (anywhere on the line)")
     p.add_argument("--run-dir", help="run folder (default: runs/<config>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints/last.ckpt")
     p.add_argument("--data", metavar="PATH", help="train on the images under PATH instead of the config's dataset")
@@ -28,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
         folder = train(config, overrides, run_dir=args.run_dir, resume=args.resume, data_path=args.data)
     except TrainingInterrupted as stop:
         print(stop)
-        return 143
+        return stop.exit_code
     print(f"run folder: {folder}")
     return 0

@@ -5,6 +5,10 @@ ours), `masker.score_pred_net.{1,3,4}` (3×3 conv, 1×1 conv, batch norm), `mask
 `demasker.*` and `quantize.codebook.*` (codebook with one extra padding row). Weights that
 their forward pass never uses (`temb_proj` in the de-mask ResNet blocks, the padding row)
 are dropped; their `loss.*` weights are returned separately for continuing training.
+
+Their stage-1 config nests the architecture under `model.params.{encoder,decoder,masker,
+demasker,vq}_config.params`; `config_from_original` flattens it into our `model:` section,
+and `mqvae_config_section` accepts either layout (and the reference's key names) for the loader.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import re
 from typing import Any, Mapping
 
 import torch
+
+from mvq.config import ConfigError
+from mvq.convert.layout import is_reference_model_section
+from mvq.convert.names import MQVAE_NAMES, rename_reference_keys
 
 # (reference pattern, our replacement) applied in order to every key.
 _RENAMES = [
@@ -58,9 +66,16 @@ def from_original(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, tor
     return ours, loss
 
 
+def mqvae_config_section(section: Mapping[str, Any]) -> dict:
+    """A `model:` section in our layout, from ours (reference key names allowed) or the reference's layout."""
+    if is_reference_model_section(section):
+        return config_from_original(section)
+    return rename_reference_keys(section, MQVAE_NAMES)
+
+
 def _params(section: Mapping[str, Any] | None, name: str) -> dict:
     if section is None:
-        raise ValueError(f"reference config has no {name}")
+        raise ConfigError(f"the reference config has no model.params.{name}")
     return dict(section.get("params", section))
 
 
@@ -72,8 +87,21 @@ def config_from_original(model_section: Mapping[str, Any]) -> dict:
     demasker = _params(params.get("demasker_config"), "demasker_config")
     vq = _params(params.get("vqconfig") or params.get("vq_config"), "vqconfig")
     if enc.get("double_z"):
-        raise ValueError("reference encoder with double_z=true is not an MQ-VAE encoder")
-    config = {
+        raise ConfigError("reference encoder with double_z=true is not an MQ-VAE encoder")
+    try:
+        config = _flatten_reference_params(enc, masker, demasker, vq)
+    except KeyError as exc:
+        raise ConfigError(f"the reference config lacks {exc.args[0]!r} (model.params.*_config.params)") from None
+    f = 2 ** (len(config["ch_mult"]) - 1)
+    if masker.get("input_token_num") not in (None, (config["resolution"] // f) ** 2):
+        raise ConfigError(f"reference masker input_token_num {masker['input_token_num']} does not match the "
+                          f"{config['resolution'] // f}² grid of the encoder")
+    return config
+
+
+def _flatten_reference_params(enc: dict, masker: dict, demasker: dict, vq: dict) -> dict:
+    """Our MQ-VAE keys from the reference's per-module params (a missing required one raises KeyError)."""
+    return {
         "resolution": enc["resolution"],
         "in_channels": enc.get("in_channels", 3),
         "ch": enc["ch"],
@@ -91,8 +119,3 @@ def config_from_original(model_section: Mapping[str, Any]) -> dict:
         "ema_decay": vq.get("decay", 0.99),
         "restart_unused_codes": vq.get("restart_unused_codes", True),
     }
-    f = 2 ** (len(config["ch_mult"]) - 1)
-    if masker.get("input_token_num") not in (None, (config["resolution"] // f) ** 2):
-        raise ValueError(f"reference masker input_token_num {masker['input_token_num']} does not match the "
-                         f"{config['resolution'] // f}² grid of the encoder")
-    return config

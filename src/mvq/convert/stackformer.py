@@ -21,6 +21,8 @@ from typing import Any, Mapping
 
 import torch
 
+from mvq.convert.names import STACKFORMER_NAMES, rename_reference_keys
+
 _BLOCK_RENAMES = {
     "ln1": "norm1",
     "ln2": "norm2",
@@ -37,6 +39,11 @@ def _first(params: Mapping[str, Any], *names: str, default: Any = None) -> Any:
         if params.get(name) is not None:
             return params[name]
     return default
+
+
+def stackformer_config_section(section: Mapping[str, Any]) -> dict:
+    """A Stackformer `model:` section with the reference's key names (`n_embd`, `value_layer`, ...) renamed to ours."""
+    return rename_reference_keys(section, STACKFORMER_NAMES)
 
 
 def stackformer_config_from_original(reference_params: Mapping[str, Any]) -> dict:

@@ -1,13 +1,20 @@
-"""`build_dataset`: the dataset a `data:` config section describes."""
+"""`build_dataset`: the dataset a `data:` config section describes; `dataset_from_path`: a `--data` argument."""
 
 from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 
 from mvq.data.config import DataConfig
-from mvq.data.images import evenly_spaced
+from mvq.data.images import evenly_spaced, notice
 from mvq.data.layouts import SPLITS, ffhq_dataset, folder_dataset, imagenet_dataset
+from mvq.data.photos import photo_crops_dataset
 from mvq.data.synthetic import SyntheticShapes
+from mvq.data.transforms import eval_transform, pad_transform, random_crop_transform
+from mvq.errors import UserError
 
 
 def build_dataset(config: DataConfig, split: str, augment: bool | None = None) -> Dataset:
@@ -24,8 +31,7 @@ def build_dataset(config: DataConfig, split: str, augment: bool | None = None) -
     limit = config.max_val_images if split == "val" else None
     if config.dataset == "synthetic":
         size = config.num_train if split == "train" else config.num_val
-        dataset = SyntheticShapes(size, config.resolution, config.seed, split)
-        return dataset if limit is None or limit >= size else Subset(dataset, evenly_spaced(size, limit).tolist())
+        return _limit(SyntheticShapes(size, config.resolution, config.seed, split), limit)
     common = dict(horizontal_flip=config.horizontal_flip, max_images=limit, check=config.check_images,
                   num_threads=max(1, config.num_workers))
     if config.dataset == "imagenet":
@@ -33,4 +39,59 @@ def build_dataset(config: DataConfig, split: str, augment: bool | None = None) -
     if config.dataset == "ffhq":
         return ffhq_dataset(config.root, split, config.resolution, augment, images=config.ffhq_images,
                             train_list=config.ffhq_train_list, val_list=config.ffhq_val_list, **common)
+    if config.dataset == "torchvision":
+        return _torchvision(config, split, augment)
+    if config.dataset == "photos":
+        crops = config.crops_per_image if split == "train" else config.val_crops_per_image
+        dataset = photo_crops_dataset(config.root, split, config.resolution, augment, crops_per_image=crops,
+                                      scale=tuple(config.crop_scale), horizontal_flip=config.horizontal_flip,
+                                      seed=config.seed, check=config.check_images, num_threads=common["num_threads"])
+        return _limit(dataset, limit)
     return folder_dataset(config.root, config.resolution, split == "train", augment=augment, **common)
+
+
+def _limit(dataset: Dataset, limit: int | None) -> Dataset:
+    """At most `limit` items, evenly spaced over the dataset."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    return Subset(dataset, evenly_spaced(len(dataset), limit).tolist())
+
+
+def _torchvision(config: DataConfig, split: str, augment: bool) -> Dataset:
+    from mvq.data.torchvision_sets import torchvision_dataset
+
+    flip = augment and config.horizontal_flip
+    if config.fit == "pad":
+        transform = pad_transform(config.resolution, flip)
+    elif augment:
+        transform = random_crop_transform(config.resolution, flip)
+    else:
+        transform = eval_transform(config.resolution)
+    dataset = torchvision_dataset(config.torchvision_class, config.root, split, transform)
+    return _limit(dataset, config.max_val_images if split == "val" else None)
+
+
+def dataset_from_path(data: str | os.PathLike, split: str, resolution: int | None = None) -> Dataset:
+    """The dataset a command's `--data` names: an image folder, or a YAML config's `data:` section.
+
+    Images are read the way they are evaluated (resize and centre crop, no random flips): this
+    is what `mvq tokenize`, `mvq eval` and friends encode. `resolution` (the model's) replaces a
+    config's own `data.resolution`, with a notice when they differ; a folder needs it.
+    """
+    from mvq.config import ConfigError, build_dataclass, load_yaml
+
+    path = Path(data)
+    if path.is_dir():
+        if resolution is None:
+            raise UserError(f"reading the image folder {path} needs a resolution (--resolution R)")
+        return folder_dataset(path, resolution, train=split == "train", augment=False)
+    if not path.is_file():
+        raise UserError(f"--data {data}: no such config file or image folder")
+    section = load_yaml(path).get("data")
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path} has no 'data:' section to build the dataset from")
+    config = build_dataclass(DataConfig, section, "data")
+    if resolution is not None and resolution != config.resolution:
+        notice(f"using resolution {resolution} (the model's) instead of the config's {config.resolution}")
+        config = dataclasses.replace(config, resolution=resolution)
+    return build_dataset(config, split, augment=False)

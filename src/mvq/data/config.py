@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from mvq.config import ConfigError
 
-DATASETS = ("synthetic", "imagenet", "ffhq", "folder")
+DATASETS = ("synthetic", "imagenet", "ffhq", "folder", "torchvision", "photos")
 IMAGE_CHECKS = ("decode", "open", "none")
+FITS = ("crop", "pad")
+TORCHVISION_CLASSES = ("CIFAR10", "CIFAR100", "FashionMNIST", "MNIST", "STL10", "CelebA", "Flowers102")
 
 
 @dataclass
@@ -20,9 +22,21 @@ class DataConfig:
     """Which images to train on, at what size, and how to load them.
 
     dataset: "synthetic" (built-in shapes, no files), "imagenet" (ROOT/train, ROOT/val with one
-      folder per synset), "ffhq" (ROOT/FFHQ images + list files) or "folder" (any image folder,
-      optionally one subfolder per class; ROOT/train and ROOT/val are used when both exist).
+      folder per synset), "ffhq" (ROOT/FFHQ images + list files), "folder" (any image folder,
+      optionally one subfolder per class; ROOT/train and ROOT/val are used when both exist),
+      "torchvision" (one of torchvision's dataset classes over files already under ROOT) or
+      "photos" (random square crops of large photographs; ROOT/train and ROOT/val when both exist).
     root: the dataset folder; required for every dataset except "synthetic".
+    torchvision_class: for "torchvision": CIFAR10, CIFAR100, FashionMNIST, MNIST, STL10, CelebA
+      or Flowers102. Its train split is mvq's "train"; its held-out split (test, or valid/val
+      where it has one) is mvq's "val".
+    fit: for "torchvision": "crop" (resize the shorter side, then crop: random for training,
+      centre for evaluation) or "pad" (shrink only if too large, centre on black: small images
+      such as MNIST's 28 px keep their exact pixels).
+    crops_per_image, val_crops_per_image: for "photos": crops of each training photo per epoch,
+      and the fixed validation crops of each validation photo.
+    crop_scale: for "photos": [low, high] range of a crop's side as a fraction of the photo's
+      shorter side; the crop is then resized to `resolution`.
     batch_size: per device.
     num_train, num_val, seed: size and seed of the synthetic dataset.
     ffhq_images, ffhq_train_list, ffhq_val_list: FFHQ image folder and list files, relative to root.
@@ -47,6 +61,11 @@ class DataConfig:
     horizontal_flip: bool = True
     max_val_images: int | None = None
     check_images: str = "decode"
+    torchvision_class: str | None = None
+    fit: str = "crop"
+    crops_per_image: int = 16
+    val_crops_per_image: int = 4
+    crop_scale: tuple[float, float] = (0.25, 1.0)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -65,5 +84,16 @@ class DataConfig:
             raise ConfigError(f"data.num_train and data.num_val must be positive, got {self.num_train}, {self.num_val}")
         if self.max_val_images is not None and self.max_val_images < 1:
             raise ConfigError(f"data.max_val_images must be positive or null, got {self.max_val_images}")
+        if self.dataset == "torchvision" and self.torchvision_class not in TORCHVISION_CLASSES:
+            raise ConfigError(f"data.torchvision_class must be one of {', '.join(TORCHVISION_CLASSES)} for "
+                              f"data.dataset=torchvision, got {self.torchvision_class!r}")
+        if self.fit not in FITS:
+            raise ConfigError(f"data.fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+        if self.crops_per_image < 1 or self.val_crops_per_image < 1:
+            raise ConfigError(f"data.crops_per_image and data.val_crops_per_image must be positive, got "
+                              f"{self.crops_per_image}, {self.val_crops_per_image}")
+        scale = tuple(self.crop_scale)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(scale)}")
         if self.check_images not in IMAGE_CHECKS:
             raise ConfigError(f"data.check_images must be one of {', '.join(IMAGE_CHECKS)}, got {self.check_images!r}")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 logger = logging.getLogger("mvq.data")
 
@@ -27,6 +28,12 @@ MAX_NAMED_IN_WARNING = 50
 
 class SkippedFilesWarning(UserWarning):
     """Some files of a dataset are not readable images and were left out."""
+
+
+def notice(message: str) -> None:
+    """Tell the user, on one line of stderr, about something done to their data (a resize, a
+    replaced setting) that changes what they get but is not an error."""
+    print(f"mvq: {message}", file=sys.stderr)
 
 
 def _integer_grayscale_to_8bit(image: Image.Image) -> Image.Image:
@@ -55,13 +62,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode the image file at `path` completely and return it as 8-bit RGB.
+    """Decode the image file at `path` completely and return it as 8-bit RGB, upright.
 
-    Raises OSError / ValueError (from Pillow) when the file is not a readable image.
+    The EXIF orientation tag (set by cameras and phones) is applied, so a photo is read the
+    way image viewers show it. Raises OSError / ValueError (from Pillow) when the file is not
+    a readable image.
     """
     with open(path, "rb") as handle:
         image = Image.open(handle)
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image)
 
 
@@ -130,24 +140,6 @@ def warn_skipped(skipped: Sequence[tuple[Path, str]], total: int, where: str | o
     warnings.warn(SkippedFilesWarning(
         f"skipped {len(skipped)} of {total} files under {where} that are not readable images: "
         + "; ".join(named) + tail), stacklevel=3)
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
-def list_files(root: str | os.PathLike) -> list[Path]:
-    """Every non-hidden file under `root`, recursively, in sorted (deterministic) order."""
-    found = []
-    for directory, subdirs, names in os.walk(root, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if _visible(d))
-        found.extend(Path(directory) / name for name in sorted(names) if _visible(name))
-    return found
-
-
-def subfolders(root: str | os.PathLike) -> list[str]:
-    """Names of the non-hidden folders directly under `root`, sorted."""
-    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and _visible(entry.name))
 
 
 def evenly_spaced(count: int, limit: int | None) -> np.ndarray:

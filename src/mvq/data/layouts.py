@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mvq.data.discovery import list_files, subfolders
 from mvq.data.files import ImageFileDataset
-from mvq.data.images import evenly_spaced, list_files, scan_images, subfolders, warn_skipped
+from mvq.data.images import evenly_spaced, scan_images, warn_skipped
 from mvq.data.transforms import (ImageTransform, eval_transform, random_crop_transform,
                                  random_resized_crop_transform)
 

@@ -1,7 +1,8 @@
-"""Token stores: a dataset encoded once by an MQ-VAE, read by stage-2 training.
+"""The token store file format: a dataset encoded once by an MQ-VAE, read by stage-2 training.
 
 Stage 2 never runs the image encoder per step; it reads the (code, position) pairs of every
-image from a store written by `mvq tokenize`. A store is a folder::
+image from a store written by `mvq tokenize` (the job itself is `mvq.tokenizing`). A store is
+a folder::
 
     STORE/
       header.json                  what the tokens mean (codebook size, grid, K, classes, dtypes,
@@ -22,10 +23,8 @@ be continued: the rows after the recorded count are simply written again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mvq.config import dataclass_to_dict
+from mvq.atomic import atomic_write_json
 
 HEADER_NAME = "header.json"
 PROGRESS_NAME = "progress.json"
@@ -181,11 +180,7 @@ def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def vae_token_geometry(vae_config: Any) -> dict[str, int]:
-    """codebook_size, grid_size and num_tokens of an MQ-VAE config (MQVAEConfig or `model:` mapping)."""
-    if isinstance(vae_config, Mapping):
-        from mvq.models.mqvae import MQVAEConfig
-
-        vae_config = MQVAEConfig.from_mapping(vae_config)
+    """codebook_size, grid_size and num_tokens of an MQ-VAE config object (e.g. `MQVAEConfig`)."""
     return {"codebook_size": int(vae_config.codebook_size), "grid_size": int(vae_config.grid_size),
             "num_tokens": int(vae_config.num_tokens)}
 
@@ -194,7 +189,8 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
                      weights_sha256: str | None = None) -> None:
     """Raise ValueError if a store's tokens cannot be decoded by the MQ-VAE with `vae_config`.
 
-    The codebook size, grid and K must agree. When `weights_sha256` (see `vae_fingerprint`) is
+    The codebook size, grid and K must agree. When `weights_sha256` (see
+    `mvq.models.pretrained.weights_fingerprint`) is
     given and the store recorded one, they must agree too: same shapes but other weights means
     the codes index a different codebook.
     """
@@ -214,28 +210,7 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
                          "Tokenize the data again with this MQ-VAE (`mvq tokenize`).")
 
 
-def vae_fingerprint(model: torch.nn.Module) -> str:
-    from mvq.models.pretrained import weights_fingerprint
-
-    return weights_fingerprint(model)
-
-
 # ----------------------------------------------------------------------------- writing
-
-
-def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON so that readers see either the old or the new file, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def create_store(path: str | os.PathLike, header: TokenStoreHeader) -> Path:
@@ -255,7 +230,7 @@ def create_store(path: str | os.PathLike, header: TokenStoreHeader) -> Path:
             raise ValueError(f"{path} already holds a token store made with other settings ({details}). "
                              f"Pass the same arguments to continue it, or choose another --out.")
     else:
-        _atomic_write_json(path / HEADER_NAME, header.to_json())
+        atomic_write_json(path / HEADER_NAME, header.to_json())
     return path
 
 
@@ -295,7 +270,7 @@ class TokenPartWriter:
         return {n: np.load(self.dir / f"{n}.npy", mmap_mode="r+") for n in ARRAY_NAMES}
 
     def _record_progress(self) -> None:
-        _atomic_write_json(self.dir / PROGRESS_NAME, {"done": self.done, "size": self.size})
+        atomic_write_json(self.dir / PROGRESS_NAME, {"done": self.done, "size": self.size})
 
     @property
     def complete(self) -> bool:
@@ -407,89 +382,3 @@ class TokenStore(Dataset):
         """The memory-mapped arrays of each part, in order (for bulk reads and statistics)."""
         return iter(self._open())
 
-
-# ----------------------------------------------------------------------------- tokenizing
-
-
-def declared_num_classes(dataset: Any) -> int | None:
-    """The number of classes a dataset declares (`num_classes` or `classes`), or None."""
-    while dataset is not None:
-        n = getattr(dataset, "num_classes", None)
-        if isinstance(n, int):
-            return n
-        classes = getattr(dataset, "classes", None)
-        if classes is not None:
-            return len(classes)
-        dataset = getattr(dataset, "dataset", None)  # look through Subset-like wrappers
-    return None
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if rank is not None and world is not None:
-        return int(rank), int(world)
-    return 0, 1
-
-
-def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.PathLike, *,
-                     flip: bool = False, batch_size: int = 64, num_workers: int = 0,
-                     rank: int | None = None, world_size: int | None = None,
-                     device: str | torch.device = "cpu", source: Mapping[str, Any] | None = None,
-                     progress: bool = True) -> TokenStoreHeader:
-    """Encode `dataset` with an MQ-VAE into the store at `out`; this rank writes its part.
-
-    `model` needs `config` (codebook_size, grid_size, num_tokens, resolution) and
-    `tokenize(images) -> (codes, positions)`; dataset items are dicts with `image` (3×R×R in
-    [-1, 1]) and `label`. With `flip`, row 2i is image i and row 2i + 1 its horizontal mirror.
-    A part already (partly) written is continued from its recorded progress; with the same
-    batch size the finished store is identical to one written without interruption.
-    """
-    from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
-
-    if rank is None or world_size is None:
-        rank, world_size = distributed_rank()
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    config = model.config
-    copies = 2 if flip else 1
-    num_images = len(dataset)
-    bounds = [shard_bounds(num_images, r, world_size) for r in range(world_size)]
-    num_classes = declared_num_classes(dataset)
-    vae_config = dataclass_to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
-    header = TokenStoreHeader(
-        codebook_size=int(config.codebook_size), grid_size=int(config.grid_size),
-        num_tokens=int(config.num_tokens), num_classes=num_classes,
-        part_sizes=tuple(copies * (stop - start) for start, stop in bounds),
-        dtypes=store_dtypes(int(config.codebook_size), int(config.grid_size) ** 2, num_classes),
-        flip=flip, vae={"config": vae_config, "weights_sha256": vae_fingerprint(model)},
-        source={"num_images": num_images, **(source or {})},
-    )
-    create_store(out, header)
-    writer = TokenPartWriter(out, header, rank)
-    start, stop = bounds[rank]
-    first = start + writer.done // copies
-    bar = tqdm(total=stop - start, initial=first - start, unit="img", disable=not progress or rank != 0,
-               desc=f"tokenize {part_name(rank, world_size)}" if world_size > 1 else "tokenize")
-    if first < stop:
-        loader = DataLoader(Subset(dataset, range(first, stop)), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers)
-        model.eval()
-        resolution = getattr(config, "resolution", None)
-        with torch.inference_mode():
-            for batch in loader:
-                images, labels = batch["image"].to(device), torch.as_tensor(batch["label"])
-                if resolution is not None and tuple(images.shape[1:]) != (3, resolution, resolution):
-                    raise ValueError(f"the dataset gives images of shape {tuple(images.shape[1:])}, the MQ-VAE "
-                                     f"expects 3×{resolution}×{resolution}: set the data resolution to {resolution}")
-                if flip:  # original and mirror of each image side by side: rows 2i, 2i + 1
-                    images = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
-                    labels = labels.repeat_interleave(2)
-                codes, positions = model.tokenize(images)
-                writer.append(codes, positions, labels)
-                bar.update(len(batch["label"]))
-    bar.close()
-    return header

@@ -2,7 +2,8 @@
 
 Training: resize the shorter side and take a random crop (ImageNet, image folders), or a
 random resized crop covering 75-100% of the image (FFHQ); both with optional horizontal flips.
-Evaluation: resize the shorter side and take the centre crop.
+Evaluation: resize the shorter side and take the centre crop. Small images (MNIST's 28 px) can
+instead be padded: shrunk only if too large, then centred on black, so no pixel is resampled.
 """
 
 from __future__ import annotations
@@ -41,4 +42,30 @@ def random_resized_crop_transform(resolution: int, scale: tuple[float, float] = 
     steps = [T.RandomResizedCrop(resolution, scale=scale, ratio=(1.0, 1.0))]
     if horizontal_flip:
         steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps + [to_signed_tensor])
+
+
+class PadToSquare:
+    """Shrink an image that does not fit into resolution×resolution (keeping its aspect), then
+    centre it on black: small images keep their exact pixels."""
+
+    def __init__(self, resolution: int):
+        self.resolution = resolution
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        r = self.resolution
+        if max(image.size) > r:
+            scale = r / max(image.size)
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.BICUBIC)
+        if image.size == (r, r):
+            return image
+        canvas = Image.new("RGB", (r, r))
+        canvas.paste(image, ((r - image.width) // 2, (r - image.height) // 2))
+        return canvas
+
+
+def pad_transform(resolution: int, horizontal_flip: bool = False) -> ImageTransform:
+    """`PadToSquare` (and, for training, random flips)."""
+    steps = [PadToSquare(resolution)] + ([T.RandomHorizontalFlip()] if horizontal_flip else [])
     return T.Compose(steps + [to_signed_tensor])

@@ -1,4 +1,9 @@
-"""The demo's steps, one function each, and `run_demo` that runs them in order."""
+"""The demo's stages, one function each, and `run_demo` that runs them in order.
+
+The output folder is the demo's own: it must be new, empty, or made by an earlier demo (it
+holds the marker file `.mvq-demo`). Only then are that earlier demo's outputs replaced;
+nothing else in the folder is touched, and a folder the demo did not make is refused.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from mvq.config import build_dataclass, load_yaml
+from mvq.errors import UserError
 
 DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+MARKER = ".mvq-demo"
+DEMO_OUTPUTS = ["runs", "tokens", "mqvae", "stackformer", "figures", "samples.npz", "metrics.json", "index.html"]
 SAMPLES_PER_CLASS = 16
 # Classifier-free guidance for the class-conditional samples (the demo Stackformer is trained with
 # label dropout). Measured on 128 samples: 0.54 of them show the asked-for shape without guidance,
@@ -38,6 +46,36 @@ FAST_STAGE2 = ["trainer.max_steps=20", "trainer.val_check_interval=10", "run.ima
                "run.checkpoint_every_n_steps=10"]
 
 
+# ----------------------------------------------------------------------------- output folder
+
+def prepare_output_folder(out: str | Path, data: str | None = None) -> Path:
+    """Check the inputs, then make `out` the demo's folder: new, empty, or an earlier demo's (marker).
+
+    Refuses (UserError) before anything is written or deleted; in an earlier demo's folder
+    only that demo's outputs (`DEMO_OUTPUTS`) are removed.
+    """
+    if data is not None and not Path(data).is_dir():
+        raise UserError(f"--data {data}: no such folder of images")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the demo's outputs")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UserError(f"--out {out} is not empty and was not made by mvq demo; choose a new or empty folder "
+                            "(the demo never deletes what it did not write)")
+        for name in DEMO_OUTPUTS:  # an earlier demo's outputs: replaced by this run
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by mvq demo: its outputs in this folder are replaced by the next demo run\n")
+    return out
+
+
+# ----------------------------------------------------------------------------- stages
+
 def _data_sets(run_dir: Path):
     """Train and held-out datasets of the stage-1 run, without random augmentation."""
     from mvq.data import build_dataset
@@ -47,47 +85,78 @@ def _data_sets(run_dir: Path):
     return build_dataset(config, "train", augment=False), build_dataset(config, "val", augment=False)
 
 
-def _stack(dataset, key: str, limit: int | None = None) -> torch.Tensor:
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    return torch.stack([torch.as_tensor(dataset[i][key]) for i in range(n)])
+def train_tokenizer(out: Path, data: str | None, overrides: list[str]) -> Path:
+    """Stage 1: train the demo MQ-VAE and export it to out/mqvae; returns the run folder."""
+    from mvq.training.run import export, train
+
+    run = train(str(DEMO_CONFIGS / "mqvae_shapes.yaml"), overrides, run_dir=str(out / "runs" / "mqvae"),
+                data_path=data)
+    export(run, out / "mqvae")
+    return run
+
+
+def tokenize_splits(out: Path, vae, datasets: dict, progress: bool) -> int:
+    """Token stores out/tokens/{train,val}; returns the number of classes (0: unlabelled data)."""
+    from mvq.data.token_store import TokenStore
+    from mvq.tokenizing import tokenize_dataset
+
+    for split, dataset in datasets.items():
+        tokenize_dataset(vae, dataset, out / "tokens" / split, batch_size=256, rank=0, world_size=1,
+                         source={"demo": split}, progress=progress)
+    (labels,) = _store_columns(TokenStore(out / "tokens" / "train"), "labels")
+    return int(labels.max()) + 1 if int(labels.min()) >= 0 else 0
+
+
+def train_generator(out: Path, overrides: list[str]) -> Path:
+    """Stage 2: train the demo Stackformer on the token stores and export it to out/stackformer."""
+    from mvq.training.run import export, train
+
+    run = train(str(DEMO_CONFIGS / "stackformer_shapes.yaml"),
+                [f"vae={out / 'mqvae'}", f"data.tokens={out / 'tokens' / 'train'}",
+                 f"data.val_tokens={out / 'tokens' / 'val'}", *overrides],
+                run_dir=str(out / "runs" / "stackformer"))
+    export(run, out / "stackformer")
+    return run
+
+
+def evaluate_tokenizer(vae, val_set, figures: Path) -> dict:
+    """Held-out reconstruction metrics (the library's evaluation), keep-mask focus, and the figure."""
+    from mvq.evaluation import evaluate_reconstruction
+    from mvq.visualize import image_grid, reconstruction_rows
+
+    recon = evaluate_reconstruction(vae, val_set, batch_size=128)
+    metrics = {"recon_psnr": recon["psnr"], "recon_l1": recon["l1"],
+               "keep_ratio": vae.config.num_tokens / vae.config.num_cells,
+               "codebook_usage": recon["codebook_usage_percent"], "codebook_perplexity": recon["codebook_perplexity"],
+               **keep_mask_focus(vae, val_set)}
+    images = torch.stack([torch.as_tensor(val_set[i]["image"]) for i in range(min(12, len(val_set)))])
+    save_enlarged(image_grid(reconstruction_rows(vae, images)), figures / "reconstructions.png",
+                  vae.config.resolution)
+    return metrics
 
 
 @torch.no_grad()
-def evaluate_reconstruction(vae, val_set, batch_size: int = 128) -> tuple[dict, dict]:
-    """PSNR / L1 on held-out images, codebook usage, and where the keep-mask falls (synthetic masks)."""
-    from mvq.evaluation import codebook_usage_from_counts
+def keep_mask_focus(vae, val_set, batch_size: int = 128) -> dict:
+    """Where the keep-mask falls on the synthetic shapes: kept cells on a shape ÷ the shapes' share of the image.
 
-    images = _stack(val_set, "image")
-    has_masks = "mask" in val_set[0]
-    masks = _stack(val_set, "mask") if has_masks else None
-    g = vae.config.grid_size
-    cell = vae.config.resolution // g
-    counts = torch.zeros(vae.config.codebook_size)
-    psnrs, l1s, kept_fg, kept_total, fg_share = [], [], 0.0, 0.0, []
-    for start in range(0, len(images), batch_size):
-        x = images[start: start + batch_size]
-        out = vae(x)
-        rec = out.reconstruction.clamp(-1, 1)
-        mse = ((rec - x) ** 2).flatten(1).mean(1)
-        psnrs.append(10 * torch.log10(4.0 / mse.clamp_min(1e-10)))
-        l1s.append((rec - x).abs().flatten(1).mean(1))
-        counts += torch.bincount(out.codes.flatten(), minlength=vae.config.codebook_size).float()
-        if masks is not None:
-            m = masks[start: start + batch_size]
-            touches = F.max_pool2d(m, cell).squeeze(1) > 0  # B×g×g: a cell touching any shape pixel
-            kept_fg += float((touches & out.keep_mask).sum())
-            kept_total += float(out.keep_mask.sum())
-            fg_share.append(m.flatten(1).mean(1))
-    usage = codebook_usage_from_counts(counts)
-    metrics = {"recon_psnr": float(torch.cat(psnrs).mean()), "recon_l1": float(torch.cat(l1s).mean()),
-               "keep_ratio": vae.config.num_tokens / vae.config.num_cells,
-               "codebook_usage": usage["usage_percent"], "codebook_perplexity": usage["perplexity"]}
-    if masks is not None:
-        share = float(torch.cat(fg_share).mean())
-        kept_share = kept_fg / max(kept_total, 1.0)
-        metrics.update(kept_foreground_share=kept_share, foreground_share=share,
-                       keep_focus_ratio=kept_share / max(share, 1e-8))
-    return metrics, {"images": images}
+    Empty for data without shape masks (your own images).
+    """
+    if "mask" not in val_set[0]:
+        return {}
+    loader = torch.utils.data.DataLoader(val_set, batch_size=batch_size)
+    cell = vae.config.resolution // vae.config.grid_size
+    kept_on_shape = kept = 0.0
+    shares = []
+    for batch in loader:
+        keep_mask = vae(batch["image"]).keep_mask
+        touches = F.max_pool2d(batch["mask"], cell).squeeze(1) > 0  # B×g×g: a cell touching any shape pixel
+        kept_on_shape += float((touches & keep_mask).sum())
+        kept += float(keep_mask.sum())
+        shares.append(batch["mask"].flatten(1).mean(1))
+    share = float(torch.cat(shares).mean())
+    kept_share = kept_on_shape / max(kept, 1.0)
+    return {"kept_foreground_share": kept_share, "foreground_share": share,
+            "keep_focus_ratio": kept_share / max(share, 1e-8)}
 
 
 @torch.no_grad()
@@ -126,128 +195,50 @@ def _store_columns(store, *names: str) -> list[torch.Tensor]:
             for name in names]
 
 
-def save_enlarged(grid: torch.Tensor, path: Path, resolution: int) -> None:
-    """Save a grid of small images enlarged (nearest neighbour) to about 64 px per image, so the page shows them."""
-    from mvq.visualize import save_image
-
-    scale = max(1, 64 // resolution)
-    save_image(grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2), path)
-
-
-def _timed(timings: dict, name: str):
-    class _Timer:
-        def __enter__(self):
-            self.start = time.perf_counter()
-
-        def __exit__(self, *exc):
-            timings[name] = time.perf_counter() - self.start
-
-    return _Timer()
-
-
-def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: bool = False, seed: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Run the whole pipeline and write the report into `out`; returns the metrics.
-
-    `seed` overrides the demo configs' `run.seed` (and seeds sampling); by default their own seeds are used.
-    """
-    from mvq.data.token_store import TokenStore, tokenize_dataset
-    from mvq.demo.classifier import predict, train_classifier
-    from mvq.demo.report import plot_curves, read_scalars, write_index
-    from mvq.models.mqvae import MQVAE
-    from mvq.models.stackformer import Stackformer
+def sample_images(stackformer, vae, num_classes: int, per_class: int, seed: int, out: Path,
+                  classifier=None) -> dict:
+    """Samples per class (guided) or unconditional → out/samples.npz, the figure, and class consistency."""
+    from mvq.demo.classifier import predict
+    from mvq.models.sampling import SamplingConfig
     from mvq.pipeline import MVQPipeline
-    from mvq.training.run import export, train
-    from mvq.visualize import image_grid, reconstruction_rows
+    from mvq.visualize import image_grid
 
-    out = Path(out)
-    for name in ["runs", "tokens", "mqvae", "stackformer", "figures"]:  # the demo regenerates its outputs
-        shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_overrides = [] if seed is None else [f"run.seed={seed}"]
-    sample_seed = 0 if seed is None else seed
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-
-    def say(message: str) -> None:
-        if progress:
-            print(f"\n== mvq demo: {message}", flush=True)
-
-    say("stage 1 — training the MQ-VAE")
-    with _timed(timings, "seconds_stage1"):
-        run1 = train(str(DEMO_CONFIGS / "mqvae_shapes.yaml"), [*seed_overrides, *(FAST_STAGE1 if fast else [])],
-                     run_dir=str(out / "runs" / "mqvae"), data_path=data)
-        export(run1, out / "mqvae")
-    vae = MQVAE.from_pretrained(out / "mqvae")
-    train_set, val_set = _data_sets(run1)
-
-    say("tokenizing the images")
-    with _timed(timings, "seconds_tokenize"):
-        for split, dataset in [("train", train_set), ("val", val_set)]:
-            tokenize_dataset(vae, dataset, out / "tokens" / split, batch_size=256, rank=0, world_size=1,
-                             source={"demo": split}, progress=progress)
-    (labels,) = _store_columns(TokenStore(out / "tokens" / "train"), "labels")
-    num_classes = int(labels.max()) + 1 if int(labels.min()) >= 0 else 0
-
-    say("stage 2 — training the Stackformer")
-    with _timed(timings, "seconds_stage2"):
-        run2 = train(str(DEMO_CONFIGS / "stackformer_shapes.yaml"),
-                     [f"vae={out / 'mqvae'}", f"data.tokens={out / 'tokens' / 'train'}",
-                      f"data.val_tokens={out / 'tokens' / 'val'}",
-                      *seed_overrides, *(FAST_STAGE2 if fast else [])],
-                     run_dir=str(out / "runs" / "stackformer"))
-        export(run2, out / "stackformer")
-
-    classifier = None
-    metrics: dict[str, Any] = {"num_classes": num_classes}
+    pipeline = MVQPipeline(stackformer, vae)
     if num_classes:
-        say("training the shape classifier (checks class-conditional samples)")
-        with _timed(timings, "seconds_classifier"):
-            classifier, metrics["classifier_accuracy"] = train_classifier(
-                train_set, val_set, num_classes, epochs=1 if fast else 3, progress=progress,
-                max_items=256 if fast else None)
-    say("evaluating: reconstructions, samples, losses")
-    figures = out / "figures"
-    with _timed(timings, "seconds_evaluate"):
-        recon_metrics, held_out = evaluate_reconstruction(vae, val_set)
-        metrics.update(recon_metrics)
-        rows = reconstruction_rows(vae, held_out["images"][:12])
-        save_enlarged(image_grid(rows), figures / "reconstructions.png", vae.config.resolution)
+        wanted = [c for c in range(num_classes) for _ in range(per_class)]
+        samples = pipeline(labels=wanted, seed=seed, batch_size=64, sampling=SamplingConfig(cfg_scale=GUIDANCE_SCALE))
+    else:
+        wanted = None
+        samples = pipeline(n=4 * per_class, seed=seed, batch_size=64)
+    sample_tensor = torch.from_numpy(samples).permute(0, 3, 1, 2).float() / 127.5 - 1
+    rows = max(num_classes, 4)
+    save_enlarged(image_grid(list(sample_tensor.reshape(rows, -1, *sample_tensor.shape[1:]))),
+                  out / "figures" / "samples.png", vae.config.resolution)
+    np.savez_compressed(out / "samples.npz", arr_0=samples)
+    metrics: dict[str, Any] = {"num_samples": len(samples)}
+    if classifier is not None:
+        predicted = predict(classifier, sample_tensor)
+        metrics["class_consistency"] = float((predicted == torch.tensor(wanted)).float().mean())
+    return metrics
 
-        stackformer = Stackformer.from_pretrained(out / "stackformer")
-        metrics.update(evaluate_stackformer(stackformer, TokenStore(out / "tokens" / "train"),
-                                            TokenStore(out / "tokens" / "val")))
-        pipeline = MVQPipeline(stackformer, vae)
-        per_class = 4 if fast else SAMPLES_PER_CLASS
-        if num_classes:
-            wanted = [c for c in range(num_classes) for _ in range(per_class)]
-            samples = pipeline(labels=wanted, seed=sample_seed, batch_size=64, cfg_scale=GUIDANCE_SCALE)
-        else:
-            wanted = None
-            samples = pipeline(n=4 * per_class, seed=sample_seed, batch_size=64)
-        metrics["num_samples"] = len(samples)
-        sample_tensor = torch.from_numpy(samples).permute(0, 3, 1, 2).float() / 127.5 - 1
-        n_rows = max(num_classes, 4)
-        save_enlarged(image_grid(list(sample_tensor.reshape(n_rows, -1, *sample_tensor.shape[1:]))),
-                      figures / "samples.png", vae.config.resolution)
-        np.savez_compressed(out / "samples.npz", arr_0=samples)
-        if classifier is not None:
-            predicted = predict(classifier, sample_tensor)
-            metrics["class_consistency"] = float((predicted == torch.tensor(wanted)).float().mean())
 
-        s1 = read_scalars(run1 / "logs")
-        s2 = read_scalars(run2 / "logs")
-        plot_curves(s1, ["train/l1_loss", "val/rec_loss"], "MQ-VAE: L1 reconstruction loss",
-                    figures / "stage1_loss.png")
-        plot_curves(s2, ["train/code_loss", "train/position_loss", "val/code_loss", "val/position_loss"],
-                    "Stackformer: code and position losses", figures / "stage2_loss.png")
-    timings["seconds_total"] = time.perf_counter() - start
-    metrics.update(timings)
-    for key in DEMO_METRICS:  # e.g. no classifier on class-less user data: report NaN, never leave a gap
-        metrics.setdefault(key, float("nan"))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+def plot_training_curves(run1: Path, run2: Path, figures: Path) -> None:
+    from mvq.demo.report import plot_curves, read_scalars
 
-    checks = quality_checks(metrics)
+    plot_curves(read_scalars(run1 / "logs"), ["train/l1_loss", "val/rec_loss"], "MQ-VAE: L1 reconstruction loss",
+                figures / "stage1_loss.png")
+    plot_curves(read_scalars(run2 / "logs"),
+                ["train/code_loss", "train/position_loss", "val/code_loss", "val/position_loss"],
+                "Stackformer: code and position losses", figures / "stage2_loss.png")
+
+
+def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
+    """metrics.json and index.html."""
+    from mvq.atomic import atomic_write_text
+    from mvq.demo.report import write_index
+
+    # NaN marks a metric this data has none of (e.g. no classes); JSON readers in Python accept it.
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     sections = [
         {"title": "Reconstructions", "image": "figures/reconstructions.png",
          "text": f"Rows: held-out inputs; reconstructions from {vae.config.num_tokens} of {vae.config.num_cells} "
@@ -262,7 +253,90 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
         {"title": "Stackformer training", "image": "figures/stage2_loss.png",
          "text": "Cross-entropy of the next code and of its position, on training batches and held-out tokens."},
     ]
-    write_index(out, "mvq demo: masked vector quantization on synthetic shapes", sections, metrics, checks)
+    write_index(out, "mvq demo: masked vector quantization on synthetic shapes", sections, metrics,
+                quality_checks(metrics))
+
+
+def save_enlarged(grid: torch.Tensor, path: Path, resolution: int) -> None:
+    """Save a grid of small images enlarged (nearest neighbour) to about 64 px per image, so the page shows them."""
+    from mvq.visualize import save_image
+
+    scale = max(1, 64 // resolution)
+    save_image(grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2), path)
+
+
+class _Timed:
+    """`with _Timed(timings, "seconds_x"):` records the block's wall time."""
+
+    def __init__(self, timings: dict, name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.name] = time.perf_counter() - self.start
+
+
+# ----------------------------------------------------------------------------- the whole demo
+
+def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: bool = False, seed: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the whole pipeline and write the report into `out`; returns the metrics.
+
+    `seed` overrides the demo configs' `run.seed` (and seeds sampling); by default their own seeds are used.
+    """
+    from mvq.data.token_store import TokenStore
+    from mvq.demo.classifier import train_classifier
+    from mvq.models.mqvae import MQVAE
+    from mvq.models.stackformer import Stackformer
+
+    out = prepare_output_folder(out, data)
+    seed_overrides = [] if seed is None else [f"run.seed={seed}"]
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress:
+            print(f"\n== mvq demo: {message}", flush=True)
+
+    say("stage 1 — training the MQ-VAE")
+    with _Timed(timings, "seconds_stage1"):
+        run1 = train_tokenizer(out, data, [*seed_overrides, *(FAST_STAGE1 if fast else [])])
+    vae = MQVAE.from_pretrained(out / "mqvae")
+    train_set, val_set = _data_sets(run1)
+
+    say("tokenizing the images")
+    with _Timed(timings, "seconds_tokenize"):
+        num_classes = tokenize_splits(out, vae, {"train": train_set, "val": val_set}, progress)
+
+    say("stage 2 — training the Stackformer")
+    with _Timed(timings, "seconds_stage2"):
+        run2 = train_generator(out, [*seed_overrides, *(FAST_STAGE2 if fast else [])])
+
+    classifier = None
+    metrics: dict[str, Any] = {"num_classes": num_classes}
+    if num_classes:
+        say("training the shape classifier (checks class-conditional samples)")
+        with _Timed(timings, "seconds_classifier"):
+            classifier, metrics["classifier_accuracy"] = train_classifier(
+                train_set, val_set, num_classes, epochs=1 if fast else 3, progress=progress,
+                max_items=256 if fast else None)
+
+    say("evaluating: reconstructions, samples, losses")
+    with _Timed(timings, "seconds_evaluate"):
+        metrics.update(evaluate_tokenizer(vae, val_set, out / "figures"))
+        stackformer = Stackformer.from_pretrained(out / "stackformer")
+        metrics.update(evaluate_stackformer(stackformer, TokenStore(out / "tokens" / "train"),
+                                            TokenStore(out / "tokens" / "val")))
+        metrics.update(sample_images(stackformer, vae, num_classes, 4 if fast else SAMPLES_PER_CLASS,
+                                     0 if seed is None else seed, out, classifier))
+        plot_training_curves(run1, run2, out / "figures")
+    timings["seconds_total"] = time.perf_counter() - start
+    metrics.update(timings)
+    for key in DEMO_METRICS:  # e.g. no classifier on class-less user data: report NaN, never leave a gap
+        metrics.setdefault(key, float("nan"))
+    write_report(out, vae, num_classes, metrics)
     say(f"done in {timings['seconds_total']:.0f} s — open {out / 'index.html'}")
     return metrics
 

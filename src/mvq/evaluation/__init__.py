@@ -12,13 +12,14 @@ from mvq.evaluation.image_metrics import from_uint8, lpips_distance, psnr, ssim,
 from mvq.evaluation.images import ImageFolder, ImageSet, NumpyImages, evaluation_indices, fit_resolution
 from mvq.evaluation.inception import InceptionV3
 from mvq.evaluation.reconstruction import evaluate_reconstruction
-from mvq.evaluation.scores import feature_statistics, fid_from_features, inception_score, kernel_inception_distance
+from mvq.evaluation.scores import inception_score, kernel_inception_distance
+from mvq.evaluation.tokenizer_stats import TokenizerStatistics
 
 
 __all__ = [
     "FID_IMAGE_COUNT", "GaussianAccumulator", "ImageFolder", "ImageSet", "InceptionV3", "NumpyImages",
-    "code_counts", "codebook_usage", "codebook_usage_from_counts", "evaluate_generation", "evaluate_reconstruction",
-    "evaluation_indices", "feature_statistics", "fid_from_features", "fit_resolution", "frechet_distance",
+    "TokenizerStatistics", "code_counts", "codebook_usage", "codebook_usage_from_counts", "evaluate_generation",
+    "evaluate_reconstruction", "evaluation_indices", "fit_resolution", "frechet_distance",
     "from_uint8", "inception_score", "has_statistics", "kernel_inception_distance", "load_statistics",
     "lpips_distance", "psnr", "reference_statistics", "run_inception", "save_statistics", "ssim", "to_uint8",
 ]

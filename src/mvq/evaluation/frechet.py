@@ -7,6 +7,7 @@ on several ranks add up exactly, and the result equals mean/covariance of all fe
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -99,12 +100,16 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"statistics are written as .npz; got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-             **{k: np.asarray(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
-    return path
+    from mvq.atomic import atomic_write
+
+    arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64),
+              **{k: np.asarray(v) for k, v in metadata.items()}}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary name
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
 
 
 def has_statistics(path: str | os.PathLike) -> bool:
@@ -112,8 +117,11 @@ def has_statistics(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return False
-    with np.load(path) as data:
-        return {"mu", "sigma"} <= set(data.files)
+    try:
+        with np.load(path) as data:
+            return {"mu", "sigma"} <= set(data.files)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a readable .npz file ({exc}); is it truncated?") from exc
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
 
 from mvq.evaluation.frechet import GaussianAccumulator, frechet_distance, has_statistics, load_statistics
-from mvq.evaluation.images import ImageSet
+from mvq.evaluation.images import ImageSet, evaluation_indices
 from mvq.evaluation.inception import FEATURE_DIM, InceptionV3
 from mvq.evaluation.scores import inception_score, kernel_inception_distance
 
@@ -69,14 +70,48 @@ def _image_size(images: ImageSet) -> int | None:
 
 
 def reference_statistics(reference: str | os.PathLike, inception: InceptionV3, *, resolution: int | None = None,
-                         batch_size: int = 64, device: torch.device | str = "cpu", num_images: int | None = None,
-                         num_workers: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mu, sigma, number of images) of Inception pool features of an image folder or .npz."""
-    images = ImageSet(reference, resolution, num_workers)
-    outputs = run_inception(images.batches(batch_size, num_images), inception, device, progress=progress,
-                            total=min(len(images), num_images or len(images)), desc="reference")
+                         split: str = "train", batch_size: int = 64, device: torch.device | str = "cpu",
+                         num_images: int | None = None, num_workers: int = 0,
+                         progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mu, sigma, number of images) of Inception pool features of an image folder, an .npz of images,
+    or the `split` of a YAML config's `data:` section (evaluation transforms: resize, centre crop).
+
+    With `num_images`, a seeded random subset of that many images is used.
+    """
+    path = Path(reference)
+    if path.suffix in (".yaml", ".yml"):
+        from mvq.data.build import dataset_from_path
+        from mvq.evaluation.image_metrics import to_uint8
+
+        dataset = dataset_from_path(path, split, resolution)
+        subset = torch.utils.data.Subset(dataset, evaluation_indices(len(dataset), num_images))
+        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
+        batches: Iterable[torch.Tensor] = (to_uint8(batch["image"]) for batch in loader)
+        total = len(subset)
+    else:
+        images = ImageSet(path, resolution, num_workers)
+        batches, total = images.batches(batch_size, num_images), min(len(images), num_images or len(images))
+    outputs = run_inception(batches, inception, device, progress=progress, total=total, desc="reference")
     mu, sigma = outputs.gaussian.mean_and_covariance()
     return mu, sigma, outputs.num_images
+
+
+def open_reference(reference: str | os.PathLike, sample_set: ImageSet, resolution: int | None, kid: bool,
+                   num_workers: int = 0) -> tuple[bool, ImageSet | None]:
+    """Check `reference` before any Inception work: (holds precomputed statistics, its images or None).
+
+    Reference images are needed for KID, and for FID when there are no statistics; they are
+    resized to the samples' size unless `resolution` is given.
+    """
+    precomputed = has_statistics(reference)
+    if precomputed and not kid:
+        return precomputed, None
+    try:
+        return precomputed, ImageSet(reference, resolution or _image_size(sample_set), num_workers)
+    except ValueError as exc:
+        if precomputed:
+            raise ValueError(f"KID needs reference images; {reference} has none ({exc})") from exc
+        raise
 
 
 def evaluate_generation(samples: str | os.PathLike, reference: str | os.PathLike, inception: InceptionV3, *,
@@ -91,10 +126,14 @@ def evaluate_generation(samples: str | os.PathLike, reference: str | os.PathLike
     (from `mvq eval stats`, or an ADM reference batch). When an .npz holds statistics, FID
     uses them; KID always needs reference images.
     """
+    has_logits = getattr(inception, "has_logits", True)  # Inception weights without the IS head: no IS
     sample_set = ImageSet(samples, resolution, num_workers)
+    precomputed, ref_set = open_reference(reference, sample_set, resolution, kid, num_workers)
+    if precomputed:
+        ref_mu, ref_sigma, meta = load_statistics(reference)
     count = min(len(sample_set), num_samples or len(sample_set))
     sample_out = run_inception(sample_set.batches(batch_size, count), inception, device, keep_features=kid,
-                               keep_logits=True, progress=progress, total=count, desc="samples")
+                               keep_logits=has_logits, progress=progress, total=count, desc="samples")
     mu, sigma = sample_out.gaussian.mean_and_covariance()
     n = sample_out.num_images
     if n < FID_IMAGE_COUNT:
@@ -103,16 +142,10 @@ def evaluate_generation(samples: str | os.PathLike, reference: str | os.PathLike
                       stacklevel=2)
     result: dict = {"num_samples": n, "samples": str(samples), "reference": str(reference)}
 
-    precomputed = has_statistics(reference)
     if precomputed:
-        ref_mu, ref_sigma, meta = load_statistics(reference)
         result["reference_statistics"] = "precomputed"
         result["num_reference"] = int(meta["num_images"]) if "num_images" in meta else None
-    if kid or not precomputed:
-        try:
-            ref_set = ImageSet(reference, resolution or _image_size(sample_set), num_workers)
-        except ValueError as exc:
-            raise ValueError(f"KID needs reference images; {reference} has none ({exc})") from exc
+    if ref_set is not None:
         ref_out = run_inception(ref_set.batches(batch_size), inception, device, keep_features=kid,
                                 progress=progress, total=len(ref_set), desc="reference")
         if not precomputed:
@@ -129,8 +162,13 @@ def evaluate_generation(samples: str | os.PathLike, reference: str | os.PathLike
         raise ValueError(f"reference statistics have {ref_mu.shape[0]} dimensions, samples {mu.shape[0]}: "
                          "they were not made with the same feature layer")
     result["fid"] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
-    splits = min(isc_splits, n)
-    result["inception_score_mean"], result["inception_score_std"] = inception_score(sample_out.all_logits(), splits)
-    result["inception_score_splits"] = splits
+    if has_logits:
+        splits = min(isc_splits, n)
+        result["inception_score_mean"], result["inception_score_std"] = inception_score(sample_out.all_logits(),
+                                                                                        splits)
+        result["inception_score_splits"] = splits
+    else:
+        result["inception_score_mean"] = result["inception_score_std"] = None
+        result["inception_score_unavailable"] = inception.missing_logits_message
     result["inception_weights"] = str(getattr(inception, "weights_path", ""))
     return result

@@ -69,13 +69,15 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window_size: int = 11, sigma: float =
 
 
 def lpips_distance(a: torch.Tensor, b: torch.Tensor, model: torch.nn.Module | None = None,
-                   vgg_weights: str | None = None) -> torch.Tensor:
-    """LPIPS-VGG distance per image between two [-1, 1] batches (0 for identical images).
+                   net: str = "vgg", weights: str | None = None) -> torch.Tensor:
+    """LPIPS distance per image between two [-1, 1] batches (0 for identical images).
 
-    Pass a built `mvq.losses.perceptual.LPIPS` as `model` when calling this repeatedly.
+    `net` is the trunk, "vgg" or "alex" (LPIPS v0.1 heads either way); `weights` an explicit
+    trunk file (default: the installed one, see `mvq weights status`). Pass a built
+    `mvq.losses.perceptual.LPIPS` as `model` when calling this repeatedly.
     """
     if model is None:
         from mvq.losses.perceptual import LPIPS
 
-        model = LPIPS(vgg_weights).to(a.device)
+        model = LPIPS(weights, net=net).to(a.device)
     return model(a, b)

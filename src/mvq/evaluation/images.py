@@ -55,7 +55,9 @@ class ImageFolder(torch.utils.data.Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        from mvq.data.discovery import list_files  # the folder walk every command uses (links read once)
+
+        self.files = sorted(p for p in list_files(self.root) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.files:
             raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         self.resolution = resolution

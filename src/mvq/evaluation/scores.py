@@ -1,4 +1,4 @@
-"""FID, Inception Score and KID from Inception outputs.
+"""Inception Score and KID from Inception outputs (FID: `mvq.evaluation.frechet`).
 
 IS and KID use torch-fidelity's own formulas (same splits, shuffling seed and KID subsets as
 its defaults), so numbers match `fidelity --isc --kid` on the same features.
@@ -6,23 +6,7 @@ its defaults), so numbers match `fidelity --isc --kid` on the same features.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-
-from mvq.evaluation.frechet import frechet_distance
-
-
-def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (float64) of N×D features."""
-    f = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"need N×D features with N ≥ 2, got shape {f.shape}")
-    return f.mean(0), np.cov(f, rowvar=False)
-
-
-def fid_from_features(features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray) -> float:
-    """Fréchet distance between the Gaussians fitted to two feature sets."""
-    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 2020) -> tuple[float, float]:

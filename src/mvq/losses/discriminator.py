@@ -13,12 +13,11 @@ N(0, 0.02), BatchNorm weights N(1, 0.02) and biases 0.
 
 The reference implementation keeps the same layers in one `nn.Sequential` called `main`
 (activations included), stored under `loss.discriminator.main.<index>.*` in its checkpoints;
-`discriminator_from_original` maps those keys to ours.
+`mvq.convert.losses` maps those keys to ours.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Mapping
 
 import torch
@@ -74,59 +73,10 @@ class PatchDiscriminator(nn.Module):
         return self.head(x)
 
     @classmethod
-    def from_original(cls, state_dict: Mapping[str, torch.Tensor]) -> "PatchDiscriminator":
-        """A discriminator holding the weights of a reference checkpoint (shapes inferred)."""
-        ours = discriminator_from_original(state_dict)
-        n_layers = len({key.split(".")[1] for key in ours if key.startswith("blocks.")})
-        model = cls(in_channels=ours["stem.weight"].shape[1], channels=ours["stem.weight"].shape[0],
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "PatchDiscriminator":
+        """A discriminator holding `state_dict` (our keys), its depth and widths inferred from the weights."""
+        n_layers = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
+        model = cls(in_channels=state_dict["stem.weight"].shape[1], channels=state_dict["stem.weight"].shape[0],
                     n_layers=n_layers)
-        model.load_state_dict(ours, strict=True)
+        model.load_state_dict(state_dict, strict=True)
         return model
-
-
-ORIGINAL_PREFIX = "loss.discriminator."
-_ORIGINAL_KEY = re.compile(r"main\.(\d+)\.(.+)")
-
-
-def discriminator_from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map reference discriminator weights (`[loss.discriminator.]main.<i>.*`) to our keys.
-
-    Accepts a whole reference checkpoint state dict (only `loss.discriminator.*` is read) or
-    the discriminator's own. In the reference `main` sequence, index 0 is the stem conv and
-    the last index the head conv; each block in between takes three indices (conv, norm,
-    activation), so block b has its conv at 2 + 3b and its norm at 3 + 3b.
-    """
-    if any(key.startswith(ORIGINAL_PREFIX) for key in state_dict):
-        state_dict = {key[len(ORIGINAL_PREFIX):]: value for key, value in state_dict.items()
-                      if key.startswith(ORIGINAL_PREFIX)}
-    parsed = {}
-    for key, value in state_dict.items():
-        match = _ORIGINAL_KEY.fullmatch(key)
-        if match is None:
-            raise ValueError(f"unexpected reference discriminator key {key!r}: expected main.<index>.<name>")
-        parsed[(int(match.group(1)), match.group(2))] = value
-    if not parsed:
-        raise ValueError("no reference discriminator weights found (keys loss.discriminator.main.* or main.*)")
-    indices = sorted({index for index, _ in parsed})
-    last = indices[-1]
-    if last < 2 or (last - 2) % 3:
-        raise ValueError(f"reference discriminator layout not recognised: last layer index {last} "
-                         "(a PatchGAN with n layers ends at index 2 + 3n)")
-    n_layers = (last - 2) // 3
-    ours = {}
-    for (index, name), value in parsed.items():
-        if index == 0:
-            ours[f"stem.{name}"] = value
-        elif index == last:
-            ours[f"head.{name}"] = value
-        elif (index - 2) % 3 == 0:
-            ours[f"blocks.{(index - 2) // 3}.conv.{name}"] = value
-        elif (index - 3) % 3 == 0 and (index - 3) // 3 < n_layers:
-            if name in ("loc", "scale", "initialized"):
-                raise ValueError("the reference discriminator uses ActNorm (use_actnorm=True); "
-                                 "only the BatchNorm variant is supported")
-            ours[f"blocks.{(index - 3) // 3}.norm.{name}"] = value
-        else:
-            raise ValueError(f"reference key main.{index}.{name} belongs to no layer of a "
-                             f"{n_layers}-layer PatchGAN (activations have no weights)")
-    return ours

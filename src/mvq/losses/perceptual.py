@@ -1,7 +1,9 @@
-"""LPIPS perceptual distance (VGG16 trunk) that never touches the network.
+"""LPIPS perceptual distance (VGG16 or AlexNet trunk) that never touches the network.
 
-The `lpips` package ships its calibrated linear layers; the VGG16 trunk it would normally
-download through torchvision is loaded here from a local file found by `mvq.weights`.
+The `lpips` package ships its calibrated linear layers (version 0.1); the ImageNet trunk it
+would normally download through torchvision is loaded here from a local file found by
+`mvq.weights`: torchvision's own state dict (read with `weights_only=True`) or the same
+`features.N.*` tensors converted from a registry package (safetensors).
 Used as a training loss (gradients flow to the images) and as an evaluation metric.
 """
 
@@ -14,29 +16,56 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mvq.weights import VGG16, locate
+from mvq.weights import ALEXNET, VGG16, WeightsFile, WeightsFileError, is_converted, locate
+
+NETS = ("vgg", "alex")
+
+
+def _conv_shapes(layers: dict[int, tuple[int, int, int]]) -> dict[str, tuple[int, ...]]:
+    """`features.N.{weight,bias}` shapes from {index: (out, in, kernel)}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index, (out, inp, k) in layers.items():
+        shapes[f"features.{index}.weight"] = (out, inp, k, k)
+        shapes[f"features.{index}.bias"] = (out,)
+    return shapes
+
+
+# torchvision `features` conv layers by index: (out, in, kernel)
+TRUNK_SHAPES = {
+    "vgg": _conv_shapes({i: (out, inp, 3) for i, (out, inp) in zip(
+        (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
+        ((64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
+         (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)))}),
+    "alex": _conv_shapes({0: (64, 3, 11), 3: (192, 64, 5), 6: (384, 192, 3), 8: (256, 384, 3), 10: (256, 256, 3)}),
+}
+TRUNK_WEIGHTS: dict[str, WeightsFile] = {"vgg": VGG16, "alex": ALEXNET}
 
 
 class LPIPS(nn.Module):
-    """Frozen LPIPS-VGG distance; `forward(x, y)` takes images in [-1, 1] and returns (B,) distances.
+    """Frozen LPIPS distance; `forward(x, y)` takes images in [-1, 1] and returns (B,) distances.
 
-    The module stays in eval mode even when a parent calls `.train()`: the package's linear
-    layers carry dropout, which would make the loss random.
+    `net` is the trunk: "vgg" (the training loss and mvq's default metric) or "alex" (the
+    LPIPS authors' default metric). The module stays in eval mode even when a parent calls
+    `.train()`: the package's linear layers carry dropout, which would make the loss random.
     """
 
-    def __init__(self, vgg_weights: str | os.PathLike | None = None):
+    def __init__(self, weights: str | os.PathLike | None = None, net: str = "vgg"):
         super().__init__()
-        path = locate(VGG16, vgg_weights)
-        trunk_state = _read_vgg16_features(path)  # check the file before building anything
+        if net not in NETS:
+            raise ValueError(f"unknown LPIPS trunk {net!r}; choose one of {', '.join(NETS)}")
+        path = locate(TRUNK_WEIGHTS[net], weights)
+        trunk_state = read_trunk(path, net)  # check the file before building anything
         import lpips
 
         with warnings.catch_warnings():
             # torchvision warns about the legacy `pretrained=` argument lpips passes.
             warnings.simplefilter("ignore", UserWarning)
             # pnet_rand=True: build the trunk without downloading; its weights are loaded below.
-            net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
-        _load_vgg16_trunk(net.net, trunk_state)
-        self.net = net
+            model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+        _load_trunk(model.net, trunk_state)
+        self.net = model
+        self.trunk = net
+        self.weights_path = path
         self.requires_grad_(False)
         self.eval()
 
@@ -50,37 +79,34 @@ class LPIPS(nn.Module):
         return self.net(x, y).reshape(x.shape[0])
 
 
-def _read_vgg16_features(path: Path) -> dict[str, torch.Tensor]:
-    """The `features.N.{weight,bias}` tensors of a torchvision VGG16 state dict file."""
+def read_trunk(path: Path, net: str) -> dict[str, torch.Tensor]:
+    """The `features.N.{weight,bias}` tensors of a torchvision VGG16/AlexNet file (or its conversion), checked."""
+    weights = TRUNK_WEIGHTS[net]
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read the VGG16 weights file {path}: {exc}") from exc
+        if is_converted(path):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated/corrupt files raise many different types
+        raise WeightsFileError(f"cannot read the {weights.purpose} file {path} (truncated or corrupt? reinstall it "
+                               f"with `mvq weights install --force`): {exc}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict")
-    expected = {f"features.{i}.{kind}": shape for i, shape in _VGG16_CONV_SHAPES.items()
-                for kind, shape in (("weight", shape), ("bias", shape[:1]))}
-    for key, shape in expected.items():
+        raise WeightsFileError(f"{path} does not hold a state dict")
+    name = {"vgg": "VGG16", "alex": "AlexNet"}[net]
+    for key, shape in TRUNK_SHAPES[net].items():
         found = state.get(key)
-        if found is None or tuple(found.shape) != shape:
-            what = "missing" if found is None else f"of shape {tuple(found.shape)}"
-            raise ValueError(f"{path} is not a torchvision VGG16 state dict ({key} is {what}, expected {shape}); "
-                             f"use {VGG16.filename} from {VGG16.url}")
-    return {key: state[key] for key in expected}
+        if not isinstance(found, torch.Tensor) or tuple(found.shape) != shape:
+            what = "missing" if found is None else f"of shape {tuple(getattr(found, 'shape', ()))}"
+            raise WeightsFileError(f"{path} is not a torchvision {name} state dict ({key} is {what}, expected "
+                                   f"{shape}); use {weights.filename} from {weights.url} or `mvq weights install`")
+    return {key: state[key].float() for key in TRUNK_SHAPES[net]}
 
 
-# torchvision VGG16 `features` conv layers by index: (out, in, 3, 3)
-_VGG16_CONV_SHAPES = {
-    i: (out, inp, 3, 3) for i, (out, inp) in zip(
-        (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
-        ((64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
-         (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)))
-}
-
-
-def _load_vgg16_trunk(trunk: nn.Module, features: dict[str, torch.Tensor]) -> None:
+def _load_trunk(trunk: nn.Module, features: dict[str, torch.Tensor]) -> None:
     """Copy torchvision's `features.N.*` weights into lpips' sliced trunk (`sliceK.N.*`)."""
     mapped = {}
     for name in trunk.state_dict():

@@ -17,13 +17,13 @@ All log values are detached tensors; nothing here forces a host-device sync.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvq.config import ConfigError, build_dataclass
+from mvq.config import ConfigError
 from mvq.losses.discriminator import PatchDiscriminator
 
 GRAD_NORM_EPS = 1e-4
@@ -59,26 +59,6 @@ class Stage1LossConfig:
         if self.disc_layers < 1 or self.disc_channels < 1:
             raise ConfigError(f"loss.disc_layers and loss.disc_channels must be positive, "
                               f"got {self.disc_layers} and {self.disc_channels}")
-
-
-# Reference loss parameters that we name differently, and those whose only supported value
-# is the one given (anything else is a variant this package does not implement).
-_ORIGINAL_RENAMED = {"disc_num_layers": "disc_layers", "disc_ndf": "disc_channels"}
-_ORIGINAL_FIXED = {"disc_conditional": False, "disc_in_channels": 3, "use_actnorm": False,
-                   "disc_loss": "hinge", "pixelloss_weight": 1.0, "disc_adaptive_loss": True}
-
-
-def loss_config_from_original(params: Mapping[str, Any]) -> Stage1LossConfig:
-    """Our loss config from the reference's `lossconfig.params` (its names accepted)."""
-    kwargs = {}
-    for key, value in params.items():
-        if key in _ORIGINAL_FIXED:
-            if value != _ORIGINAL_FIXED[key]:
-                raise ConfigError(f"reference loss option {key}={value!r} is not supported "
-                                  f"(only {_ORIGINAL_FIXED[key]!r})")
-            continue
-        kwargs[_ORIGINAL_RENAMED.get(key, key)] = value
-    return build_dataclass(Stage1LossConfig, kwargs, "loss")
 
 
 def _drop_perceptual_weights(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:

@@ -1,10 +1,12 @@
 """MQ-VAE: encoder → adaptive mask → EMA quantizer → adaptive de-mask → decoder.
 
 An image becomes K (code, position) pairs instead of H×W codes (design §2.1–2.4).
+The config uses mvq's names only; `mvq.convert` translates the reference release's.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -15,8 +17,8 @@ from mvq.config import ConfigError, build_dataclass
 from mvq.models.pretrained import PretrainedMixin
 from mvq.nn import AdaptiveDemasker, AdaptiveMasker, Decoder, EMAVectorQuantizer, Encoder
 
-# Names used by the reference release that our configs accept as well.
-CONFIG_ALIASES = {"topk_ratio": "keep_ratio", "n_layer": "demask_layers", "decay": "ema_decay"}
+# Pixel values the model accepts: [-1, 1], with room for float rounding of normalised 8-bit images.
+PIXEL_RANGE_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -41,6 +43,21 @@ class MQVAEConfig:
     restart_unused_codes: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("resolution", "in_channels", "ch", "num_res_blocks", "z_channels", "codebook_size",
+                     "codebook_dim", "demask_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ConfigError(f"model.ch_mult must be a non-empty list of positive multipliers, got "
+                              f"{list(self.ch_mult)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"model.ema_decay must be in (0, 1), got {self.ema_decay}")
+        if not 0.0 < self.mask_init_value <= 1.0:
+            raise ConfigError(f"model.mask_init_value must be in (0, 1], got {self.mask_init_value}")
+        if self.commitment_beta < 0:
+            raise ConfigError(f"model.commitment_beta must be 0 or more, got {self.commitment_beta}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ConfigError(f"model.keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if self.resolution % self.downsample_factor:
@@ -70,16 +87,11 @@ class MQVAEConfig:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> "MQVAEConfig":
-        """Validate a `model:` section; accepts the reference release's stage-1 config layout too."""
-        mapping = dict(mapping)
+        """Validate a `model:` section in mvq's layout (`mvq.convert.mqvae_config_section` translates others)."""
         if "params" in mapping or "target" in mapping:
-            from mvq.convert.mqvae import config_from_original
-
-            mapping = config_from_original(mapping)
-        renamed = {}
-        for key, value in mapping.items():
-            renamed[CONFIG_ALIASES.get(key, key)] = value
-        return build_dataclass(cls, renamed, "model")
+            raise ConfigError("model: has 'target'/'params' keys, the layout of the reference release; translate "
+                              "it first with mvq.convert.mqvae_config_section (or `mvq convert-original`)")
+        return build_dataclass(cls, mapping, "model")
 
 
 @dataclass
@@ -118,15 +130,25 @@ class MQVAE(nn.Module, PretrainedMixin):
         """Weight of the decoder's final conv (the adaptive GAN weight is computed there)."""
         return self.decoder.conv_out.weight
 
-    def _check_images(self, images: torch.Tensor) -> None:
+    def _check_images(self, images: torch.Tensor, values: bool = True) -> None:
+        """Shape always; with `values`, finite pixels in [-1, 1] (one host sync, so not in training steps)."""
         c = self.config
         expected = (c.in_channels, c.resolution, c.resolution)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"expected images of shape B×{c.in_channels}×{c.resolution}×{c.resolution}, "
                              f"got {tuple(images.shape)}")
+        if not values or images.numel() == 0:
+            return
+        low, high = torch.stack(images.detach().aminmax()).tolist()
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError("images contain NaN or infinite pixel values; the MQ-VAE needs finite images in [-1, 1]")
+        if low < -1 - PIXEL_RANGE_TOLERANCE or high > 1 + PIXEL_RANGE_TOLERANCE:
+            raise ValueError(f"image values range over [{low:.4g}, {high:.4g}]; the MQ-VAE expects [-1, 1] "
+                             f"(8-bit pixels p map to p / 127.5 - 1)")
 
     def forward(self, images: torch.Tensor) -> MQVAEOutput:
-        self._check_images(images)
+        """Reconstruct `images` (B×C×R×R in [-1, 1]); pixel values are checked outside training steps."""
+        self._check_images(images, values=not (self.training and torch.is_grad_enabled()))
         masked = self.masker(self.encoder(images))
         quantized, codebook_loss, codes = self.quantizer(masked.features)
         reconstruction = self.decoder(self.demasker(quantized, masked.positions, masked.keep_mask))

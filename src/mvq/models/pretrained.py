@@ -1,20 +1,34 @@
-"""`save_pretrained` / `from_pretrained`: a folder with `config.json` and `model.safetensors`."""
+"""`save_pretrained` / `from_pretrained`: a folder with `config.json` and `model.safetensors`.
+
+A Stackformer folder written by `mvq export` also holds `tokenizer.json`: the weights
+fingerprint and config of the MQ-VAE whose tokens it was trained on.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, TypeVar
 
 import torch
 
+from mvq.atomic import atomic_write, atomic_write_json
 from mvq.config import dataclass_to_dict
+from mvq.errors import UserError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.json"
+
+
+class PretrainedFolderMissing(UserError, FileNotFoundError):
+    """A pretrained folder, or one of its files, is not there."""
+
+
+class PretrainedFolderError(UserError, ValueError):
+    """A pretrained folder that cannot be loaded: another model type, corrupt or mismatched files."""
 
 M = TypeVar("M", bound="PretrainedMixin")
 
@@ -46,55 +60,81 @@ class PretrainedMixin:
         return cls(cls.config_class.from_mapping(source))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json and model.safetensors (parameters and buffers) into `directory`."""
+        """Write config.json and model.safetensors (parameters and buffers) into `directory`.
+
+        Never leaves a loadable folder whose config and weights disagree: the old config.json
+        goes first and the new one comes last, so a write that fails midway leaves a folder
+        that refuses to load (config.json missing) rather than one that loads the wrong weights.
+        Other files in the folder are left alone.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"model_type": self.model_type, **dataclass_to_dict(self.config)}
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={"format": "pt", "model_type": self.model_type})
-            os.replace(tmp, directory / WEIGHTS_NAME)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        (directory / CONFIG_NAME).unlink(missing_ok=True)
+        atomic_write(directory / WEIGHTS_NAME,
+                     lambda tmp: save_file(state, tmp, metadata={"format": "pt", "model_type": self.model_type}))
+        atomic_write_json(directory / CONFIG_NAME, config)
         return directory
 
     @classmethod
     def from_pretrained(cls: type[M], directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> M:
         """Load a folder written by `save_pretrained`; the weights must match the config exactly."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not directory.is_dir():
-            raise FileNotFoundError(f"pretrained folder not found: {directory}")
+            raise PretrainedFolderMissing(f"pretrained folder not found: {directory}")
         for p in (config_path, weights_path):
             if not p.is_file():
-                raise FileNotFoundError(
+                raise PretrainedFolderMissing(
                     f"{p} is missing: a pretrained folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
                     f"(written by save_pretrained or `mvq export`)")
-        config: dict[str, Any] = json.loads(config_path.read_text())
+        try:
+            config: dict[str, Any] = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PretrainedFolderError(f"{config_path} is not valid JSON ({exc}); export the model again") from exc
         found = config.pop("model_type", None)
         if found != cls.model_type:
-            raise ValueError(f"{directory} holds a {found!r} model, not a {cls.model_type!r} model")
+            raise PretrainedFolderError(f"{directory} holds a {found!r} model, not a {cls.model_type!r} model")
         model = cls.from_config(config)
-        state = load_file(str(weights_path), device=str(map_location))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except SafetensorError as exc:
+            raise PretrainedFolderError(f"{weights_path} is truncated or corrupt ({exc}); export the model "
+                                        f"again") from exc
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes differ
+            raise PretrainedFolderError(f"{weights_path} does not match its config: {exc}") from exc
         if missing or unexpected:
-            raise ValueError(f"{weights_path} does not match its config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+            raise PretrainedFolderError(f"{weights_path} does not match its config: missing {missing[:5]}, "
+                                        f"unexpected {unexpected[:5]}")
         return model.to(map_location).eval()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_tokenizer_record(directory: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Write tokenizer.json: `{"mqvae_fingerprint": sha256, "mqvae_config": {...}}` of a Stackformer's MQ-VAE."""
+    return atomic_write_json(Path(directory) / TOKENIZER_NAME,
+                             {"mqvae_fingerprint": record["mqvae_fingerprint"], "mqvae_config": record["mqvae_config"]})
+
+
+def read_tokenizer_record(directory: str | os.PathLike) -> dict | None:
+    """The MQ-VAE a Stackformer folder was trained with (its tokenizer.json), or None if it records none."""
+    path = Path(directory) / TOKENIZER_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PretrainedFolderError(f"{path} is not valid JSON ({exc}); export the Stackformer again") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("mqvae_fingerprint"), str):
+        raise PretrainedFolderError(f"{path} does not record an MQ-VAE fingerprint; export the Stackformer again")
+    return record
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -1,59 +1,12 @@
-"""Callbacks of a run: image grids, atomic checkpoints, a clean stop on SIGTERM."""
+"""Stage 1's image-grid callback (checkpoint callbacks live in `mvq.training.checkpoints`)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file in the same folder, then renames it into place.
-
-    A run killed in the middle of a save leaves the previous checkpoint intact.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """`checkpoints/last.ckpt` every N steps, at the end of every epoch and of training, and on SIGTERM."""
-
-    def __init__(self, dirpath: Path, every_n_steps: int):
-        super().__init__(dirpath=dirpath, filename="last", save_top_k=1, every_n_train_steps=every_n_steps,
-                         save_on_train_epoch_end=True, enable_version_counter=False)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.received_sigterm:
-            # Lightning stops right after this hook; save the exact state first.
-            self._save_checkpoint(trainer, str(Path(self.dirpath) / "last.ckpt"))
-            return
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
-        self._save_checkpoint(trainer, str(Path(self.dirpath) / "last.ckpt"))
-
-
-def best_checkpoint(dirpath: Path, monitor: str) -> ModelCheckpoint:
-    """`checkpoints/best.ckpt`: the lowest value of `monitor` seen at validation."""
-    return ModelCheckpoint(dirpath=dirpath, filename="best", monitor=monitor, mode="min", save_top_k=1,
-                           enable_version_counter=False, auto_insert_metric_name=False)
+from lightning.pytorch.callbacks import Callback
 
 
 class ReconstructionGrids(Callback):

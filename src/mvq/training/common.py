@@ -1,4 +1,4 @@
-"""Pieces both training stages share: optimizer schedules, RNG state, throughput, checkpoint hygiene."""
+"""Pieces both training stages share: the peak lr, the lr schedule, the optimisation step, throughput."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import math
 import time
 
 import lightning as L
-import torch
 
-from mvq.training.config import OptimConfig
+from mvq.config import ConfigError
 from mvq.training.schedule import WarmupCosine
+from mvq.training.sections import OptimConfig
 
 
 def peak_lr(optim: OptimConfig, batch_size: int, world_size: int) -> float:
@@ -26,7 +26,7 @@ def schedule_for(trainer: L.Trainer, optim: OptimConfig, lr: float) -> WarmupCos
     limits = [trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else math.inf,
               per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else math.inf]
     if not math.isfinite(min(limits)):
-        raise ValueError("set trainer.max_steps or trainer.max_epochs: the lr schedule needs a length")
+        raise ConfigError("set trainer.max_steps or trainer.max_epochs: the lr schedule needs a length")
     total = max(1, int(min(limits)))
     if optim.warmup_steps is not None:
         warmup = optim.warmup_steps
@@ -35,39 +35,19 @@ def schedule_for(trainer: L.Trainer, optim: OptimConfig, lr: float) -> WarmupCos
     return WarmupCosine(warmup, total, optim.min_lr / lr if lr > 0 else 0.0)
 
 
-class TrainingStateMixin:
-    """RNG state and batch counters saved in checkpoints, so a resumed run continues exactly.
+def optimizer_step(module: L.LightningModule, optimizer, scheduler, grad_clip: float | None,
+                   count_step: bool = True) -> None:
+    """One manual optimisation step: clip, step, zero the gradients, advance the lr schedule.
 
-    Mixed into LightningModules; the module must set `self.batches_trained = 0` and own a
-    datamodule whose train sampler is a ResumableSampler.
+    `count_step=False` steps the raw optimizer, so Lightning's global_step does not count it
+    (stage 1's discriminator: global_step counts generator steps, as `max_steps` expects).
     """
-
-    batches_trained: int
-
-    def save_training_state(self, checkpoint: dict) -> None:
-        checkpoint["mvq_state"] = {"batches_trained": self.batches_trained,
-                                   "torch_rng": torch.get_rng_state(),
-                                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-    def load_training_state(self, checkpoint: dict) -> None:
-        state = checkpoint.get("mvq_state")
-        if state is None:
-            raise ValueError("this checkpoint was not written by mvq train (no training state in it)")
-        self.batches_trained = state["batches_trained"]
-        self._pending_rng = state
-
-    def restore_rng_and_data_position(self) -> None:
-        """Called at train start: put the RNGs and the sampler where the checkpoint left them."""
-        state = getattr(self, "_pending_rng", None)
-        if state is not None:
-            torch.set_rng_state(state["torch_rng"])
-            if state["cuda_rng"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            self._pending_rng = None
-        datamodule = self.trainer.datamodule
-        per_epoch = self.trainer.num_training_batches
-        if datamodule is not None and hasattr(datamodule, "train_sampler") and per_epoch:
-            datamodule.train_sampler.skip_batches = self.batches_trained % per_epoch
+    if grad_clip:
+        module.clip_gradients(optimizer, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
+    raw = optimizer if count_step else optimizer.optimizer
+    raw.step()
+    raw.zero_grad(set_to_none=True)
+    scheduler.step()
 
 
 class Throughput:

@@ -1,8 +1,8 @@
-"""Starting, resuming and exporting training runs (one folder per run, design §3.5).
+"""Starting, resuming and exporting training runs (one folder per run, see `run_folder`).
 
-A run folder holds `config.yaml` (the resolved config), `checkpoints/last.ckpt` and
-`checkpoints/best.ckpt` (full training state), TensorBoard logs under `logs/` and image
-grids under `images/`.
+`train` validates everything first (config, run folder, lock), then fits; checkpoints are
+written and read as `mvq.training.checkpoints` describes. `export` turns a run's checkpoint
+into a pretrained folder.
 """
 
 from __future__ import annotations
@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from mvq.config import ConfigError, apply_overrides, load_yaml
+from mvq.config import ConfigError
+from mvq.errors import UserError
+from mvq.training.config import Stage1Config, TrainingConfig, load_training_config
+from mvq.training.run_folder import CONFIG_NAME, check_run_dir, is_launcher, locked, remove_interrupted_writes
 
 RUN_DIR_ENV = "MVQ_RUN_DIR"  # lets processes started by a multi-device launcher find the same run folder
 
@@ -21,71 +25,75 @@ def _default_run_dir(config_path: str | Path) -> Path:
     return Path("runs") / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _use_data_folder(raw: dict, data_path: str) -> dict:
-    from mvq.training.config import config_stage
-
-    if config_stage(raw) == 2:
-        raise ConfigError("--data takes an image folder for stage 1; stage 2 reads a token store "
-                          "(make one with mvq tokenize, then pass data.tokens=STORE)")
-    if not Path(data_path).is_dir():
-        raise FileNotFoundError(f"--data {data_path}: no such folder")
-    data = dict(raw.get("data") or {})
-    data.update(dataset="folder", root=str(Path(data_path).resolve()))
-    return {**raw, "data": data}
+@dataclass
+class PreparedRun:
+    folder: Path
+    raw: dict  # the resolved config, saved as config.yaml once training starts
+    config: TrainingConfig
+    resume_from: Path | None  # last.ckpt of a resumed run
 
 
 def prepare_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None,
-                data_path: str | None) -> tuple[Path, dict, object, Path | None]:
-    """Resolve and validate everything before any work: (run folder, raw config, parsed config, checkpoint)."""
-    from mvq.training.config import parse_training_config, reject_reference_layout
+                data_path: str | None) -> PreparedRun:
+    """Resolve and validate everything before any work; writes nothing."""
+    from mvq.training.checkpoints import checkpoint_path
 
     if resume:
-        folder = Path(resume)
-        saved = folder / "config.yaml"
+        folder = check_run_dir(Path(resume), "--resume")
+        saved = folder / CONFIG_NAME
         if not saved.is_file():
-            raise FileNotFoundError(f"--resume {folder}: not a run folder (no config.yaml in it)")
-        checkpoint = folder / "checkpoints" / "last.ckpt"
+            raise UserError(f"--resume {folder}: not a run folder (no {CONFIG_NAME} in it)")
+        checkpoint = checkpoint_path(folder)
         if not checkpoint.is_file():
-            raise FileNotFoundError(f"--resume {folder}: no checkpoints/last.ckpt to resume from")
-        raw = apply_overrides(load_yaml(saved), overrides)
-        if data_path:
-            raw = _use_data_folder(raw, data_path)
-        return folder, raw, parse_training_config(raw), checkpoint
+            raise UserError(f"--resume {folder}: no checkpoints/last.ckpt to resume from")
+        raw, config = load_training_config(saved, overrides, data_folder=data_path)
+        return PreparedRun(folder, raw, config, checkpoint)
     if not config_path:
         raise ConfigError("give a config file (mvq train CONFIG) or --resume RUN_DIR")
-    raw = load_yaml(config_path)
-    reject_reference_layout(raw, config_path)
-    raw = apply_overrides(raw, overrides)
-    if data_path:
-        raw = _use_data_folder(raw, data_path)
-    parsed = parse_training_config(raw)
-    folder = Path(os.environ.get(RUN_DIR_ENV) or run_dir or _default_run_dir(config_path))
-    if (folder / "checkpoints" / "last.ckpt").exists() and RUN_DIR_ENV not in os.environ:
-        raise FileExistsError(f"{folder} already holds a run; continue it with --resume {folder} "
-                              "or choose another --run-dir")
-    return folder, raw, parsed, None
+    raw, config = load_training_config(config_path, overrides, data_folder=data_path)
+    folder = check_run_dir(Path(os.environ.get(RUN_DIR_ENV) or run_dir or _default_run_dir(config_path)),
+                           "--run-dir")
+    _refuse_existing_run(folder)
+    return PreparedRun(folder, raw, config, None)
+
+
+def _refuse_existing_run(folder: Path) -> None:
+    from mvq.training.checkpoints import checkpoint_path
+
+    if checkpoint_path(folder).exists() and RUN_DIR_ENV not in os.environ:
+        raise UserError(f"{folder} already holds a run; continue it with --resume {folder} "
+                        "or choose another --run-dir")
 
 
 def train(config_path: str | None = None, overrides: list[str] | None = None, run_dir: str | None = None,
           resume: str | None = None, data_path: str | None = None) -> Path:
     """Train stage 1 or stage 2 (chosen by the config) and return the run folder."""
+    run = prepare_run(config_path, overrides or [], run_dir, resume, data_path)
+    if RUN_DIR_ENV in os.environ or not is_launcher():  # the launching process holds the folder's lock
+        return _fit(run)
+    with locked(run.folder):
+        if not run.resume_from:
+            _refuse_existing_run(run.folder)  # again: another run may have finished while we validated
+        remove_interrupted_writes(run.folder)
+        return _fit(run)
+
+
+def _fit(run: PreparedRun) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
-    from omegaconf import OmegaConf
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from mvq.training.callbacks import AtomicCheckpointIO, LastCheckpoint, ReconstructionGrids, best_checkpoint
-    from mvq.training.config import Stage1Config
+    from mvq.training.checkpoints import AtomicCheckpointIO, CtrlCSavesCheckpoint, LastCheckpoint, best_checkpoint
+    from mvq.training.run_folder import SaveConfigAtStart
 
-    folder, raw, config, checkpoint = prepare_run(config_path, overrides or [], run_dir, resume, data_path)
+    folder, config = run.folder, run.config
     # Our checkpoints deliberately hold the state after the optimizer step (that is what resuming needs).
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(raw), folder / "config.yaml")
     L.seed_everything(config.run.seed, workers=True, verbose=False)
 
     if isinstance(config, Stage1Config):
+        from mvq.training.callbacks import ReconstructionGrids
         from mvq.training.datamodule import ImageDataModule
         from mvq.training.stage1 import MQVAETraining
 
@@ -112,7 +120,8 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, ru
     trainer = L.Trainer(
         default_root_dir=folder,
         logger=TensorBoardLogger(save_dir=str(folder), name="logs", version=""),
-        callbacks=[LastCheckpoint(checkpoints, config.run.checkpoint_every_n_steps),
+        callbacks=[SaveConfigAtStart(folder, run.raw),
+                   LastCheckpoint(checkpoints, config.run.checkpoint_every_n_steps),
                    best_checkpoint(checkpoints, monitor), *extra,
                    *([TQDMProgressBar(refresh_rate=1)] if config.trainer.get("enable_progress_bar", True) else [])],
         plugins=[AtomicCheckpointIO()],
@@ -120,14 +129,13 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, ru
         deterministic=config.run.deterministic,
         **trainer_args,
     )
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     launched_by_us = RUN_DIR_ENV not in os.environ
     os.environ[RUN_DIR_ENV] = str(folder)  # processes a multi-device launcher starts inherit it
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        with CtrlCSavesCheckpoint() as signals:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(run.resume_from) if run.resume_from else None)
     except SIGTERMException:
-        raise TrainingInterrupted(folder) from None
+        raise TrainingInterrupted(folder, signals.received or "SIGTERM") from None
     finally:
         if launched_by_us:
             os.environ.pop(RUN_DIR_ENV, None)
@@ -148,35 +156,54 @@ def _multi_device(trainer: dict) -> bool:
 
 
 class TrainingInterrupted(Exception):
-    """The run stopped on SIGTERM after writing checkpoints/last.ckpt."""
+    """The run stopped on SIGTERM or Ctrl-C after writing checkpoints/last.ckpt."""
 
-    def __init__(self, folder: Path):
-        super().__init__(f"stopped by SIGTERM; the state is saved in {folder}/checkpoints/last.ckpt — "
+    def __init__(self, folder: Path, signal_name: str = "SIGTERM"):
+        super().__init__(f"stopped by {signal_name}; the state is saved in {folder}/checkpoints/last.ckpt — "
                          f"continue with: mvq train --resume {folder}")
         self.folder = folder
+        self.exit_code = 130 if "SIGINT" in signal_name else 143
 
 
-def export(run_dir: str | Path, out_dir: str | Path, which: str = "last") -> Path:
-    """Write the trained model of a run as a pretrained folder (config.json + model.safetensors)."""
-    import torch
+def export(run_dir: str | Path, out_dir: str | Path, which: str = "last", overrides: list[str] | None = None,
+           overwrite: bool = False) -> Path:
+    """Write a run's trained model as a pretrained folder, atomically as a whole.
 
-    from mvq.training.config import Stage1Config, parse_training_config
+    config.json + model.safetensors, and for a Stackformer tokenizer.json (the MQ-VAE its
+    tokens came from). `overrides` change the run's saved config (e.g. a moved `vae=PATH`).
+    A non-empty `out_dir` is refused unless `overwrite`.
+    """
+    from mvq.atomic import atomic_directory, check_writable_destination
+    from mvq.models.pretrained import write_tokenizer_record
+    from mvq.training.checkpoints import check_stage, checkpoint_path, model_weights, read_checkpoint
 
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / "checkpoints" / f"{which}.ckpt"
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"{checkpoint_path} not found (is {run_dir} a run folder? "
-                                f"checkpoints are 'last' and 'best')")
-    config = parse_training_config(load_yaml(run_dir / "config.yaml"))
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    if isinstance(config, Stage1Config):
+    run_dir = check_run_dir(Path(run_dir), "run folder")
+    path = checkpoint_path(run_dir, which)
+    if not path.is_file():
+        raise UserError(f"{path} not found (is {run_dir} a run folder? checkpoints are 'last' and 'best')")
+    check_writable_destination(out_dir, overwrite)
+    _, config = load_training_config(run_dir / CONFIG_NAME, overrides)
+    checkpoint = read_checkpoint(path)
+    stage = 1 if isinstance(config, Stage1Config) else 2
+    check_stage(checkpoint, stage, str(path))
+    if stage == 1:
         from mvq.models.mqvae import MQVAE
 
         model = MQVAE(config.model)
     else:
-        from mvq.training.stage2 import build_stackformer
+        from mvq.models.stackformer import Stackformer
 
-        model = build_stackformer(config)
-    model.load_state_dict(state, strict=True)
-    return model.save_pretrained(out_dir)
+        model = Stackformer(config.model)
+    try:
+        missing, unexpected = model.load_state_dict(model_weights(checkpoint), strict=False)
+    except RuntimeError as exc:  # shapes differ
+        missing, unexpected = [str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)], []
+    if missing or unexpected:
+        raise UserError(f"{path} does not match {run_dir / CONFIG_NAME} (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); export with the overrides the run was trained with")
+    tokenizer = checkpoint["mvq_state"].get("tokenizer")
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            write_tokenizer_record(tmp, tokenizer)
+    return Path(out_dir)

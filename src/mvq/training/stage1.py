@@ -11,13 +11,16 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from mvq.config import dataclass_to_dict
+from mvq.config import ConfigError
 from mvq.models.mqvae import MQVAE
-from mvq.training.common import Throughput, TrainingStateMixin, peak_lr, schedule_for
-from mvq.training.config import Stage1Config
+from mvq.training.checkpoints import TrainingState
+from mvq.training.common import Throughput, optimizer_step, peak_lr, schedule_for
+from mvq.training.stage1_config import Stage1Config
 
 
-class MQVAETraining(TrainingStateMixin, L.LightningModule):
+class MQVAETraining(TrainingState, L.LightningModule):
+    stage = 1
+
     def __init__(self, config: Stage1Config):
         super().__init__()
         from mvq.losses.stage1 import Stage1Loss
@@ -40,7 +43,7 @@ class MQVAETraining(TrainingStateMixin, L.LightningModule):
 
         pretrained = MQVAE.from_pretrained(folder)
         if pretrained.config != self.model.config:
-            raise ValueError(f"run.init_from={folder}: its model config differs from this config's model section")
+            raise ConfigError(f"run.init_from={folder}: its model config differs from this config's model section")
         self.model.load_state_dict(pretrained.state_dict())
         disc = Path(folder) / "discriminator.safetensors"
         if disc.is_file():
@@ -84,17 +87,9 @@ class MQVAETraining(TrainingStateMixin, L.LightningModule):
 
         if stepping:
             clip = self.config.optim.grad_clip
-            if clip:
-                self.clip_gradients(opt_g, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-                self.clip_gradients(opt_d, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-            opt_g.step()
-            opt_g.zero_grad(set_to_none=True)
-            # The discriminator steps through the raw optimizer so that Lightning's global_step counts
-            # generator steps only (one per optimisation step, as the schedule and `max_steps` expect).
-            opt_d.optimizer.step()
-            opt_d.optimizer.zero_grad(set_to_none=True)
-            sched_g.step()
-            sched_d.step()
+            optimizer_step(self, opt_g, sched_g, clip)
+            # The discriminator's step is not counted: global_step counts generator steps only.
+            optimizer_step(self, opt_d, sched_d, clip, count_step=False)
         self.batches_trained += 1
 
         logs["train/lr"] = torch.tensor(sched_g.get_last_lr()[0])
@@ -107,49 +102,32 @@ class MQVAETraining(TrainingStateMixin, L.LightningModule):
 
     # ----------------------------------------------------------------- validation
     def _reset_validation_stats(self) -> None:
-        self._code_counts = None
-        self._kept_score_sum = self._masked_score_sum = None
-        self._kept_cells = self._masked_cells = None
+        self._validation_stats = None
 
     def on_validation_epoch_start(self) -> None:
         self._reset_validation_stats()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        from mvq.evaluation.tokenizer_stats import TokenizerStatistics
+
         images = batch["image"]
         out = self.model(images)
         rec_loss = (out.reconstruction.float() - images).abs().mean()
-        mse = ((out.reconstruction.float().clamp(-1, 1) - images) ** 2).flatten(1).mean(1)
-        psnr = (10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()  # images span [-1, 1]
-        self.log_dict({"val/rec_loss": rec_loss, "val/psnr": psnr, "val/codebook_loss": out.codebook_loss},
+        self.log_dict({"val/rec_loss": rec_loss, "val/codebook_loss": out.codebook_loss},
                       on_epoch=True, sync_dist=True, batch_size=images.shape[0])
-        counts = torch.bincount(out.codes.flatten(), minlength=self.config.model.codebook_size).float()
-        keep = out.keep_mask.flatten(1)
-        scores = out.scores.flatten(1).float()
-        stats = [counts, (scores * keep).sum(), (scores * ~keep).sum(), keep.sum().float(), (~keep).sum().float()]
-        if self._code_counts is None:
-            (self._code_counts, self._kept_score_sum, self._masked_score_sum,
-             self._kept_cells, self._masked_cells) = stats
-        else:
-            self._code_counts += stats[0]
-            self._kept_score_sum += stats[1]
-            self._masked_score_sum += stats[2]
-            self._kept_cells += stats[3]
-            self._masked_cells += stats[4]
+        if self._validation_stats is None:
+            self._validation_stats = TokenizerStatistics(self.config.model.codebook_size, images.device)
+        self._validation_stats.update(out, images, out.reconstruction.float().clamp(-1, 1))
 
     def on_validation_epoch_end(self) -> None:
-        if self._code_counts is None:
+        if self._validation_stats is None:
             return
-        counts = self.all_gather(self._code_counts)
-        counts = counts.sum(0) if counts.dim() > 1 else counts
-        sums = torch.stack([self._kept_score_sum, self._masked_score_sum, self._kept_cells, self._masked_cells])
-        sums = self.all_gather(sums)
-        sums = sums.sum(0) if sums.dim() > 1 else sums
-        from mvq.evaluation.codebook import codebook_usage_from_counts
-
-        usage = codebook_usage_from_counts(counts)
-        self.log_dict({"val/codebook_usage": usage["usage_percent"], "val/perplexity": usage["perplexity"],
-                       "val/score_kept": sums[0] / sums[2].clamp_min(1),
-                       "val/score_masked": sums[1] / sums[3].clamp_min(1)}, rank_zero_only=True)
+        self._validation_stats.all_reduce()
+        summary = self._validation_stats.summary()
+        logs = {"val/psnr": summary["psnr"], "val/codebook_usage": summary["codebook_usage_percent"],
+                "val/perplexity": summary["codebook_perplexity"], "val/score_kept": summary["keep_score_kept"],
+                "val/score_masked": summary["keep_score_masked"]}
+        self.log_dict({k: v for k, v in logs.items() if v is not None}, rank_zero_only=True)
 
     # ----------------------------------------------------------------- checkpoints
     def on_train_start(self) -> None:
@@ -161,10 +139,3 @@ class MQVAETraining(TrainingStateMixin, L.LightningModule):
             codebooks = self.all_gather(self.model.quantizer.codebook)
             if not all(torch.equal(codebooks[0], other) for other in codebooks[1:]):
                 raise RuntimeError("the codebooks of the data-parallel ranks differ")
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mvq_config"] = {"stage": 1, "model": dataclass_to_dict(self.config.model)}
-        self.save_training_state(checkpoint)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.load_training_state(checkpoint)

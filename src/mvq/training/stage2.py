@@ -18,18 +18,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Subset
 
-from mvq.config import dataclass_to_dict
+from mvq.models.pretrained import weights_fingerprint
 from mvq.models.stackformer import Stackformer
-from mvq.training.common import Throughput, TrainingStateMixin, peak_lr, schedule_for
-from mvq.training.config import Stage2Config
+from mvq.training.checkpoints import TrainingState
+from mvq.training.common import Throughput, optimizer_step, peak_lr, schedule_for
 from mvq.training.datamodule import ResumableDataModule
+from mvq.training.stage2_config import Stage2Config, read_vae_config
 
 VAL_SPLIT_SEED = 20230601  # the held-out rows depend on the store only, not on the run's seed
-
-
-def build_stackformer(config: Stage2Config) -> Stackformer:
-    """The Stackformer a stage-2 config describes (geometry already read from its MQ-VAE)."""
-    return Stackformer(config.model)
 
 
 # ----------------------------------------------------------------------------- data
@@ -79,13 +75,16 @@ class TokenDataModule(ResumableDataModule):
 # ----------------------------------------------------------------------------- training
 
 
-class StackformerTraining(TrainingStateMixin, L.LightningModule):
+class StackformerTraining(TrainingState, L.LightningModule):
+    stage = 2
+
     def __init__(self, config: Stage2Config):
         super().__init__()
         self.config = config
         self.automatic_optimization = False
-        self.model = build_stackformer(config)
+        self.model = Stackformer(config.model)
         self.batches_trained = 0
+        self.tokenizer_record = tokenizer_record(config)
         self._throughput = Throughput()
 
     def callbacks(self, folder: Path) -> list[Callback]:
@@ -124,12 +123,7 @@ class StackformerTraining(TrainingStateMixin, L.LightningModule):
             out = self.model(codes, positions, self._labels(batch))
             self.manual_backward(out.loss / accumulate)
         if stepping:
-            if self.config.optim.grad_clip:
-                self.clip_gradients(optimizer, gradient_clip_val=self.config.optim.grad_clip,
-                                    gradient_clip_algorithm="norm")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            optimizer_step(self, optimizer, scheduler, self.config.optim.grad_clip)
         self.batches_trained += 1
 
         self.log_dict({"train/loss": out.loss.detach(), "train/code_loss": out.code_loss.detach(),
@@ -152,13 +146,20 @@ class StackformerTraining(TrainingStateMixin, L.LightningModule):
     def on_train_start(self) -> None:
         self.restore_rng_and_data_position()
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mvq_config"] = {"stage": 2, "model": dataclass_to_dict(self.config.model),
-                                    "vae": self.config.vae}
-        self.save_training_state(checkpoint)
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.load_training_state(checkpoint)
+def tokenizer_record(config: Stage2Config) -> dict:
+    """The MQ-VAE whose tokens the Stackformer learns: its weights fingerprint (as the token store
+    recorded it) and its config. Checkpoints carry it and `mvq export` writes it as tokenizer.json,
+    so samples are never decoded with another MQ-VAE of the same shapes.
+    """
+    from mvq.config import dataclass_to_dict
+    from mvq.data.token_store import read_header
+    from mvq.models.mqvae import MQVAE
+
+    fingerprint = read_header(config.data.tokens).vae.get("weights_sha256")
+    if fingerprint is None:  # a store that did not record it: the MQ-VAE it is checked against
+        fingerprint = weights_fingerprint(MQVAE.from_pretrained(config.vae))
+    return {"mqvae_fingerprint": fingerprint, "mqvae_config": dataclass_to_dict(read_vae_config(config.vae))}
 
 
 # ----------------------------------------------------------------------------- sample grids
@@ -186,7 +187,7 @@ class SampleGrids(Callback):
         self._last_step: int | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: StackformerTraining) -> None:
-        from mvq.data.token_store import check_compatible, vae_fingerprint
+        from mvq.data.token_store import check_compatible
         from mvq.models.mqvae import MQVAE
 
         if not trainer.is_global_zero:
@@ -196,7 +197,7 @@ class SampleGrids(Callback):
         stores = [datamodule.store]
         if hasattr(datamodule.val_dataset, "header"):  # a store of its own (data.val_tokens)
             stores.append(datamodule.val_dataset)
-        fingerprint = vae_fingerprint(vae)
+        fingerprint = weights_fingerprint(vae)
         for store in stores:
             try:
                 check_compatible(store.header, vae.config, weights_sha256=fingerprint)

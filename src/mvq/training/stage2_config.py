@@ -10,17 +10,34 @@ config repeats anyway.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mvq.config import ConfigError, build_dataclass
+from mvq.convert.stackformer import stackformer_config_section
+from mvq.models.mqvae import MQVAEConfig
+from mvq.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+from mvq.models.stackformer import StackformerConfig
+from mvq.training.sections import OptimConfig, RunConfig, check_sections, common_sections
 
-# The reference release's stage-2 optimisation (configs/stage2/*.yml there): AdamW, fixed lr
-# 5e-4 (not scaled by batch size), weight decay 0.01 on linear weights, betas (0.9, 0.95),
-# no warm-up, cosine decay to 0.
-STAGE2_OPTIM_DEFAULTS = {"lr": 5.0e-4, "min_lr": 0.0, "betas": [0.9, 0.95], "weight_decay": 0.01,
-                         "warmup_epochs": 0.0}
+SECTIONS = ("stage", "model", "data", "vae", "optim", "trainer", "run")
+
+# Config keys that hold paths: stored absolute, so a run's config.yaml works from any folder.
+PATH_KEYS = (("vae",), ("data", "tokens"), ("data", "val_tokens"), ("run", "init_from"))
+
+
+@dataclass
+class Stage2OptimConfig(OptimConfig):
+    """The reference release's stage-2 optimisation (configs/stage2/*.yml there): AdamW, fixed lr
+    5e-4 (not scaled by batch size), weight decay 0.01 on linear weights, betas (0.9, 0.95), no
+    warm-up, cosine decay to 0. A config only lists what it changes; giving `base_lr` asks for a
+    scaled lr instead of the fixed one.
+    """
+
+    lr: float | None = 5.0e-4
+    betas: tuple[float, ...] = (0.9, 0.95)
+    weight_decay: float = 0.01
 
 # `model:` keys that describe the tokens, not the Stackformer: they come from the MQ-VAE.
 GEOMETRY_KEYS = ("codebook_size", "grid_size", "num_tokens")
@@ -52,11 +69,18 @@ class TokenDataConfig:
                               f"(validation picks the best checkpoint), got {self.val_fraction}")
 
 
-def read_vae_config(path: str | Path) -> Any:
-    """The MQVAEConfig of a pretrained MQ-VAE folder, read from its config.json (weights not loaded)."""
-    from mvq.models.mqvae import MQVAEConfig
-    from mvq.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+@dataclass
+class Stage2Config:
+    model: StackformerConfig
+    data: TokenDataConfig
+    vae: str
+    optim: OptimConfig = field(default_factory=Stage2OptimConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    run: RunConfig = field(default_factory=RunConfig)
 
+
+def read_vae_config(path: str | Path) -> MQVAEConfig:
+    """The MQVAEConfig of a pretrained MQ-VAE folder, read from its config.json (weights not loaded)."""
     folder = Path(path)
     if not folder.is_dir():
         raise ConfigError(f"vae: {folder} not found. It must be a pretrained MQ-VAE folder ({CONFIG_NAME} + "
@@ -72,7 +96,7 @@ def read_vae_config(path: str | Path) -> Any:
     return MQVAEConfig.from_mapping(mapping)
 
 
-def _open_store(path: str, key: str, vae_config: Any):
+def _open_store(path: str, key: str, vae_config: MQVAEConfig):
     """A complete token store whose tokens the MQ-VAE can decode; errors name the config key."""
     from mvq.data.token_store import TokenStore, check_compatible
 
@@ -84,13 +108,11 @@ def _open_store(path: str, key: str, vae_config: Any):
     return store
 
 
-def _model_section(raw_model: Any, vae_config: Any, store_classes: int) -> Any:
+def _model_section(raw_model: Any, vae_config: MQVAEConfig, store_classes: int) -> StackformerConfig:
     """Validate `model:` and complete it with the MQ-VAE's geometry and the store's classes."""
-    from mvq.models.stackformer import CONFIG_ALIASES, StackformerConfig
-
     if raw_model is not None and not isinstance(raw_model, dict):
         raise ConfigError(f"model: must be a mapping of Stackformer settings, got {raw_model!r}")
-    section = {CONFIG_ALIASES.get(k, k): v for k, v in (raw_model or {}).items()}
+    section = stackformer_config_section(raw_model or {})
     valid = {f.name for f in fields(StackformerConfig)}
     unknown = [key for key in section if key not in valid]
     if unknown:  # fails naming the key, the closest valid one and the list of valid ones
@@ -115,14 +137,10 @@ def _model_section(raw_model: Any, vae_config: Any, store_classes: int) -> Any:
     return build_dataclass(StackformerConfig, section, "model")
 
 
-def parse_stage2(raw: dict, *, optim: Any, trainer: dict, run: Any) -> Any:
-    """Validate a stage-2 config mapping into a Stage2Config with a complete StackformerConfig.
-
-    `optim` is rebuilt here on top of the reference's stage-2 defaults (the OptimConfig
-    defaults are stage 1's), so a config only lists what it changes.
-    """
-    from mvq.training.config import OptimConfig, Stage2Config
-
+def parse_stage2(raw: dict) -> Stage2Config:
+    """Validate a stage-2 config mapping into a Stage2Config with a complete StackformerConfig."""
+    check_sections(raw, SECTIONS, 2)
+    run, trainer = common_sections(raw)
     vae = raw.get("vae")
     if vae in (None, ""):
         raise ConfigError("vae: is not set. Stage 2 trains on the tokens of a pretrained MQ-VAE: add "
@@ -144,8 +162,7 @@ def parse_stage2(raw: dict, *, optim: Any, trainer: dict, run: Any) -> Any:
     model = _model_section(raw.get("model"), vae_config, store.header.num_classes or 0)
 
     optim_section = dict(raw.get("optim") or {})
-    defaults = dict(STAGE2_OPTIM_DEFAULTS)
     if "base_lr" in optim_section:  # a scaled lr was asked for: do not fix lr
-        defaults.pop("lr")
-    optim = build_dataclass(OptimConfig, {**defaults, **optim_section}, "optim")
+        optim_section.setdefault("lr", None)
+    optim = build_dataclass(Stage2OptimConfig, optim_section, "optim")
     return Stage2Config(model=model, data=data, vae=vae, optim=optim, trainer=trainer, run=run)

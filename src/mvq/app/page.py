@@ -1,0 +1,236 @@
+"""The browser page: three tabs (tokenize, generate, complete) wired to `mvq.app.views`.
+
+Gradio is imported here only, so `import mvq` and the other commands never need it. Every
+handler turns bad input into a message on the page (the status line under the button);
+nothing a user uploads or types can stop the server.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
+
+from mvq.app.uploads import MAX_UPLOAD_BYTES, prepare_upload
+from mvq.app.views import sample_grid, token_order_strip, tokenize_view
+from mvq.errors import UserError
+
+if TYPE_CHECKING:
+    from mvq.models.mqvae import MQVAE
+    from mvq.models.sampling import SamplingConfig
+    from mvq.pipeline import MVQPipeline
+
+# Errors a handler shows on the page; anything else is a bug and gets the framework's error report.
+SHOWN_ERRORS = (UserError, ValueError)
+
+
+def import_gradio() -> ModuleType:
+    """Gradio, or a one-line error saying how to install it."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a local demo
+    try:
+        import gradio
+    except ImportError:
+        raise UserError("the browser demo needs Gradio: pip install 'mvq[app]'") from None
+    return gradio
+
+
+def _error(exc: Exception) -> str:
+    return f"**Error:** {exc}"
+
+
+def _sampling(temperature: float, top_k: float, top_p: float, position_temperature: float,
+              position_top_k: float, position_top_p: float, cfg_scale: float) -> SamplingConfig:
+    """Page controls → the sampler's validated settings (top-k 0 and top-p 1 mean off)."""
+    from mvq.models.sampling import SamplingConfig
+
+    return SamplingConfig(temperature=float(temperature), top_k=int(top_k) or None, top_p=float(top_p),
+                          position_temperature=float(position_temperature),
+                          position_top_k=int(position_top_k) or None, position_top_p=float(position_top_p),
+                          cfg_scale=float(cfg_scale))
+
+
+def _label(pipeline: MVQPipeline, value: Any) -> int | None:
+    if not pipeline.num_classes:
+        return None
+    if value is None or value == "":
+        raise UserError(f"choose a class (0 to {pipeline.num_classes - 1})")
+    return int(value)
+
+
+def _seed(value: Any) -> int:
+    if value is None or not float(value).is_integer() or value < 0:
+        raise UserError("the seed must be a whole number, 0 or more")
+    return int(value)
+
+
+def tokenize_handler(vae: MQVAE) -> Callable:
+    """Uploaded file → (model input, kept cells, scores, reconstruction, summary, status)."""
+    def handle(path: str | None):
+        empty = (None, None, None, None, "")
+        if not path:
+            return (*empty, "Upload an image first.")
+        try:
+            upload = prepare_upload(path, vae.config.resolution)
+            view = tokenize_view(vae, upload.pixels)
+        except SHOWN_ERRORS as exc:
+            return (*empty, _error(exc))
+        summary = (f"**{view.num_tokens} tokens** for {view.num_cells} cells "
+                   f"({view.num_tokens / view.num_cells:.0%} kept) · PSNR of the reconstruction "
+                   f"**{view.psnr:.2f} dB**")
+        status = "; ".join(upload.notes).capitalize() + "." if upload.notes else "The image was used as it is."
+        return view.model_input, view.kept_cells, view.scores, view.reconstruction, summary, status
+    return handle
+
+
+def generate_handler(pipeline: MVQPipeline) -> Callable:
+    """Page controls → (grid of samples, token-order strip or None, status)."""
+    def handle(label, seed, count, cfg_scale, temperature, top_k, top_p, position_temperature, position_top_k,
+               position_top_p, show_order):
+        try:
+            settings = _sampling(temperature, top_k, top_p, position_temperature, position_top_k, position_top_p,
+                                 cfg_scale)
+            label, seed = _label(pipeline, label), _seed(seed)
+            grid = sample_grid(pipeline, int(count), label, seed, settings)
+            strip = token_order_strip(pipeline, label, seed, settings) if show_order else None
+        except SHOWN_ERRORS as exc:
+            return None, None, _error(exc)
+        what = f"class {label}" if label is not None else "unconditional"
+        return grid, strip, f"{int(count)} samples ({what}, seed {seed})."
+    return handle
+
+
+def complete_handler(pipeline: MVQPipeline) -> Callable:
+    """Uploaded file + rows to keep → (the kept region and completions as one grid, status)."""
+    from mvq.app.views import completion_grid
+
+    def handle(path, keep_rows, label, seed, count):
+        if not path:
+            return None, "Upload an image first."
+        try:
+            upload = prepare_upload(path, pipeline.vae.config.resolution)
+            grid = completion_grid(pipeline, upload.pixels, int(keep_rows), _label(pipeline, label), _seed(seed),
+                                   int(count))
+        except SHOWN_ERRORS as exc:
+            return None, _error(exc)
+        notes = ("; ".join(upload.notes).capitalize() + ". ") if upload.notes else ""
+        return grid, f"{notes}Kept the first {int(keep_rows)} rows of the token grid; {int(count)} completions."
+    return handle
+
+
+def _class_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
+    if pipeline.num_classes:
+        return gr.Dropdown([str(c) for c in range(pipeline.num_classes)], value="0", label="Class",
+                           elem_id=elem_id)
+    return gr.Dropdown([], value=None, label="Class (the model is unconditional)", interactive=False,
+                       elem_id=elem_id)
+
+
+def _tokenize_tab(gr: ModuleType, vae: MQVAE) -> None:
+    r = vae.config.resolution
+    gr.Markdown(f"Upload an image of any size: it is resized (shorter side) and centre-cropped to the model's "
+                f"{r}×{r} pixels. The MQ-VAE keeps {vae.config.num_tokens} of its {vae.config.num_cells} cells "
+                f"as tokens (darkened cells are masked) and decodes the image from them.")
+    with gr.Row():
+        upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="tokenize-upload")
+        button = gr.Button("Tokenize", variant="primary", elem_id="tokenize-button")
+    status = gr.Markdown(elem_id="tokenize-status")
+    summary = gr.Markdown(elem_id="tokenize-summary")
+    with gr.Row():
+        outputs = [gr.Image(label=name, type="numpy", format="png", interactive=False, elem_id=f"tokenize-{key}")
+                   for key, name in [("input", "What the model sees"), ("kept", "Kept cells"),
+                                     ("scores", "Importance scores"), ("reconstruction", "Reconstruction")]]
+    button.click(tokenize_handler(vae), inputs=upload, outputs=[*outputs, summary, status])
+
+
+def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
+    config = pipeline.stackformer.config
+    guidance = config.num_classes > 0 and config.class_dropout > 0
+    with gr.Row():
+        label = _class_input(gr, pipeline, "generate-class")
+        seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="generate-seed")
+        count = gr.Slider(1, 16, value=8, step=1, label="Samples", elem_id="generate-count")
+        cfg_scale = gr.Slider(1.0, 8.0, value=3.0 if guidance else 1.0, step=0.5, label="Guidance scale",
+                              info=None if guidance else "needs a class-conditional model trained with label "
+                                                          "dropout", interactive=guidance, elem_id="generate-cfg")
+    with gr.Accordion("Sampling per stream (top-k 0 and top-p 1 turn them off)", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Code temperature")
+            top_k = gr.Slider(0, config.codebook_size, value=min(100, config.codebook_size), step=1,
+                              label="Code top-k")
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Code top-p")
+        with gr.Row():
+            position_temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Position temperature")
+            position_top_k = gr.Slider(0, config.num_cells, value=min(10, config.num_cells), step=1,
+                                       label="Position top-k")
+            position_top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Position top-p")
+    show_order = gr.Checkbox(True, label="Show where successive tokens land (first sample)",
+                             elem_id="generate-show-order")
+    button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+    status = gr.Markdown(elem_id="generate-status")
+    grid = gr.Image(label="Samples", type="numpy", format="png", interactive=False, height=420,
+                    elem_id="generate-grid")
+    k = config.num_tokens
+    strip = gr.Image(label=f"The first sample decoded from its first {k // 8 or 1}, {2 * k // 8 or 2}, …, {k} "
+                           f"tokens (cells not generated yet are darkened)", type="numpy", format="png",
+                     interactive=False, height=180, elem_id="generate-strip")
+    button.click(generate_handler(pipeline),
+                 inputs=[label, seed, count, cfg_scale, temperature, top_k, top_p, position_temperature,
+                         position_top_k, position_top_p, show_order],
+                 outputs=[grid, strip, status])
+
+
+def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
+    if not hasattr(pipeline, "complete"):
+        gr.Markdown("Completion is not available: this version of mvq's pipeline has no `complete` method.",
+                    elem_id="complete-status")
+        return
+    g = pipeline.vae.config.grid_size
+    gr.Markdown("Upload an image: its tokens in the first rows of the grid are kept and the Stackformer "
+                "continues from them (with another class: class-swap editing).")
+    with gr.Row():
+        upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="complete-upload")
+        keep_rows = gr.Slider(0, g, value=g // 2, step=1, label="Rows of the token grid to keep",
+                              elem_id="complete-rows")
+        label = _class_input(gr, pipeline, "complete-class")
+        seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="complete-seed")
+        count = gr.Slider(1, 8, value=4, step=1, label="Completions", elem_id="complete-count")
+    button = gr.Button("Complete", variant="primary", elem_id="complete-button")
+    status = gr.Markdown(elem_id="complete-status")
+    grid = gr.Image(label="Input, kept region, completions", type="numpy", format="png", interactive=False,
+                    elem_id="complete-grid")
+    button.click(complete_handler(pipeline), inputs=[upload, keep_rows, label, seed, count], outputs=[grid, status])
+
+
+def build_app(vae: MQVAE, pipeline: MVQPipeline | None, title: str = "mvq: masked vector quantization") -> Any:
+    """The page for an MQ-VAE and (optionally) a Stackformer trained on its tokens."""
+    gr = import_gradio()
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+        gr.Markdown(f"# {title}")
+        with gr.Tab("Tokenize", elem_id="tab-tokenize"):
+            _tokenize_tab(gr, vae)
+        with gr.Tab("Generate", elem_id="tab-generate"):
+            if pipeline is None:
+                gr.Markdown("No Stackformer loaded: start the app with `--stackformer DIR` to sample images.")
+            else:
+                _generate_tab(gr, pipeline)
+        with gr.Tab("Complete", elem_id="tab-complete"):
+            if pipeline is None:
+                gr.Markdown("No Stackformer loaded: start the app with `--stackformer DIR` to complete images.")
+            else:
+                _complete_tab(gr, pipeline)
+    return app
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> str:
+    """Start the web server (one request at a time; uploads over the size limit are refused); returns its URL."""
+    app.queue(default_concurrency_limit=1)
+    try:
+        _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
+                               max_file_size=MAX_UPLOAD_BYTES, footer_links=[], quiet=True)
+    except OSError as exc:
+        raise UserError(f"cannot serve on {host}:{port} ({exc}): pass another --port") from None
+    print(f"mvq app: serving on {url} (Ctrl-C stops it)", flush=True)
+    if block:
+        app.block_thread()
+    return url
+

@@ -1,0 +1,91 @@
+"""An uploaded file → the model's input image, with a note for every change made to it.
+
+The browser demo accepts whatever people drop on it: any size, any mode, sometimes not an
+image at all. Every problem becomes a `UserError` whose message the page shows; every
+conversion (alpha, 16-bit, resize and crop) is said on the page, never done silently.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mvq.errors import UserError
+
+# Larger files or images are refused before they are decoded (decoding them could exhaust memory).
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 40_000_000
+# Modes whose conversion to RGB changes how the image is stored (alpha and bit depth get their own notes).
+_MODE_NAMES = {"1": "black-and-white", "L": "grayscale", "LA": "grayscale", "La": "grayscale", "CMYK": "CMYK",
+               "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV"}
+
+
+@dataclass
+class PreparedImage:
+    """The image the model sees (R×R×3 uint8) and what was done to the upload to get it."""
+
+    pixels: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+def _open(path: str | os.PathLike):
+    from PIL import Image
+
+    size = os.path.getsize(path)
+    if size == 0:
+        raise UserError("the uploaded file is empty: upload a PNG, JPEG or other image file")
+    if size > MAX_UPLOAD_BYTES:
+        raise UserError(f"the uploaded file is {size / 2**20:.0f} MiB; the demo accepts up to "
+                        f"{MAX_UPLOAD_BYTES // 2**20} MiB: upload a smaller image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise UserError(f"the image has too many pixels; the demo accepts up to {MAX_UPLOAD_PIXELS / 1e6:.0f} "
+                        f"megapixels: downscale it first") from None
+    except (Image.UnidentifiedImageError, OSError, ValueError):
+        raise UserError("the uploaded file is not an image the demo can read: upload a PNG, JPEG, WebP, "
+                        "BMP, GIF or TIFF image") from None
+    width, height = image.size
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise UserError(f"the image is {width}×{height} ({width * height / 1e6:.0f} megapixels); the demo "
+                        f"accepts up to {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels: downscale it first")
+    return image
+
+
+def prepare_upload(path: str | os.PathLike, resolution: int) -> PreparedImage:
+    """Read an uploaded image file and fit it to `resolution` (shorter side resized, centre crop)."""
+    from PIL import ImageOps
+
+    from mvq.data.images import to_rgb
+    from mvq.evaluation.images import fit_resolution
+
+    image = _open(path)
+    notes = []
+    try:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            notes.append(f"the file holds {frames} frames; the first one is used")
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        mode = image.mode
+        has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+        rgb = to_rgb(image)
+    except (OSError, ValueError, SyntaxError):
+        raise UserError("the uploaded image is damaged or truncated and cannot be decoded: upload another "
+                        "file") from None
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        notes.append(f"{'16' if mode.startswith('I;16') else 'high'}-bit image ({mode}) scaled to 8 bits")
+    if has_alpha:
+        notes.append("the image has transparency: transparent pixels were composited onto white")
+    if mode in _MODE_NAMES:
+        notes.append(f"{_MODE_NAMES[mode]} image converted to RGB")
+    width, height = rgb.size
+    if (width, height) != (resolution, resolution):
+        how = "resized" if width == height else "resized (shorter side) and centre-cropped"
+        notes.append(f"the {width}×{height} image was {how} to the model's {resolution}×{resolution}")
+    return PreparedImage(np.asarray(fit_resolution(rgb, resolution), dtype=np.uint8).copy(), notes)

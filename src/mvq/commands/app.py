@@ -1,0 +1,68 @@
+"""`mvq app`: an interactive browser demo (tokenize / generate / complete) on local models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# Where `mvq demo` (default --out) exports its models.
+DEMO_VAE = Path("demo-output") / "mqvae"
+DEMO_STACKFORMER = Path("demo-output") / "stackformer"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "app", help="interactive browser demo: tokenize, generate and complete images",
+        description="Serve a web page (Gradio; install with pip install 'mvq[app]') with three tabs: Tokenize "
+                    "(upload an image → kept cells, importance scores, reconstruction, token count, PSNR), "
+                    "Generate (class, seed, guidance and per-stream sampling settings → samples) and Complete. "
+                    f"Without --vae and --stackformer it uses the models of `mvq demo` ({DEMO_VAE} and "
+                    f"{DEMO_STACKFORMER}) when they exist.")
+    parser.add_argument("--vae", metavar="DIR", help=f"pretrained MQ-VAE folder (default: {DEMO_VAE})")
+    parser.add_argument("--stackformer", metavar="DIR",
+                        help="pretrained Stackformer folder trained on that MQ-VAE's tokens (default with no "
+                             f"--vae: {DEMO_STACKFORMER}; without one only the Tokenize tab works)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it "
+                             "to the network)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
+    parser.set_defaults(func=run)
+
+
+def model_folders(vae: str | None, stackformer: str | None) -> tuple[Path, Path | None]:
+    """The folders to load: the ones given, or the demo's when none is given."""
+    from mvq.errors import UserError
+
+    if vae is None and stackformer is not None:
+        raise UserError("--stackformer needs --vae DIR, the MQ-VAE whose tokens it was trained on")
+    if vae is not None:
+        return Path(vae), None if stackformer is None else Path(stackformer)
+    if not DEMO_VAE.is_dir():
+        raise UserError(f"no models to serve: pass --vae DIR (and --stackformer DIR), or run `mvq demo` first, "
+                        f"which writes {DEMO_VAE} and {DEMO_STACKFORMER}")
+    return DEMO_VAE, DEMO_STACKFORMER if DEMO_STACKFORMER.is_dir() else None
+
+
+def run(args: argparse.Namespace) -> None:
+    from mvq.errors import UserError
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {args.port}")
+    vae_dir, stackformer_dir = model_folders(args.vae, args.stackformer)
+    from mvq.app.page import build_app, import_gradio, serve
+
+    import_gradio()  # fail on a missing extra before loading any model
+    from mvq.distributed import resolve_device
+    from mvq.models.mqvae import MQVAE
+    from mvq.pipeline import MVQPipeline
+
+    device = resolve_device(args.device)
+    if stackformer_dir is None:
+        vae, pipeline = MQVAE.from_pretrained(vae_dir, map_location=device).eval(), None
+        print(f"mvq app: MQ-VAE {vae_dir}; no Stackformer (pass --stackformer DIR to generate)", flush=True)
+    else:
+        pipeline = MVQPipeline.from_pretrained(stackformer_dir, vae_dir, device=device)
+        vae = pipeline.vae
+        print(f"mvq app: MQ-VAE {vae_dir}, Stackformer {stackformer_dir}", flush=True)
+    serve(build_app(vae, pipeline), host=args.host, port=args.port)

@@ -1,0 +1,122 @@
+"""The reference release's `train.py` command line, translated into an `mvq train` command line.
+
+    python train.py --gpus -1 --base configs/stage1/mqvae_imagenet_f8_r25.yml --max_epochs 50
+
+`--base X.yml` finds mvq's `X.yaml` of the same stem; `--gpus`, `--max_epochs`, `--max_steps`,
+`--seed`, `--resume`, `--logdir` and `key=value` overrides anywhere on the line (mvq's keys, or
+the reference's own names for the commonly tuned ones) are mapped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mvq.errors import UserError
+
+# Reference config keys users set on the command line (seed README), and ours.
+REFERENCE_KEYS = {
+    "model.params.masker_config.params.topk_ratio": "model.keep_ratio",
+    "model.params.demasker_config.params.n_layer": "model.demask_layers",
+    "model.params.demasker_config.params.mask_init_value": "model.mask_init_value",
+    "model.params.vqconfig.params.codebook_size": "model.codebook_size",
+    "model.params.vqconfig.params.codebook_dim": "model.codebook_dim",
+    "model.params.lossconfig.params.disc_start": "loss.disc_start",
+    "model.params.lossconfig.params.disc_weight": "loss.disc_weight",
+    "model.params.transformer_config.params.value_layer": "model.code_layers",
+    "model.params.transformer_config.params.position_layer": "model.position_layers",
+    "model.base_learning_rate": "optim.base_lr",
+    "model.min_learning_rate": "optim.min_lr",
+    "model.params.warmup_epochs": "optim.warmup_epochs",
+    "data.params.batch_size": "data.batch_size",
+    "data.params.num_workers": "data.num_workers",
+}
+
+
+def resolve_config(base: str) -> str:
+    """`configs/stage1/x.yml` → the file itself if it exists, else `configs/stage1/x.yaml`."""
+    path = Path(base)
+    if path.is_file():
+        return str(path)
+    for suffix in (".yaml", ".yml"):
+        candidate = path.with_suffix(suffix)
+        if candidate.is_file():
+            return str(candidate)
+    raise UserError(f"config {base} not found (looked for {path.with_suffix('.yaml')} too)")
+
+
+def gpu_overrides(value: str, gpu_available: bool) -> list[str]:
+    """The reference's `--gpus` (Lightning 1.x: `0` CPU, `N` N GPUs, `-1` all, `0,1` or `0,` indices) as overrides."""
+    text = value.strip()
+    indices = [part for part in text.split(",") if part.strip()]
+    if "," not in text and text in ("", "0"):
+        return ["trainer.accelerator=cpu"]
+    try:
+        numbers = [int(part) for part in indices]
+    except ValueError:
+        raise UserError(f"--gpus {value}: expected -1 (all GPUs), a count like 2, or indices like 0,1") from None
+    if not gpu_available:
+        raise UserError(f"--gpus {value} asks for GPUs, but PyTorch finds no GPU on this machine; "
+                        f"run on the CPU with --gpus 0")
+    if "," in text:
+        return ["trainer.accelerator=gpu", f"trainer.devices=[{','.join(map(str, numbers))}]"]
+    return ["trainer.accelerator=gpu", f"trainer.devices={numbers[0]}"]
+
+
+def _gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train.py", description="reference-compatible front end of `mvq train`")
+    parser.add_argument("-b", "--base", nargs="+", help="config file")
+    parser.add_argument("--gpus", help="0 for the CPU, -1 for all GPUs, N for N GPUs, or indices like 0,1")
+    parser.add_argument("--max_epochs", type=int)
+    parser.add_argument("--max_steps", type=int)
+    parser.add_argument("-s", "--seed", type=int)
+    parser.add_argument("-r", "--resume", help="run folder (or a checkpoint inside it) to continue")
+    parser.add_argument("-l", "--logdir", help="run folder")
+    return parser
+
+
+def _our_key(item: str) -> str:
+    key, value = item.split("=", 1)
+    key = key.lstrip("-")
+    if key.startswith(("model.params.", "data.params.")) or key in REFERENCE_KEYS:
+        if key not in REFERENCE_KEYS:
+            raise UserError(f"reference key {key} has no mvq equivalent here; use mvq's config keys (see configs/)")
+        key = REFERENCE_KEYS[key]
+    return f"{key}={value}"
+
+
+def translate(argv: list[str], gpu_available: bool | None = None) -> list[str]:
+    """The reference's `train.py` arguments → `mvq train` arguments (`gpu_available` defaults to asking torch)."""
+    args, rest = _parser().parse_known_args(argv)
+    bases = list(args.base or [])
+    overrides = [item for item in bases[1:] + rest if "=" in item and not item.startswith("-")]
+    unsupported = [item for item in bases[1:] + rest if item not in overrides]
+    if unsupported:
+        raise UserError(f"unsupported arguments: {' '.join(unsupported)} (one --base config, options, and "
+                        f"key=value overrides are understood)")
+    out: list[str] = ["train"]
+    if args.resume:
+        run_dir = Path(args.resume)
+        if run_dir.is_file():  # a checkpoint: its run folder is two levels up
+            run_dir = run_dir.parent.parent
+        out += ["--resume", str(run_dir)]
+    elif bases:
+        out.append(resolve_config(bases[0]))
+    if args.logdir:
+        out += ["--run-dir", args.logdir]
+    if args.gpus is not None:
+        out += gpu_overrides(args.gpus, _gpu_available() if gpu_available is None else gpu_available)
+    if args.max_epochs is not None:
+        out.append(f"trainer.max_epochs={args.max_epochs}")
+    if args.max_steps is not None:
+        out.append(f"trainer.max_steps={args.max_steps}")
+    if args.seed is not None:
+        out.append(f"run.seed={args.seed}")
+    out += [_our_key(item) for item in overrides]
+    return out

@@ -1,0 +1,94 @@
+"""Encoding a dataset once with an MQ-VAE into a token store: the job behind `mvq tokenize`.
+
+The store's file format (header, parts, writer, reader) is `mvq.data.token_store`; this module
+runs the model over the data and feeds the writer, one contiguous block of the dataset per rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mvq.config import dataclass_to_dict
+from mvq.data.token_store import (TokenPartWriter, TokenStoreHeader, create_store, part_name, shard_bounds,
+                                  store_dtypes)
+from mvq.distributed import rank_and_world_size
+from mvq.models.pretrained import weights_fingerprint
+
+
+def declared_num_classes(dataset: Any) -> int | None:
+    """The number of classes a dataset declares (`num_classes` or `classes`), or None."""
+    while dataset is not None:
+        n = getattr(dataset, "num_classes", None)
+        if isinstance(n, int):
+            return n
+        classes = getattr(dataset, "classes", None)
+        if classes is not None:
+            return len(classes)
+        dataset = getattr(dataset, "dataset", None)  # look through Subset-like wrappers
+    return None
+
+
+def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.PathLike, *,
+                     flip: bool = False, batch_size: int = 64, num_workers: int = 0,
+                     rank: int | None = None, world_size: int | None = None,
+                     device: str | torch.device = "cpu", source: Mapping[str, Any] | None = None,
+                     progress: bool = True) -> TokenStoreHeader:
+    """Encode `dataset` with an MQ-VAE into the store at `out`; this rank writes its part.
+
+    `model` needs `config` (codebook_size, grid_size, num_tokens, resolution) and
+    `tokenize(images) -> (codes, positions)`; dataset items are dicts with `image` (3×R×R in
+    [-1, 1]) and `label`. With `flip`, row 2i is image i and row 2i + 1 its horizontal mirror.
+    A part already (partly) written is continued from its recorded progress; with the same
+    batch size the finished store is identical to one written without interruption.
+    Without `rank`/`world_size` they come from `mvq.distributed.rank_and_world_size`.
+    """
+    from tqdm.auto import tqdm
+
+    if rank is None or world_size is None:
+        rank, world_size = rank_and_world_size()
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    config = model.config
+    copies = 2 if flip else 1
+    num_images = len(dataset)
+    bounds = [shard_bounds(num_images, r, world_size) for r in range(world_size)]
+    num_classes = declared_num_classes(dataset)
+    vae_config = dataclass_to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
+    header = TokenStoreHeader(
+        codebook_size=int(config.codebook_size), grid_size=int(config.grid_size),
+        num_tokens=int(config.num_tokens), num_classes=num_classes,
+        part_sizes=tuple(copies * (stop - start) for start, stop in bounds),
+        dtypes=store_dtypes(int(config.codebook_size), int(config.grid_size) ** 2, num_classes),
+        flip=flip, vae={"config": vae_config, "weights_sha256": weights_fingerprint(model)},
+        source={"num_images": num_images, **(source or {})},
+    )
+    create_store(out, header)
+    writer = TokenPartWriter(out, header, rank)
+    start, stop = bounds[rank]
+    first = start + writer.done // copies
+    bar = tqdm(total=stop - start, initial=first - start, unit="img", disable=not progress or rank != 0,
+               desc=f"tokenize {part_name(rank, world_size)}" if world_size > 1 else "tokenize")
+    if first < stop:
+        loader = DataLoader(Subset(dataset, range(first, stop)), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers)
+        model.eval()
+        resolution = getattr(config, "resolution", None)
+        with torch.inference_mode():
+            for batch in loader:
+                images, labels = batch["image"].to(device), torch.as_tensor(batch["label"])
+                if resolution is not None and tuple(images.shape[1:]) != (3, resolution, resolution):
+                    raise ValueError(f"the dataset gives images of shape {tuple(images.shape[1:])}, the MQ-VAE "
+                                     f"expects 3×{resolution}×{resolution}: set the data resolution to {resolution}")
+                if flip:  # original and mirror of each image side by side: rows 2i, 2i + 1
+                    images = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
+                    labels = labels.repeat_interleave(2)
+                codes, positions = model.tokenize(images)
+                writer.append(codes, positions, labels)
+                bar.update(len(batch["label"]))
+    bar.close()
+    return header

