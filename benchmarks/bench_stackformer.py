@@ -19,6 +19,7 @@ Without the reference modules (a user's clone) the script says so and exits.
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
@@ -67,7 +68,7 @@ def bench_generation_paper(ours: Stackformer, theirs: torch.nn.Module, repeats: 
     rounds = [e / m.wall for e, m in zip(extrapolated, mine)]
     emit({"bench": "stackformer_generate", "size": "paper", "batch": 1, "steps": c.num_tokens,
           "mvq_s_per_image": summary(mine), "reference_s_per_image_extrapolated": sorted(extrapolated),
-          "ratio_extrapolated": sorted(extrapolated)[len(extrapolated) // 2] / summary(mine)["median"],
+          "ratio_extrapolated": statistics.median(extrapolated) / summary(mine)["median"],
           "ratio_rounds_min": min(rounds), "ratio_rounds_max": max(rounds)})
 
 

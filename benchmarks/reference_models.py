@@ -135,7 +135,7 @@ def reference_stackformer(config) -> nn.Module:
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    kth = logits.topk(top_k, dim=-1).values[:, -1:]
+    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
     probs = logits.masked_fill(logits < kth, float("-inf")).softmax(dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
@@ -143,47 +143,45 @@ def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor
 
 
 @torch.no_grad()
-def reference_generate(model: nn.Module, labels: torch.Tensor, steps: int, num_classes: int, num_cells: int,
-                       top_k: int = 100, top_p: float = 0.95, position_top_k: int = 10,
-                       position_top_p: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """The authors' way of sampling: no cache, both stacks over the whole prefix at every step.
+def reference_step(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor, num_classes: int,
+                   top_k: int = 100, top_p: float = 0.95, position_top_k: int = 10, position_top_p: float = 0.95,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the authors' way of sampling: both stacks over the whole prefix (no cache), then a code
+    and its position. Token ids as theirs (classes first, then codes); returns the extended prefix."""
+    code_logits = model.sample_value(tokens, positions)[:, -1].clone()
+    for i in range(tokens.shape[0]):  # never sample a class token
+        code_logits[i, :num_classes] = float("-inf")
+    code = torch.multinomial(_top_k_top_p(code_logits, top_k, top_p), 1)
+    tokens = torch.cat([tokens, code], dim=1)
+    position_logits = model.sample_position(tokens, positions)[:, -1].clone()
+    for i in range(tokens.shape[0]):  # never repeat a position (nor the start position)
+        position_logits[i, positions[i]] = float("-inf")
+    position = torch.multinomial(_top_k_top_p(position_logits, position_top_k, position_top_p), 1)
+    return tokens, torch.cat([positions, position], dim=1)
 
-    Token ids as theirs: classes first, then codes. Returns (codes, positions), each B×steps.
-    """
-    b = labels.shape[0]
-    tokens = labels.reshape(b, 1)
-    positions = torch.full((b, 1), num_cells, dtype=torch.long, device=labels.device)
+
+def reference_generate(model: nn.Module, labels: torch.Tensor, steps: int, num_classes: int,
+                       num_cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steps` reference sampling steps from the class token → (codes, positions), each B×steps."""
+    tokens = labels.reshape(-1, 1)
+    positions = torch.full_like(tokens, num_cells)
     for _ in range(steps):
-        code_logits = model.sample_value(tokens, positions)[:, -1].clone()
-        for i in range(b):  # never sample a class token
-            code_logits[i, :num_classes] = float("-inf")
-        code = torch.multinomial(_top_k_top_p(code_logits, top_k, top_p), 1)
-        tokens = torch.cat([tokens, code], dim=1)
-        position_logits = model.sample_position(tokens, positions)[:, -1].clone()
-        for i in range(b):  # never repeat a position (nor the start position)
-            position_logits[i, positions[i]] = float("-inf")
-        position = torch.multinomial(_top_k_top_p(position_logits, position_top_k, position_top_p), 1)
-        positions = torch.cat([positions, position], dim=1)
+        tokens, positions = reference_step(model, tokens, positions, num_classes)
     return tokens[:, 1:] - num_classes, positions[:, 1:]
 
 
 def prefix_step_seconds(model: nn.Module, batch: int, lengths: list[int], num_classes: int, num_cells: int,
                         repeats: int = 1) -> dict[int, float]:
-    """Seconds of one uncached reference sampling step whose prefix holds `length` tokens (median of repeats)."""
+    """Seconds of one reference sampling step whose prefix holds `length` tokens (median of repeats)."""
     from harness import measure, summary
 
     costs = {}
-    with torch.no_grad():
-        for length in lengths:
-            tokens = torch.randint(num_classes, num_classes + 64, (batch, length + 1))
-            positions = torch.randint(0, num_cells, (batch, length))
-
-            def step():
-                model.sample_value(tokens[:, :-1], positions)
-                model.sample_position(tokens, positions)
-
-            step()
-            costs[length] = summary([measure(step) for _ in range(repeats)])["median"]
+    for length in lengths:
+        tokens = torch.randint(num_classes, num_classes + 64, (batch, length))
+        positions = torch.randperm(num_cells)[:length].expand(batch, length)
+        step = lambda: reference_step(model, tokens, positions, num_classes)  # noqa: E731
+        step()
+        costs[length] = summary([measure(step) for _ in range(repeats)])["median"]
     return costs
 
 

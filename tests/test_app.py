@@ -30,7 +30,7 @@ from mvq.pipeline import MVQPipeline, sample_generator
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1100"]
+                  "--window-size=1280,900"]
 
 
 def tiny_models(folder: Path) -> tuple[Path, Path]:
@@ -333,6 +333,8 @@ class Page:
 
     def screenshot(self, name: str) -> None:
         self.screenshots.mkdir(parents=True, exist_ok=True)
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(1280, height + 160)  # the whole page in one picture
         shot = Image.open(io.BytesIO(self.driver.get_screenshot_as_png())).convert("RGB")
         shot.quantize(64).save(self.screenshots / f"{name}.png", optimize=True)  # small enough for a README
 

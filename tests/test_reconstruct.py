@@ -13,6 +13,8 @@ from tests.conftest import TINY_MQVAE
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
+    import torchvision.utils  # noqa: F401  (the command's lazy imports, paid once here)
+
     folder = tmp_path_factory.mktemp("vae")
     MQVAE.from_config(TINY_MQVAE).save_pretrained(folder)
     return folder
@@ -44,7 +46,11 @@ def test_same_file_names_in_different_folders_do_not_overwrite_each_other(vae_di
     assert np.abs(red - blue).mean() > 1  # two different inputs, two different outputs
     assert "wrote 3 reconstructions" in capsys.readouterr().out
 
-    # Files given one by one keep their paths relative to the folder they share.
+
+def test_files_given_one_by_one_keep_paths_relative_to_the_folder_they_share(vae_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    write_image(images / "A" / "a.png", (250, 10, 10))
+    write_image(images / "B" / "a.png", (10, 10, 250))
     assert reconstruct("--vae", vae_dir, images / "A" / "a.png", images / "B" / "a.png",
                        "--out", tmp_path / "files") == 0
     assert (tmp_path / "files" / "A" / "a_scores.png").is_file()

@@ -15,6 +15,8 @@ _LAZY = {
     "MQVAEConfig": "mvq.models.mqvae",
     "Stackformer": "mvq.models.stackformer",
     "StackformerConfig": "mvq.models.stackformer",
+    "VQGAN": "mvq.models.vqgan",
+    "VQGANConfig": "mvq.models.vqgan",
     "MVQPipeline": "mvq.pipeline",
 }
 

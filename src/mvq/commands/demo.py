@@ -10,9 +10,11 @@ def register(subparsers) -> None:
         "demo", help="train, tokenize, sample and evaluate end to end on a CPU in minutes",
         description="Train the demo MQ-VAE and class-conditional Stackformer on the built-in synthetic shapes, "
                     "then write reconstructions, keep-mask overlays, score heat-maps, samples per class, loss "
-                    "curves, metrics.json and index.html into the output folder (its previous demo outputs "
-                    "are replaced).")
-    p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+                    "curves, metrics.json and index.html into the output folder. The folder must be new, empty "
+                    "or made by an earlier demo (then only that demo's outputs are replaced); anything else is "
+                    "refused, and nothing is written before the inputs are checked.")
+    p.add_argument("--out", default="demo-output",
+                   help="output folder: new, empty, or an earlier demo's (default: demo-output)")
     p.add_argument("--data", metavar="FOLDER",
                    help="use your own images (class subfolders make the Stackformer class-conditional)")
     p.add_argument("--fast", action="store_true", help="a short version (about 2 minutes)")

@@ -6,10 +6,12 @@
 - `checkpoint`: their Lightning checkpoint + YAML → an mvq pretrained folder (`mvq convert-original`).
 - `train_args`: their `train.py` command line → `mvq train` (the repository's `train.py`).
 - `layout`: telling their config layout from ours.
+- `taming`: taming-transformers' VQGAN (config and state dict) → `mvq.VQGAN`.
 
 Nothing outside this package knows the reference's names or layouts.
 """
 
 from mvq.convert.mqvae import config_from_original, from_original
+from mvq.convert.taming import from_taming, taming_state_dict, vqgan_config_from_taming
 
-__all__ = ["config_from_original", "from_original"]
+__all__ = ["config_from_original", "from_original", "from_taming", "taming_state_dict", "vqgan_config_from_taming"]

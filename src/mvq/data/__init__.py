@@ -1,7 +1,9 @@
-"""Datasets: ImageNet, FFHQ, any image folder, and the built-in synthetic shapes.
+"""Datasets: ImageNet, FFHQ, any image folder, torchvision's dataset classes, crops of photos,
+and the built-in synthetic shapes; token stores (`mvq.data.token_store`).
 
 `DataConfig` is the `data:` section of a training config; `build_dataset(config, split)`
-returns the matching torch Dataset. Items are {"image": 3×R×R float tensor in [-1, 1],
+returns the matching torch Dataset, and `dataset_from_path` the one a command's `--data`
+(folder or config file) names. Every folder is walked by `mvq.data.discovery.list_files`. Items are {"image": 3×R×R float tensor in [-1, 1],
 "label": int (-1 without classes)}. The heavy modules are imported on first use, so reading
 a config does not import torch.
 """
@@ -14,6 +16,11 @@ from mvq.data.config import DataConfig
 
 _LAZY = {
     "build_dataset": "mvq.data.build",
+    "dataset_from_path": "mvq.data.build",
+    "list_files": "mvq.data.discovery",
+    "FolderLinkWarning": "mvq.data.discovery",
+    "photo_crops_dataset": "mvq.data.photos",
+    "torchvision_dataset": "mvq.data.torchvision_sets",
     "folder_dataset": "mvq.data.layouts",
     "imagenet_dataset": "mvq.data.layouts",
     "ffhq_dataset": "mvq.data.layouts",

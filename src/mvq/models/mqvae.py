@@ -6,7 +6,6 @@ The config uses mvq's names only; `mvq.convert` translates the reference release
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -14,11 +13,10 @@ import torch
 from torch import nn
 
 from mvq.config import ConfigError, build_dataclass
+from mvq.models.images import check_images
 from mvq.models.pretrained import PretrainedMixin
-from mvq.nn import AdaptiveDemasker, AdaptiveMasker, Decoder, EMAVectorQuantizer, Encoder
-
-# Pixel values the model accepts: [-1, 1], with room for float rounding of normalised 8-bit images.
-PIXEL_RANGE_TOLERANCE = 1e-4
+from mvq.nn import (DEMASK_ATTENTIONS, MASK_CHOICES, MASK_UPDATES, AdaptiveDemasker, Decoder, EMAVectorQuantizer,
+                    Encoder, build_masker)
 
 
 @dataclass
@@ -41,8 +39,19 @@ class MQVAEConfig:
     commitment_beta: float = 0.25
     ema_decay: float = 0.99
     restart_unused_codes: bool = True
+    # Ablations (design §2.7); the defaults are the paper's method.
+    mask_choice: str = "adaptive"                   # "adaptive" (score network) | "random" (random ranking, same K)
+    demask_attention: str = "direction_constrained"  # | "plain": ordinary attention, every key weight 1
+    mask_update: str = "sqrt"                       # masked keys' weight m ← √m per block | "constant"
 
     def __post_init__(self) -> None:
+        for name, choices in (("mask_choice", MASK_CHOICES), ("demask_attention", DEMASK_ATTENTIONS),
+                              ("mask_update", MASK_UPDATES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"model.{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+        if self.demask_attention == "plain" and self.mask_update != "sqrt":
+            raise ConfigError("model.mask_update only applies to direction_constrained de-mask attention; "
+                              "remove it or set model.demask_attention: direction_constrained")
         for name in ("resolution", "in_channels", "ch", "num_res_blocks", "z_channels", "codebook_size",
                      "codebook_dim", "demask_layers"):
             if getattr(self, name) < 1:
@@ -116,11 +125,12 @@ class MQVAE(nn.Module, PretrainedMixin):
         self.encoder = Encoder(in_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
                                attn_resolutions=c.attn_resolutions, resolution=c.resolution,
                                z_channels=c.z_channels, dropout=c.dropout)
-        self.masker = AdaptiveMasker(c.z_channels, c.codebook_dim, c.num_tokens)
+        self.masker = build_masker(c.mask_choice, c.z_channels, c.codebook_dim, c.num_tokens)
         self.quantizer = EMAVectorQuantizer(c.codebook_size, c.codebook_dim, decay=c.ema_decay,
                                             commitment_beta=c.commitment_beta,
                                             restart_unused_codes=c.restart_unused_codes)
-        self.demasker = AdaptiveDemasker(c.codebook_dim, c.z_channels, c.grid_size, c.demask_layers, c.mask_init_value)
+        self.demasker = AdaptiveDemasker(c.codebook_dim, c.z_channels, c.grid_size, c.demask_layers, c.mask_init_value,
+                                         attention=c.demask_attention, mask_update=c.mask_update)
         self.decoder = Decoder(out_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult,
                                num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
                                resolution=c.resolution, dropout=c.dropout)
@@ -132,19 +142,7 @@ class MQVAE(nn.Module, PretrainedMixin):
 
     def _check_images(self, images: torch.Tensor, values: bool = True) -> None:
         """Shape always; with `values`, finite pixels in [-1, 1] (one host sync, so not in training steps)."""
-        c = self.config
-        expected = (c.in_channels, c.resolution, c.resolution)
-        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"expected images of shape B×{c.in_channels}×{c.resolution}×{c.resolution}, "
-                             f"got {tuple(images.shape)}")
-        if not values or images.numel() == 0:
-            return
-        low, high = torch.stack(images.detach().aminmax()).tolist()
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError("images contain NaN or infinite pixel values; the MQ-VAE needs finite images in [-1, 1]")
-        if low < -1 - PIXEL_RANGE_TOLERANCE or high > 1 + PIXEL_RANGE_TOLERANCE:
-            raise ValueError(f"image values range over [{low:.4g}, {high:.4g}]; the MQ-VAE expects [-1, 1] "
-                             f"(8-bit pixels p map to p / 127.5 - 1)")
+        check_images(images, self.config.in_channels, self.config.resolution, values, "MQ-VAE")
 
     def forward(self, images: torch.Tensor) -> MQVAEOutput:
         """Reconstruct `images` (B×C×R×R in [-1, 1]); pixel values are checked outside training steps."""

@@ -11,7 +11,8 @@ Token ids: code c is id c; the start tokens follow the codes (unconditional: one
 classifier-free guidance when the model is trained with label dropout). The code head
 predicts over the whole vocabulary, as the reference does, so converted weights give the
 same losses; sampling only ever draws codes. Positions are cell indices 0..N-1 and N
-is the start position.
+is the start position. The sampling loop and the KV-cached step-by-step decoder live in
+`mvq.models.sampling`; `Stackformer.generate` is its entry point.
 """
 
 from __future__ import annotations

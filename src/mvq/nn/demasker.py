@@ -3,6 +3,10 @@
 Masked cells start as one shared learnable mask token. Direction-constrained attention lets
 information flow from kept to masked cells first: the weight of every masked key starts at
 `mask_init_value` and grows (its square root is taken) after each block.
+
+Two ablations (design §2.7) switch parts of this off: `attention="plain"` gives every key
+weight 1 (ordinary attention), and `mask_update="constant"` keeps the masked keys' weight at
+`mask_init_value` in every block.
 """
 
 from __future__ import annotations
@@ -12,11 +16,17 @@ from torch import nn
 
 from mvq.nn.vqgan import ResnetBlock, SpatialSelfAttention
 
+DEMASK_ATTENTIONS = ("direction_constrained", "plain")
+MASK_UPDATES = ("sqrt", "constant")
+
 
 class DirectionConstrainedAttention(SpatialSelfAttention):
-    """Spatial attention whose post-softmax key weights are scaled by per-key weights m (no renormalisation)."""
+    """Spatial attention whose post-softmax key weights are scaled by per-key weights m (no renormalisation).
 
-    def forward(self, x: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    `key_weights=None` is ordinary attention (every key weight 1).
+    """
+
+    def forward(self, x: torch.Tensor, key_weights: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
         return super().forward(x, value_weights=key_weights)
 
 
@@ -28,18 +38,28 @@ class DemaskBlock(nn.Module):
         self.res = ResnetBlock(channels)
         self.attn = DirectionConstrainedAttention(channels)
 
-    def forward(self, x: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_weights: torch.Tensor | None) -> torch.Tensor:
         return self.attn(self.res(x), key_weights)
 
 
 class AdaptiveDemasker(nn.Module):
-    """(K quantized vectors, their positions) → B×out_channels×H×W feature map for the decoder."""
+    """(K quantized vectors, their positions) → B×out_channels×H×W feature map for the decoder.
+
+    `attention`: "direction_constrained" (masked keys weighted by m) or "plain" (all weights 1).
+    `mask_update`: "sqrt" (m ← √m after each block) or "constant" (m stays `mask_init_value`).
+    """
 
     def __init__(self, codebook_dim: int, out_channels: int, grid_size: int, num_layers: int,
-                 mask_init_value: float = 0.02):
+                 mask_init_value: float = 0.02, attention: str = "direction_constrained",
+                 mask_update: str = "sqrt"):
         super().__init__()
+        if attention not in DEMASK_ATTENTIONS:
+            raise ValueError(f"attention must be one of {DEMASK_ATTENTIONS}, got {attention!r}")
+        if mask_update not in MASK_UPDATES:
+            raise ValueError(f"mask_update must be one of {MASK_UPDATES}, got {mask_update!r}")
         self.grid_size = grid_size
         self.mask_init_value = mask_init_value
+        self.attention, self.mask_update = attention, mask_update
         self.mask_token = nn.Parameter(torch.empty(codebook_dim).uniform_(-1.0 / codebook_dim, 1.0 / codebook_dim))
         self.project_in = nn.Conv2d(codebook_dim, out_channels, 1)
         self.conv_in = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -57,8 +77,9 @@ class AdaptiveDemasker(nn.Module):
         canvas = canvas.scatter(1, positions.unsqueeze(-1).expand(-1, -1, d), quantized)
         x = canvas.transpose(1, 2).reshape(b, d, self.grid_size, self.grid_size)
         x = self.conv_in(self.project_in(x))
-        weights = self.key_weights(keep_mask.reshape(b, n))
+        weights = self.key_weights(keep_mask.reshape(b, n)) if self.attention == "direction_constrained" else None
         for block in self.blocks:
             x = block(x, weights)
-            weights = weights.sqrt()
+            if weights is not None and self.mask_update == "sqrt":
+                weights = weights.sqrt()
         return self.final_res(x)

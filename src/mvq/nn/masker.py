@@ -1,7 +1,8 @@
-"""Adaptive mask module (design §2.2): score every cell, keep the top K, weight them by score.
+"""Mask modules (design §2.2, §2.7): choose the K cells of the encoder map that become tokens.
 
-This is where the mask is chosen: `AdaptiveMasker.forward` ranks the cells by the score
-network's output and keeps the K best, the same number for every image.
+`AdaptiveMasker` ranks the cells by a learned score network and keeps the K best, the same
+number for every image. `RandomMasker` is its ablation: a random ranking per image, same K,
+no score network — what the adaptive choice is measured against.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MASK_CHOICES = ("adaptive", "random")
 
 
 class ScoreNetwork(nn.Module):
@@ -36,6 +39,12 @@ class MaskerOutput:
     scores: torch.Tensor     # B×N in (0, 1)
 
 
+def keep_mask_from_positions(positions: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """B×N boolean mask that is True at the B×K `positions`."""
+    keep_mask = torch.zeros(positions.shape[0], num_cells, dtype=torch.bool, device=positions.device)
+    return keep_mask.scatter_(1, positions, True)
+
+
 class AdaptiveMasker(nn.Module):
     """Keeps the `num_tokens` highest-scoring cells of an encoder feature map."""
 
@@ -55,5 +64,37 @@ class AdaptiveMasker(nn.Module):
         tokens = h.flatten(2).transpose(1, 2)  # B×N×C
         kept = tokens.gather(1, positions.unsqueeze(-1).expand(-1, -1, c))
         kept = F.layer_norm(kept, (c,)) * scores.gather(1, positions).unsqueeze(-1)
-        keep_mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, positions, True)
-        return MaskerOutput(self.project(kept), positions, keep_mask, scores)
+        return MaskerOutput(self.project(kept), positions, keep_mask_from_positions(positions, scores.shape[1]),
+                            scores)
+
+
+class RandomMasker(nn.Module):
+    """Keeps `num_tokens` cells chosen uniformly at random, independently for every image and every call.
+
+    The ranking is drawn from torch's global random generator in training and evaluation alike
+    (a random mask has no "eval" version), so seeding torch makes tokenization and evaluation
+    reproducible. The drawn uniforms are returned as `scores` (for the same visualisations as
+    the adaptive masker); kept tokens are layer-normalised and projected but not weighted by them.
+    """
+
+    def __init__(self, channels: int, codebook_dim: int, num_tokens: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.project = nn.Linear(channels, codebook_dim, bias=False)
+
+    def forward(self, h: torch.Tensor) -> MaskerOutput:
+        b, c = h.shape[:2]
+        scores = torch.rand(b, h.shape[2] * h.shape[3], device=h.device)
+        positions = scores.topk(self.num_tokens, dim=1).indices.sort(dim=1).values
+        tokens = h.flatten(2).transpose(1, 2)  # B×N×C
+        kept = F.layer_norm(tokens.gather(1, positions.unsqueeze(-1).expand(-1, -1, c)), (c,))
+        return MaskerOutput(self.project(kept), positions, keep_mask_from_positions(positions, scores.shape[1]),
+                            scores)
+
+
+def build_masker(choice: str, channels: int, codebook_dim: int, num_tokens: int) -> AdaptiveMasker | RandomMasker:
+    """The masker named by `choice` ("adaptive" or "random")."""
+    if choice not in MASK_CHOICES:
+        raise ValueError(f"mask choice must be one of {MASK_CHOICES}, got {choice!r}")
+    masker_class = AdaptiveMasker if choice == "adaptive" else RandomMasker
+    return masker_class(channels, codebook_dim, num_tokens)

@@ -1,9 +1,12 @@
-"""Vector quantizer with an EMA codebook and restarts of unused codes (design §2.3).
+"""Vector quantizers: an EMA codebook with restarts of unused codes (design §2.3), and a learned one.
 
 Self-contained: `EMAVectorQuantizer(codebook_size, dim)(z)` with z of shape (..., dim)
 returns straight-through quantized vectors, the codebook loss and the code indices.
 Under torch.distributed the EMA statistics are all-reduced and restart candidates come
 from rank 0, so every rank holds the same codebook after every step.
+
+`LearnedVectorQuantizer` has the same interface; its codebook is a parameter trained by
+gradient, with VQGAN's (taming-transformers') loss — the baseline's other quantizer choice.
 """
 
 from __future__ import annotations
@@ -94,3 +97,42 @@ class EMAVectorQuantizer(nn.Module):
             vectors = vectors + torch.rand_like(vectors) * (0.01 / math.sqrt(self.dim))
         order = torch.randperm(vectors.shape[0], device=vectors.device)[: self.codebook_size]
         return vectors[order].contiguous()
+
+
+class LearnedVectorQuantizer(nn.Module):
+    """Nearest-neighbour quantizer whose codebook is an `nn.Embedding` learned by gradient (VQGAN's).
+
+    Loss (VQGAN's "legacy" form, kept so converted models report the same values):
+    mean((sg(q) − z)²) + β·mean((q − sg(z))²), i.e. the commitment term has weight 1 and the
+    codebook term β. Straight-through gradient to z.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, commitment_beta: float = 0.25):
+        super().__init__()
+        self.codebook_size, self.dim, self.beta = codebook_size, dim, commitment_beta
+        self.embedding = nn.Embedding(codebook_size, dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The codebook vectors (codebook_size × dim), named as in `EMAVectorQuantizer`."""
+        return self.embedding.weight
+
+    @torch.no_grad()
+    def nearest_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Index of the closest codebook entry (L2) for every vector of z (..., dim)."""
+        flat = z.reshape(-1, self.dim).float()
+        codebook = self.embedding.weight.float()
+        distances = torch.addmm((codebook * codebook).sum(1), flat, codebook.t(), alpha=-2.0)
+        return distances.argmin(dim=1).view(z.shape[:-1])
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors for integer codes of any shape."""
+        return self.embedding(codes)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        codes = self.nearest_codes(z)
+        quantized = self.lookup(codes).to(z.dtype)
+        loss = F.mse_loss(quantized.detach(), z) + self.beta * F.mse_loss(quantized, z.detach())
+        quantized = z + (quantized - z).detach()  # straight-through estimator
+        return quantized, loss, codes

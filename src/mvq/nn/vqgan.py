@@ -1,8 +1,9 @@
 """VQGAN-style convolutional encoder and decoder (design §2.1).
 
 The state-dict layout (`down.{level}.block.{i}`, `mid.block_1`, `up.{level}.attn.{i}`, ...)
-is the usual VQGAN one, so weights from VQGAN-family checkpoints map one to one. The decoder
-has no conv_in and no middle block: in the MQ-VAE the adaptive de-mask module plays that role.
+is the usual VQGAN one, so weights from VQGAN-family checkpoints map one to one. The MQ-VAE's
+decoder has no conv_in and no middle block (the adaptive de-mask module plays that role); the
+VQGAN baseline's decoder has both (`Decoder(z_channels=...)`).
 """
 
 from __future__ import annotations
@@ -173,13 +174,27 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Restored feature map (B×ch·ch_mult[-1]×H×W) → image. No conv_in, no middle block."""
+    """Feature map → image.
+
+    Without `z_channels` (the MQ-VAE's): input B×ch·ch_mult[-1]×H×W, no conv_in, no middle block.
+    With `z_channels` (VQGAN's): input B×z_channels×H×W, through its own 3×3 conv_in and a middle
+    block (ResNet, attention, ResNet) before the upsampling levels.
+    """
 
     def __init__(self, *, out_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 attn_resolutions: Sequence[int], resolution: int, dropout: float = 0.0):
+                 attn_resolutions: Sequence[int], resolution: int, dropout: float = 0.0,
+                 z_channels: int | None = None):
         super().__init__()
         num_levels = len(ch_mult)
         block_in = ch * ch_mult[-1]
+        self.conv_in: nn.Conv2d | None = None
+        self.mid: nn.Module | None = None
+        if z_channels is not None:
+            self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
+            self.mid = nn.Module()
+            self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
+            self.mid.attn_1 = SpatialSelfAttention(block_in)
+            self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
         res = resolution // 2 ** (num_levels - 1)
         levels: list[_Level] = []
         for level in reversed(range(num_levels)):
@@ -200,6 +215,9 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.conv_in is not None:
+            h = self.conv_in(h)
+            h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for stage in reversed(self.up):
             h = stage(h)
             if hasattr(stage, "upsample"):
