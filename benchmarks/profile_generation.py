@@ -15,29 +15,61 @@ Python overhead is the step's unprofiled wall time minus the time spent inside o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 from collections import defaultdict
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from bench_generation import PAPER, with_steps
 from harness import emit, environment, measure
+from mvq.models import sampling
 from mvq.models.stackformer import Stackformer, StackformerConfig
+from mvq.nn.transformer import KVCache
 
 MATMUL = {"aten::addmm", "aten::mm", "aten::bmm", "aten::linear", "aten::matmul", "aten::addmv", "aten::mv"}
+# Library functions whose operators are labelled during the profiled run (module, attribute, label).
+LABELLED = [(sampling, "sample_from_logits", "sampling filters"), (KVCache, "write", "cache writes"),
+            (sampling.IncrementalDecoder, "code_logits", "network"),
+            (sampling.IncrementalDecoder, "position_logits", "network")]
 
 
-def part_of(name: str, stack: list[str]) -> str:
-    frames = " ".join(stack)
-    if name in MATMUL:
-        return "weights (matmul)"
-    if "scaled_dot_product" in name:
-        return "attention"
-    if "write" in frames and "transformer.py" in frames:
-        return "cache writes"
-    if "sample_from_logits" in frames or "filter_probabilities" in frames:
+@contextlib.contextmanager
+def labelled_functions():
+    """Wrap the functions of LABELLED in profiler ranges named by their label, for this block only."""
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in LABELLED]
+
+    def wrap(function, label):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            with record_function(label):
+                return function(*args, **kwargs)
+        return wrapper
+
+    for (owner, name, function), (_, _, label) in zip(originals, LABELLED):
+        setattr(owner, name, wrap(function, label))
+    try:
+        yield
+    finally:
+        for owner, name, function in originals:
+            setattr(owner, name, function)
+
+
+def part_of(event) -> str:
+    labels, parent = [], event.cpu_parent
+    while parent is not None:
+        labels.append(parent.name)
+        parent = parent.cpu_parent
+    if "sampling filters" in labels:
         return "sampling filters"
-    if "transformer.py" in frames or "code_logits" in frames or "position_logits" in frames:
+    if "cache writes" in labels:
+        return "cache writes"
+    if "network" in labels:
+        if event.name in MATMUL or any(name in MATMUL for name in labels):
+            return "weights (matmul)"
+        if "scaled_dot_product" in event.name or any("scaled_dot_product" in name for name in labels):
+            return "attention"
         return "other kernels"
     return "position masks"
 
@@ -55,14 +87,16 @@ def main() -> None:
     run = lambda: model.generate(1, labels=[0])  # noqa: E731
     run()  # warm-up
     unprofiled = min(measure(run).wall for _ in range(3)) / args.steps
-    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+    with labelled_functions(), profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
     parts: dict[str, float] = defaultdict(float)
     operators: dict[str, float] = defaultdict(float)
     calls = 0
     for event in prof.events():
+        if event.is_user_annotation or event.name in {label for _, _, label in LABELLED}:
+            continue
         own = event.self_cpu_time_total / 1e6 / args.steps  # seconds per step
-        parts[part_of(event.name, event.stack or [])] += own
+        parts[part_of(event)] += own
         operators[event.name] += own
         calls += 1
     inside = sum(parts.values())

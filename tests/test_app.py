@@ -386,3 +386,13 @@ def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
         status = page.click_and_wait("complete-button", "complete-status", ["complete-grid"], "completions")
         assert page.image("complete-grid").size[1] > 0
     page.screenshot("complete")
+
+
+@pytest.mark.slow
+def test_app_on_a_port_in_use_says_so(app_url, model_dirs):
+    port = app_url.rstrip("/").rsplit(":", 1)[1]
+    result = subprocess.run([sys.executable, "-m", "mvq.cli", "app", "--vae", str(model_dirs[0]), "--port", port,
+                             "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -227,9 +227,12 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 7860, block: bool = Tru
     try:
         _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
                                max_file_size=MAX_UPLOAD_BYTES, footer_links=[], quiet=True)
-    except OSError as exc:
-        raise UserError(f"cannot serve on {host}:{port} ({exc}): pass another --port") from None
+    except OSError:
+        raise UserError(f"cannot serve on {host}:{port}: the port is in use or the address is not this "
+                        f"machine's; pass another --port or --host") from None
     print(f"mvq app: serving on {url} (Ctrl-C stops it)", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"mvq app: listening on {host}: other machines on the network can use the app", flush=True)
     if block:
         app.block_thread()
     return url

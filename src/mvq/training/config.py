@@ -13,14 +13,13 @@ from pathlib import Path
 from mvq.config import ConfigError, apply_overrides, load_yaml
 from mvq.convert.layout import reject_reference_layout
 from mvq.training import stage1_config, stage2_config
-from mvq.training.sections import OptimConfig, RunConfig
 from mvq.training.stage1_config import Stage1Config
 from mvq.training.stage2_config import Stage2Config
 
 TrainingConfig = Stage1Config | Stage2Config
 
-__all__ = ["OptimConfig", "RunConfig", "Stage1Config", "Stage2Config", "TrainingConfig", "config_stage",
-           "load_training_config", "parse_training_config"]
+__all__ = ["Stage1Config", "Stage2Config", "TrainingConfig", "config_stage", "load_training_config",
+           "parse_training_config"]
 
 
 def config_stage(raw: dict) -> int:

@@ -187,9 +187,9 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "last", overri
     stage = 1 if isinstance(config, Stage1Config) else 2
     check_stage(checkpoint, stage, str(path))
     if stage == 1:
-        from mvq.models.mqvae import MQVAE
+        from mvq.models.tokenizer import build_tokenizer
 
-        model = MQVAE(config.model)
+        model = build_tokenizer(config.model)
     else:
         from mvq.models.stackformer import Stackformer
 

@@ -12,6 +12,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from mvq.config import ConfigError
+
 
 class ResumableSampler(Sampler[int]):
     def __init__(self, length: int, batch_size: int, seed: int = 0, shuffle: bool = True,
@@ -22,8 +24,8 @@ class ResumableSampler(Sampler[int]):
         self.skip_batches = 0  # set before iteration when resuming mid-epoch; used once
         self.per_rank = length // world_size  # equal shares keep ranks in step (drop the remainder)
         if self.per_rank < batch_size:
-            raise ValueError(f"the training set has {length} items: too few for batch size {batch_size} "
-                             f"on {world_size} device(s)")
+            raise ConfigError(f"the training set has {length} items: too few for batch size {batch_size} "
+                              f"on {world_size} device(s)")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

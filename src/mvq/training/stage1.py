@@ -1,4 +1,4 @@
-"""Stage 1: the Lightning module that trains an MQ-VAE with its GAN (design §2.5).
+"""Stage 1: the Lightning module that trains an MQ-VAE (or the VQGAN baseline) with its GAN (design §2.5).
 
 Two optimizers, manual optimisation: per batch the generator (encoder, masker, quantizer,
 de-masker, decoder) takes a step on L1 + LPIPS + codebook + adaptive GAN loss, then the
@@ -11,8 +11,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from mvq.config import ConfigError
-from mvq.models.mqvae import MQVAE
+from mvq.models.tokenizer import build_tokenizer, initialize_from, load_tokenizer
 from mvq.training.checkpoints import TrainingState
 from mvq.training.common import Throughput, optimizer_step, peak_lr, schedule_for
 from mvq.training.stage1_config import Stage1Config
@@ -27,7 +26,7 @@ class MQVAETraining(TrainingState, L.LightningModule):
 
         self.config = config
         self.automatic_optimization = False
-        self.model = MQVAE(config.model)
+        self.model = build_tokenizer(config.model)
         self.loss = Stage1Loss(config.loss)
         if config.run.init_from:
             self._init_from(config.run.init_from)
@@ -41,10 +40,7 @@ class MQVAETraining(TrainingState, L.LightningModule):
 
         from safetensors.torch import load_file
 
-        pretrained = MQVAE.from_pretrained(folder)
-        if pretrained.config != self.model.config:
-            raise ConfigError(f"run.init_from={folder}: its model config differs from this config's model section")
-        self.model.load_state_dict(pretrained.state_dict())
+        initialize_from(self.model, load_tokenizer(folder), folder)
         disc = Path(folder) / "discriminator.safetensors"
         if disc.is_file():
             self.loss.discriminator.load_state_dict(load_file(str(disc)))

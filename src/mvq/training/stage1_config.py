@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mvq.config import ConfigError, build_dataclass
-from mvq.convert.mqvae import mqvae_config_section
 from mvq.data.config import DataConfig
 from mvq.losses.stage1 import Stage1LossConfig
 from mvq.models.mqvae import MQVAEConfig
+from mvq.models.tokenizer import tokenizer_config
+from mvq.models.vqgan import VQGANConfig
 from mvq.training.sections import OptimConfig, RunConfig, check_sections, common_sections
 
 SECTIONS = ("stage", "model", "data", "loss", "optim", "trainer", "run")
@@ -20,7 +21,7 @@ PATH_KEYS = (("data", "root"), ("run", "init_from"))
 
 @dataclass
 class Stage1Config:
-    model: MQVAEConfig
+    model: MQVAEConfig | VQGANConfig  # `model.architecture: vqgan` selects the VQGAN baseline
     data: DataConfig
     loss: Stage1LossConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -34,7 +35,7 @@ def parse_stage1(raw: dict) -> Stage1Config:
     if "model" not in raw:
         raise ConfigError("a stage-1 config needs a 'model:' section")
     run, trainer = common_sections(raw)
-    return Stage1Config(model=MQVAEConfig.from_mapping(mqvae_config_section(raw["model"])),
+    return Stage1Config(model=tokenizer_config(raw["model"]),
                         data=build_dataclass(DataConfig, raw.get("data"), "data"),
                         loss=build_dataclass(Stage1LossConfig, raw.get("loss"), "loss"),
                         optim=build_dataclass(OptimConfig, raw.get("optim"), "optim"),

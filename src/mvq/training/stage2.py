@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Subset
 
+from mvq.config import ConfigError
 from mvq.models.pretrained import weights_fingerprint
 from mvq.models.stackformer import Stackformer
 from mvq.training.checkpoints import TrainingState
@@ -39,8 +40,8 @@ def held_out_rows(count: int, fraction: float, group: int = 1) -> tuple[torch.Te
     """
     groups = count // group
     if groups < 2:
-        raise ValueError(f"the token store has {count} rows: too few to hold out a validation set "
-                         f"(set data.val_tokens)")
+        raise ConfigError(f"the token store has {count} rows: too few to hold out a validation set "
+                          f"(set data.val_tokens)")
     num_val = min(groups - 1, max(1, round(fraction * groups)))
     order = torch.randperm(groups, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
     val_groups, _ = order[:num_val].sort()
@@ -202,7 +203,7 @@ class SampleGrids(Callback):
             try:
                 check_compatible(store.header, vae.config, weights_sha256=fingerprint)
             except ValueError as exc:
-                raise ValueError(f"{store.path}: {exc} (vae: {self.vae_path})") from None
+                raise ConfigError(f"{store.path}: {exc} (vae: {self.vae_path})") from None
         self.vae = vae.to(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
