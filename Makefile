@@ -33,7 +33,9 @@ test-fast: install
 demo: install
 	$(BIN)/mvq demo
 
+# einops: needed by the authors' modules the benchmarks compare against (not an mvq dependency)
 bench: install
+	$(BIN)/python -m pip install --quiet einops
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -12,8 +12,9 @@ All at the paper's width and depth (width 1024, 16 heads), batch sizes alternate
                        of one pass over all weights (a streaming sum: the memory bandwidth of this run),
                        and against one matrix-vector product per linear layer.
   throughput           images/s at batch 1 and 16 (all 256 steps) and 64 (the first 32 steps,
-                       EXTRAPOLATED × 256/32; a step's cost grows by < 4 % from the first to the last
-                       step at that batch, so this overestimates throughput by a few percent).
+                       EXTRAPOLATED × 256/32: a step's arithmetic grows with the cache, but attention over
+                       256 cached tokens is < 4 % of it (from the shapes), so this overestimates
+                       throughput by at most a few percent).
     python benchmarks/bench_generation.py [--batches 1 16 64] [--repeats N] [--threads T] [--full-runs]
 """
 

@@ -53,7 +53,7 @@ class Run:
         self.stackformer = TINY_STACKFORMER if dry_run else PAPER_STACKFORMER
         self.stage1_batch, self.stage2_batch = (2, 4) if dry_run else (8, 32)
         self.sampling_batches = (1, 2) if dry_run else (1, 64, 256)
-        self.timed_steps = 2 if dry_run else 5
+        self.timed_steps, self.warmup_steps = (1, 1) if dry_run else (5, 2)
         self.compile_backend = "eager" if dry_run else "inductor"  # eager: traces like inductor, compiles nothing
 
     def in_budget(self, name: str) -> bool:
@@ -66,7 +66,7 @@ class Run:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def seconds_per_call(self, fn, calls: int, warmup: int = 2) -> float:
+    def seconds_per_call(self, fn, calls: int, warmup: int) -> float:
         for _ in range(warmup):
             fn()
         self.sync()
@@ -95,7 +95,7 @@ def run_tests(run: Run) -> None:
         return
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
-                            cwd=REPOSITORY, capture_output=True, text=True, timeout=240)
+                            cwd=REPOSITORY, capture_output=True, text=True, timeout=150)
     lines = (result.stdout + result.stderr).strip().splitlines()
     run.failed |= result.returncode != 0
     emit({"bench": "tests", "passed": result.returncode == 0, "summary": lines[-1] if lines else "",
@@ -153,7 +153,7 @@ def stage1_train_step(run: Run) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = run.seconds_per_call(step, run.timed_steps)
+    seconds = run.seconds_per_call(step, run.timed_steps, run.warmup_steps)
     emit({"bench": "stage1_train_step", "dtype": "bf16 autocast", "batch": run.stage1_batch, "resolution": r,
           "s_per_step": seconds, "images_per_s": run.stage1_batch / seconds, **run.peak_memory()})
 
@@ -176,7 +176,7 @@ def stackformer_train_step(run: Run) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = run.seconds_per_call(step, run.timed_steps)
+    seconds = run.seconds_per_call(step, run.timed_steps, run.warmup_steps)
     emit({"bench": "stackformer_train_step", "dtype": "bf16 autocast", "batch": b, "seq_len": c.num_tokens,
           "s_per_step": seconds, "tokens_per_s": b * c.num_tokens / seconds, **run.peak_memory()})
 
@@ -207,13 +207,15 @@ def sampling(run: Run) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (checks the script itself)")
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="no measurement starts after this many seconds (default 420)")
+    parser.add_argument("--budget-s", type=float, default=360.0,
+                        help="no measurement starts after this many seconds (default 360)")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the test files")
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here; run with --dry-run to check the script on the CPU")
     run = Run(args.dry_run, args.budget_s)
+    if args.dry_run:
+        torch.set_num_threads(1)  # tiny sizes: parallel regions cannot pay off
     emit(environment(dry_run=args.dry_run))
     if not args.skip_tests:
         run_tests(run)

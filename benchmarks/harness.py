@@ -96,10 +96,12 @@ def summary(samples: list[Sample], scale: float = 1.0) -> dict:
 
 
 def ratio(slow: list[Sample], fast: list[Sample], slow_scale: float = 1.0, fast_scale: float = 1.0) -> dict:
-    """slow / fast: ratio of medians, and the range of the ratios of the same round (adjacent in time)."""
+    """slow / fast: ratio of medians, the range of the ratios of the same round (adjacent in time), the
+    ratio of the fastest runs (least disturbed by other processes) and the median ratio of CPU times."""
     rounds = [(s.wall * slow_scale) / (f.wall * fast_scale) for s, f in zip(slow, fast)]
     rounds_cpu = [(s.cpu * slow_scale) / (f.cpu * fast_scale) for s, f in zip(slow, fast)]
     return {"ratio": statistics.median(s.wall for s in slow) * slow_scale
             / (statistics.median(f.wall for f in fast) * fast_scale),
             "ratio_rounds_min": min(rounds), "ratio_rounds_max": max(rounds),
+            "ratio_of_minima": min(s.wall for s in slow) * slow_scale / (min(f.wall for f in fast) * fast_scale),
             "ratio_cpu": statistics.median(rounds_cpu)}

@@ -1,7 +1,7 @@
 """Where the time of a cached sampling step goes (paper size, batch 1), by torch.profiler.
 
-Every operator's own time is assigned to one part of the step by what the operator is and the
-Python code it was called from:
+Every operator's own time is assigned to one part of the step by what the operator is and which
+library function it ran in (those functions are wrapped in profiler ranges for the profiled run):
   weights (matmul)   linear layers and heads: the part bound by reading the weights
   attention          scaled_dot_product_attention over the cached keys and values
   cache writes       copying the new keys and values into the cache

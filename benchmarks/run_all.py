@@ -1,4 +1,7 @@
-"""Run every benchmark in this folder, one after the other (`make bench`). Output: JSON lines."""
+"""Run every benchmark in this folder, one after the other (`make bench`). Output: JSON lines.
+
+Takes about an hour on a 2-core CPU; each script's docstring says what it measures and how.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ BENCHMARKS = [
     ["bench_mqvae.py"],
     ["bench_training.py"],
     ["bench_stackformer.py"],
+    ["bench_generation.py"],
+    ["profile_generation.py"],
 ]
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from mvq.app.uploads import MAX_UPLOAD_PIXELS, prepare_upload
-from mvq.app.views import display_scale, sample_grid, tile, token_order_strip, tokenize_view
+from mvq.app.views import completion_view, display_scale, sample_grid, tile, token_order_strip, tokenize_view
 from mvq.cli import main
 from mvq.errors import UserError
 from mvq.models.mqvae import MQVAE, MQVAEConfig
@@ -180,6 +180,25 @@ def test_sample_grid_and_token_order_strip_show_the_same_first_sample(pipeline):
     assert placed.sum() == k and np.abs(frame[placed] - cells(first)[placed]).max() <= 1  # all K: the sample
 
 
+def test_completion_view_shows_input_kept_rows_and_completions(pipeline):
+    r, g = pipeline.vae.config.resolution, pipeline.vae.config.grid_size
+    scale, pad = display_scale(r), 2
+    pixels = np.random.default_rng(1).integers(0, 256, (r, r, 3), dtype=np.uint8)
+    sampling = SamplingConfig(cfg_scale=2.0)
+    view = completion_view(pipeline, pixels, keep_rows=3, label=2, seed=5, count=2, sampling=sampling)
+    shown = r * scale
+    assert view.row.shape == (shown + 2 * pad, 4 * (shown + pad) + pad, 3)
+    pictures = [view.row[pad:pad + shown, pad + i * (shown + pad):][:, :shown][::scale, ::scale] for i in range(4)]
+    assert np.array_equal(pictures[0], pixels)
+    kept_pixels = 3 * r // g
+    assert np.abs(pictures[1][:kept_pixels].astype(int) - pixels[:kept_pixels]).max() <= 1
+    assert (pictures[1][kept_pixels:].astype(int) <= pixels[kept_pixels:] // 4 + 1).all()  # darkened
+    expected = pipeline.complete(pixels, 3, labels=2, n=2, seed=5, sampling=sampling)[0]
+    assert np.array_equal(np.stack(pictures[2:]), expected)
+    codes, positions = pipeline.vae.tokenize(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    assert view.kept_tokens == int((positions < 3 * g).sum())
+
+
 def test_tile_lays_images_out_in_rows():
     images = np.arange(3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 2, 2, 3)
     canvas = tile(images, columns=2, pad=1)
@@ -310,7 +329,7 @@ class Page:
             clear.click()
         self.wait.until(lambda _: box.find_elements(self.by.CSS_SELECTOR, "input[type=file]"))
         box.find_element(self.by.CSS_SELECTOR, "input[type=file]").send_keys(str(path))
-        self.wait.until(lambda _: path.name in self.element(elem_id).text.replace("\n", "").replace(" ", ""))
+        self.wait.until(lambda _: box.find_elements(self.by.CSS_SELECTOR, f"[aria-label='{path.name}']"))
 
     def image_src(self, elem_id: str) -> str | None:
         found = self.element(elem_id).find_elements(self.by.CSS_SELECTOR, "img")
@@ -333,6 +352,7 @@ class Page:
 
     def screenshot(self, name: str) -> None:
         self.screenshots.mkdir(parents=True, exist_ok=True)
+        self.driver.set_window_size(1280, 900)
         height = self.driver.execute_script("return document.documentElement.scrollHeight")
         self.driver.set_window_size(1280, height + 160)  # the whole page in one picture
         shot = Image.open(io.BytesIO(self.driver.get_screenshot_as_png())).convert("RGB")
@@ -377,14 +397,12 @@ def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
     assert strip.size == (8 * (shown + 2) + 2, shown + 4)
     page.screenshot("generate")
 
-    # Complete: continues an uploaded image, or says why it cannot.
+    # Complete: the input, its kept rows and 4 completions in one row.
     page.open_tab("Complete")
-    if not hasattr(pipeline, "complete"):
-        page.wait.until(lambda _: "not available" in page.element("complete-status").text)
-    else:
-        page.upload("complete-upload", save(Image.fromarray(photo[..., :3]), tmp_path, "rgb.png"))
-        status = page.click_and_wait("complete-button", "complete-status", ["complete-grid"], "completions")
-        assert page.image("complete-grid").size[1] > 0
+    page.upload("complete-upload", save(Image.fromarray(photo[..., :3]), tmp_path, "rgb.png"))
+    status = page.click_and_wait("complete-button", "complete-status", ["complete-grid"], "completions")
+    assert "first 4 rows" in status and "4 completions" in status
+    assert page.image("complete-grid").size == (6 * (shown + 2) + 2, shown + 4)
     page.screenshot("complete")
 
 

@@ -216,3 +216,52 @@ def test_shipped_vqgan_configs_are_valid(name):
     config = tokenizer_config(load_yaml(Path(__file__).parents[1] / "configs" / "stage1" / name)["model"])
     assert isinstance(config, VQGANConfig) and config.quantizer == "ema"
     assert config.num_tokens == {"vqgan_photos_64.yaml": 64, "vqgan_fashion_mnist_32.yaml": 16}[name]
+
+
+def plain_gpt(**changes):
+    from mvq.models.stackformer import Stackformer, StackformerConfig
+
+    config = dict(codebook_size=32, grid_size=4, num_tokens=16, code_layers=2, position_layers=0, dim=32, heads=4,
+                  dropout=0.0)
+    return Stackformer(StackformerConfig.from_mapping({**config, **changes}))
+
+
+def test_stackformer_without_position_transformer_is_a_plain_gpt():
+    model = plain_gpt()
+    assert model.position_transformer is None
+    assert not any(k.startswith(("position_transformer", "position_head", "position_norm")) for k in model.state_dict())
+    codes = torch.randint(0, 32, (3, 16))
+    positions = torch.arange(16).expand(3, -1)
+    out = model(codes, positions)
+    assert out.position_logits is None and float(out.position_loss) == 0.0
+    expected = torch.nn.functional.cross_entropy(out.code_logits.flatten(0, 1), codes.flatten())
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    assert model.code_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="position_layers: 0 .* needs a token at every cell"):
+        plain_gpt(num_tokens=8)
+    with pytest.raises(ConfigError, match="position_layers must be 0 or more"):
+        plain_gpt(position_layers=-1)
+
+
+def test_plain_gpt_generates_raster_positions():
+    from mvq.models.sampling import SamplingError
+
+    model = plain_gpt(num_classes=3, class_dropout=0.1).eval()
+    generators = [torch.Generator().manual_seed(i) for i in range(4)]
+    codes, positions = model.generate(4, labels=[0, 1, 2, 0], generator=generators, cfg_scale=1.5)
+    assert torch.equal(positions, torch.arange(16).expand(4, -1))
+    assert codes.shape == (4, 16) and int(codes.max()) < 32
+    again, _ = model.generate(4, labels=[0, 1, 2, 0], generator=[torch.Generator().manual_seed(i) for i in range(4)],
+                              cfg_scale=1.5, use_cache=False)
+    assert torch.equal(codes, again)  # the cache changes nothing
+    completed, completed_positions = model.generate(2, labels=1, prefix_codes=codes[0, :5],
+                                                    prefix_positions=torch.arange(5))
+    assert torch.equal(completed[:, :5], codes[0, :5].expand(2, -1))
+    assert torch.equal(completed_positions, torch.arange(16).expand(2, -1))
+    with pytest.raises(SamplingError, match="prefix positions must be 0..2"):
+        model.generate(1, labels=0, prefix_codes=codes[0, :3], prefix_positions=torch.tensor([0, 2, 3]))
+    with pytest.raises(ValueError, match="no Position-Transformer"):
+        decoder = model.incremental_decoder(torch.tensor([32]))
+        decoder.code_logits()
+        decoder.position_logits(torch.tensor([0]))

@@ -13,7 +13,7 @@ import sys
 
 from mvq.errors import UserError
 
-COMMANDS = ["train", "export", "tokenize", "reconstruct", "sample", "eval", "demo", "convert_original", "app", "weights"]
+COMMANDS = ["train", "export", "tokenize", "reconstruct", "sample", "complete", "eval", "demo", "convert_original", "app", "weights"]
 
 
 def build_parser() -> argparse.ArgumentParser:

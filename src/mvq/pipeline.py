@@ -2,21 +2,26 @@
 
     pipe = MVQPipeline.from_pretrained("runs/stackformer/export", "runs/mqvae/export")
     images = pipe(labels=[207, 360, 387], seed=0)          # uint8, N×R×R×3
+    edits = pipe.complete(photos, keep_rows=16, labels=[1], n=4)   # uint8, B×4×R×R×3
 
 Every sample draws its randomness from its own generator, seeded from (seed, sample index),
 so a given seed gives the same images whatever the batch size. Sampling settings travel as
-one `SamplingConfig` (or as its fields by name) down to `Stackformer.generate`.
+one `SamplingConfig` (or as its fields by name) down to `Stackformer.generate`. Completion
+keeps an image's own tokens in its first grid rows — the exact raster prefix the Stackformer
+was trained to continue — and samples the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from mvq.errors import UserError
 from mvq.models.labels import labels_tensor
 from mvq.models.mqvae import MQVAE
 from mvq.models.sampling import SamplingConfig, SamplingError
@@ -34,6 +39,22 @@ def balanced_labels(n: int, num_classes: int) -> list[int]:
     return [i % num_classes for i in range(n)]
 
 
+# --precision: the dtype the models run in under autocast (None: plain fp32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> ContextManager:
+    """The autocast context of `precision` on `device` (fp16 only on CUDA: the CPU has no fast fp16)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype == torch.float16 and device.type != "cuda":
+        raise UserError(f"precision fp16 needs a CUDA GPU (this run is on {device.type}): use bf16 or fp32")
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """B×3×R×R images in [-1, 1] → B×R×R×3 uint8 (the layout FID evaluators read)."""
     from mvq.evaluation.image_metrics import to_uint8 as quantize
@@ -44,7 +65,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 class MVQPipeline:
     """Sampling pipeline of a Stackformer and the MQ-VAE whose tokens it was trained on."""
 
-    def __init__(self, stackformer: Stackformer, vae: MQVAE):
+    def __init__(self, stackformer: Stackformer, vae: MQVAE, precision: str = "fp32"):
         s, v = stackformer.config, vae.config
         mismatches = [f"{name}: Stackformer {a} vs MQ-VAE {b}" for name, a, b in (
             ("codebook_size", s.codebook_size, v.codebook_size),
@@ -54,11 +75,13 @@ class MVQPipeline:
             raise SamplingError("the Stackformer was not trained on this MQ-VAE's tokens (" + "; ".join(mismatches) + ")")
         self.stackformer = stackformer.eval()
         self.vae = vae.eval()
+        self.precision = precision
+        autocast(self.device, precision)  # refuse an unknown or unavailable precision now, not mid-run
 
     @classmethod
     def from_pretrained(cls, stackformer_dir: str | os.PathLike, vae_dir: str | os.PathLike,
                         device: torch.device | str | None = None,
-                        allow_tokenizer_mismatch: bool = False) -> "MVQPipeline":
+                        allow_tokenizer_mismatch: bool = False, precision: str = "fp32") -> "MVQPipeline":
         """Load both pretrained folders (default device: this process's GPU when there is one).
 
         A Stackformer folder that records its MQ-VAE's weights fingerprint (tokenizer.json) is
@@ -69,7 +92,7 @@ class MVQPipeline:
 
         device = resolve_device("auto" if device is None else str(device))
         pipe = cls(Stackformer.from_pretrained(stackformer_dir, map_location=device),
-                   MQVAE.from_pretrained(vae_dir, map_location=device))
+                   MQVAE.from_pretrained(vae_dir, map_location=device), precision=precision)
         check_tokenizer(stackformer_dir, vae_dir, pipe.vae, allow_tokenizer_mismatch)
         return pipe
 
@@ -80,6 +103,16 @@ class MVQPipeline:
     @property
     def num_classes(self) -> int:
         return self.stackformer.config.num_classes
+
+    def compile(self) -> "MVQPipeline":
+        """torch.compile both transformer stacks (dynamic shapes: the cached prefix grows every step)."""
+        for stack in (self.stackformer.code_transformer, self.stackformer.position_transformer):
+            stack.compile(dynamic=True)
+        return self
+
+    def precision_context(self) -> ContextManager:
+        """Autocast in this pipeline's precision (a no-op for fp32)."""
+        return autocast(self.device, self.precision)
 
     def _resolve_labels(self, n: int | None, labels: Sequence[int] | None) -> tuple[int, list[int] | None]:
         if labels is None:
@@ -108,11 +141,22 @@ class MVQPipeline:
         sampling = (sampling or SamplingConfig()).replace(**settings)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            generators = [sample_generator(seed, i) for i in range(start, stop)]
-            batch_labels = None if labels is None else labels[start:stop]
+            yield start, self.sample_range(start, stop, labels, seed, sampling)
+
+    @torch.no_grad()
+    def sample_range(self, start: int, stop: int, labels: Sequence[int] | None, seed: int,
+                     sampling: SamplingConfig) -> np.ndarray:
+        """Samples start..stop-1 of a run seeded with `seed`, as one batch → uint8 images.
+
+        `labels` are the whole run's labels (or None). The images are those of any other
+        batching of the run, which is what lets several processes share one run.
+        """
+        generators = [sample_generator(seed, i) for i in range(start, stop)]
+        batch_labels = None if labels is None else list(labels[start:stop])
+        with self.precision_context():
             codes, positions = self.stackformer.generate(stop - start, labels=batch_labels, sampling=sampling,
                                                          generator=generators)
-            yield start, to_uint8(self.vae.detokenize(codes, positions))
+            return to_uint8(self.vae.detokenize(codes, positions))
 
     def __call__(self, n: int | None = None, labels: Sequence[int] | None = None, seed: int = 0,
                  batch_size: int = 16, sampling: SamplingConfig | None = None, **settings: Any) -> np.ndarray:
@@ -120,6 +164,103 @@ class MVQPipeline:
         parts = [images for _, images in self.batches(n, labels, seed, batch_size, sampling, **settings)]
         r = self.vae.config.resolution
         return np.concatenate(parts) if parts else np.zeros((0, r, r, 3), dtype=np.uint8)
+
+    # ------------------------------------------------------------------------- completion and editing
+
+    def _as_model_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 R×R×3 / B×R×R×3 pixels, or float B×3×R×R in [-1, 1] → float images on the device."""
+        if isinstance(images, np.ndarray) or (isinstance(images, torch.Tensor) and images.dtype == torch.uint8):
+            pixels = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
+            if pixels.dim() == 3:
+                pixels = pixels[None]
+            if pixels.dim() != 4 or pixels.shape[-1] != 3:
+                raise SamplingError(f"expected uint8 pixels R×R×3 or B×R×R×3, got shape {tuple(pixels.shape)}")
+            from mvq.evaluation.image_metrics import from_uint8
+
+            images = from_uint8(pixels.permute(0, 3, 1, 2))
+        images = images.to(self.device, torch.float32)
+        self.vae._check_images(images)
+        return images
+
+    @torch.no_grad()
+    def prefix_tokens(self, images: np.ndarray | torch.Tensor, keep_rows: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokenize `images` → (codes B×K, positions B×K, prefix lengths B): the first `lengths[i]`
+        tokens of image i are those in its first `keep_rows` grid rows (tokens come in raster order)."""
+        g = self.vae.config.grid_size
+        if isinstance(keep_rows, bool) or int(keep_rows) != keep_rows or not 0 <= keep_rows <= g:
+            raise SamplingError(f"keep_rows must be a whole number of grid rows in 0..{g} (the token grid is "
+                                f"{g}×{g}), got {keep_rows}")
+        with self.precision_context():
+            codes, positions = self.vae.tokenize(self._as_model_images(images))
+        lengths = (positions < int(keep_rows) * g).sum(dim=1)
+        return codes, positions, lengths
+
+    def _completion_labels(self, labels: Sequence[int] | int | None, count: int) -> torch.Tensor | None:
+        if not self.num_classes:
+            if labels is not None:
+                raise SamplingError("this Stackformer is unconditional: completion takes no labels")
+            return None
+        if labels is None:
+            raise SamplingError(f"this Stackformer is class-conditional ({self.num_classes} classes): pass labels, "
+                                "the class of each image (or another class, to edit the image into it)")
+        labels = [int(labels)] if isinstance(labels, (int, np.integer)) else [int(x) for x in labels]
+        if len(labels) == 1:
+            labels = labels * count
+        if len(labels) != count:
+            raise SamplingError(f"{len(labels)} labels for {count} images: give one label per image, or one for all")
+        return labels_tensor(labels, self.num_classes, count, self.device)
+
+    @torch.no_grad()
+    def complete_tokens(self, images: np.ndarray | torch.Tensor, keep_rows: int,
+                        labels: Sequence[int] | int | None = None, n: int = 1, seed: int = 0,
+                        sampling: SamplingConfig | None = None, first_image: int = 0, **settings: Any
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes B×n×K, positions B×n×K, prefix lengths B): `n` continuations of each image's own
+        tokens in its first `keep_rows` grid rows, forced into both stacks' caches.
+
+        Completion j of image i draws from `sample_generator(seed, i·n + j)`, where i counts from
+        `first_image` (the index of images[0] in a larger set), so batching does not change
+        results. Images whose kept rows hold the same number of tokens are completed in one batch.
+        """
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise SamplingError(f"n (completions per image) must be at least 1, got {n}")
+        sampling = (sampling or SamplingConfig()).replace(**settings)
+        image_codes, image_positions, lengths = self.prefix_tokens(images, keep_rows)
+        b, k = image_codes.shape
+        label_tensor = self._completion_labels(labels, b)
+        codes = torch.empty(b, n, k, dtype=torch.long, device=self.device)
+        positions = torch.empty_like(codes)
+        for length in sorted(set(lengths.tolist())):  # one generate call per prefix length
+            members = (lengths == length).nonzero().flatten()
+            rows = members.repeat_interleave(n)
+            generators = [sample_generator(seed, (first_image + i) * n + j) for i in members.tolist()
+                          for j in range(n)]
+            prefix = (image_codes[rows, :length], image_positions[rows, :length]) if length else (None, None)
+            with self.precision_context():
+                got_codes, got_positions = self.stackformer.generate(
+                    len(rows), labels=None if label_tensor is None else label_tensor[rows], sampling=sampling,
+                    generator=generators, prefix_codes=prefix[0], prefix_positions=prefix[1])
+            codes[members] = got_codes.view(len(members), n, k)
+            positions[members] = got_positions.view(len(members), n, k)
+        return codes, positions, lengths
+
+    @torch.no_grad()
+    def complete(self, images: np.ndarray | torch.Tensor, keep_rows: int, labels: Sequence[int] | int | None = None,
+                 n: int = 1, seed: int = 0, sampling: SamplingConfig | None = None, first_image: int = 0,
+                 **settings: Any) -> np.ndarray:
+        """Complete each image from its first `keep_rows` grid rows → uint8 B×n×R×R×3.
+
+        `images`: uint8 pixels (R×R×3 or B×R×R×3) or float B×3×R×R in [-1, 1] at the MQ-VAE's
+        resolution. With a class-conditional model, `labels` (one per image, or one for all)
+        may differ from the images' classes: class-swap editing.
+        """
+        codes, positions, _ = self.complete_tokens(images, keep_rows, labels, n, seed, sampling, first_image,
+                                                   **settings)
+        b, n, k = codes.shape
+        with self.precision_context():
+            pixels = to_uint8(self.vae.detokenize(codes.view(b * n, k), positions.view(b * n, k)))
+        return pixels.reshape(b, n, *pixels.shape[1:])
 
 
 def check_tokenizer(stackformer_dir: str | os.PathLike, vae_dir: str | os.PathLike, vae: MQVAE,

@@ -12,12 +12,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
 from mvq.app.uploads import MAX_UPLOAD_BYTES, prepare_upload
-from mvq.app.views import sample_grid, token_order_strip, tokenize_view
+from mvq.app.views import completion_view, sample_grid, token_order_strip, tokenize_view
 from mvq.errors import UserError
+from mvq.models.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     from mvq.models.mqvae import MQVAE
-    from mvq.models.sampling import SamplingConfig
     from mvq.pipeline import MVQPipeline
 
 # Errors a handler shows on the page; anything else is a bug and gets the framework's error report.
@@ -38,11 +38,15 @@ def _error(exc: Exception) -> str:
     return f"**Error:** {exc}"
 
 
+def _sentence(notes: list[str]) -> str:
+    """Notes about an upload as one sentence ("" without notes)."""
+    text = "; ".join(notes)
+    return text[:1].upper() + text[1:] + "." if text else ""
+
+
 def _sampling(temperature: float, top_k: float, top_p: float, position_temperature: float,
               position_top_k: float, position_top_p: float, cfg_scale: float) -> SamplingConfig:
     """Page controls → the sampler's validated settings (top-k 0 and top-p 1 mean off)."""
-    from mvq.models.sampling import SamplingConfig
-
     return SamplingConfig(temperature=float(temperature), top_k=int(top_k) or None, top_p=float(top_p),
                           position_temperature=float(position_temperature),
                           position_top_k=int(position_top_k) or None, position_top_p=float(position_top_p),
@@ -77,7 +81,7 @@ def tokenize_handler(vae: MQVAE) -> Callable:
         summary = (f"**{view.num_tokens} tokens** for {view.num_cells} cells "
                    f"({view.num_tokens / view.num_cells:.0%} kept) · PSNR of the reconstruction "
                    f"**{view.psnr:.2f} dB**")
-        status = "; ".join(upload.notes).capitalize() + "." if upload.notes else "The image was used as it is."
+        status = _sentence(upload.notes) or "The image was used as it is."
         return view.model_input, view.kept_cells, view.scores, view.reconstruction, summary, status
     return handle
 
@@ -100,20 +104,19 @@ def generate_handler(pipeline: MVQPipeline) -> Callable:
 
 
 def complete_handler(pipeline: MVQPipeline) -> Callable:
-    """Uploaded file + rows to keep → (the kept region and completions as one grid, status)."""
-    from mvq.app.views import completion_grid
-
-    def handle(path, keep_rows, label, seed, count):
+    """Uploaded file + rows to keep → (input, kept rows and completions in one row, status)."""
+    def handle(path, keep_rows, label, seed, count, cfg_scale):
         if not path:
             return None, "Upload an image first."
         try:
             upload = prepare_upload(path, pipeline.vae.config.resolution)
-            grid = completion_grid(pipeline, upload.pixels, int(keep_rows), _label(pipeline, label), _seed(seed),
-                                   int(count))
+            view = completion_view(pipeline, upload.pixels, int(keep_rows), _label(pipeline, label), _seed(seed),
+                                   int(count), SamplingConfig(cfg_scale=float(cfg_scale)))
         except SHOWN_ERRORS as exc:
             return None, _error(exc)
-        notes = ("; ".join(upload.notes).capitalize() + ". ") if upload.notes else ""
-        return grid, f"{notes}Kept the first {int(keep_rows)} rows of the token grid; {int(count)} completions."
+        done = (f"Kept the image's {view.kept_tokens} tokens in the first {int(keep_rows)} rows of the token grid; "
+                f"{int(count)} completions.")
+        return view.row, " ".join(filter(None, [_sentence(upload.notes), done]))
     return handle
 
 
@@ -123,6 +126,13 @@ def _class_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
                            elem_id=elem_id)
     return gr.Dropdown([], value=None, label="Class (the model is unconditional)", interactive=False,
                        elem_id=elem_id)
+
+
+def _guidance_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
+    if pipeline.stackformer.config.has_null_class:
+        return gr.Slider(1.0, 8.0, value=3.0, step=0.5, label="Guidance scale", elem_id=elem_id)
+    return gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="Guidance scale", interactive=False, elem_id=elem_id,
+                     info="needs a class-conditional model trained with label dropout")
 
 
 def _tokenize_tab(gr: ModuleType, vae: MQVAE) -> None:
@@ -144,14 +154,11 @@ def _tokenize_tab(gr: ModuleType, vae: MQVAE) -> None:
 
 def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
     config = pipeline.stackformer.config
-    guidance = config.num_classes > 0 and config.class_dropout > 0
     with gr.Row():
         label = _class_input(gr, pipeline, "generate-class")
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="generate-seed")
         count = gr.Slider(1, 16, value=8, step=1, label="Samples", elem_id="generate-count")
-        cfg_scale = gr.Slider(1.0, 8.0, value=3.0 if guidance else 1.0, step=0.5, label="Guidance scale",
-                              info=None if guidance else "needs a class-conditional model trained with label "
-                                                          "dropout", interactive=guidance, elem_id="generate-cfg")
+        cfg_scale = _guidance_input(gr, pipeline, "generate-cfg")
     with gr.Accordion("Sampling per stream (top-k 0 and top-p 1 turn them off)", open=False):
         with gr.Row():
             temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Code temperature")
@@ -180,25 +187,26 @@ def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
 
 
 def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
-    if not hasattr(pipeline, "complete"):
-        gr.Markdown("Completion is not available: this version of mvq's pipeline has no `complete` method.",
-                    elem_id="complete-status")
-        return
     g = pipeline.vae.config.grid_size
     gr.Markdown("Upload an image: its tokens in the first rows of the grid are kept and the Stackformer "
                 "continues from them (with another class: class-swap editing).")
     with gr.Row():
         upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="complete-upload")
-        keep_rows = gr.Slider(0, g, value=g // 2, step=1, label="Rows of the token grid to keep",
-                              elem_id="complete-rows")
-        label = _class_input(gr, pipeline, "complete-class")
-        seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="complete-seed")
-        count = gr.Slider(1, 8, value=4, step=1, label="Completions", elem_id="complete-count")
+        with gr.Column():
+            keep_rows = gr.Slider(0, g, value=g // 2, step=1, label="Rows of the token grid to keep",
+                                  elem_id="complete-rows")
+            with gr.Row():
+                label = _class_input(gr, pipeline, "complete-class")
+                seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="complete-seed")
+            with gr.Row():
+                count = gr.Slider(1, 8, value=4, step=1, label="Completions", elem_id="complete-count")
+                cfg_scale = _guidance_input(gr, pipeline, "complete-cfg")
     button = gr.Button("Complete", variant="primary", elem_id="complete-button")
     status = gr.Markdown(elem_id="complete-status")
-    grid = gr.Image(label="Input, kept region, completions", type="numpy", format="png", interactive=False,
-                    elem_id="complete-grid")
-    button.click(complete_handler(pipeline), inputs=[upload, keep_rows, label, seed, count], outputs=[grid, status])
+    grid = gr.Image(label="Input, its kept rows (the rest darkened), completions", type="numpy", format="png",
+                    interactive=False, elem_id="complete-grid")
+    button.click(complete_handler(pipeline), inputs=[upload, keep_rows, label, seed, count, cfg_scale],
+                 outputs=[grid, status])
 
 
 def build_app(vae: MQVAE, pipeline: MVQPipeline | None, title: str = "mvq: masked vector quantization") -> Any:

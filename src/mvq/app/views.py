@@ -116,3 +116,27 @@ def token_order_strip(pipeline: MVQPipeline, label: int | None, seed: int, sampl
         placed.scatter_(1, positions[:, :step], True)
         pictures.append(enlarge(_pixels(keep_mask_overlay(image, placed.view(1, g, g)))[0], scale))
     return tile(np.stack(pictures), len(pictures))
+
+
+@dataclass
+class CompletionView:
+    """One row: the input, its kept rows (the rest darkened), then the completions; and the prefix length."""
+
+    row: np.ndarray
+    kept_tokens: int
+
+
+@torch.no_grad()
+def completion_view(pipeline: MVQPipeline, pixels: np.ndarray, keep_rows: int, label: int | None, seed: int,
+                    count: int, sampling: SamplingConfig) -> CompletionView:
+    """Keep the image's tokens in its first `keep_rows` grid rows and let the Stackformer continue `count` times."""
+    vae = pipeline.vae
+    g, r = vae.config.grid_size, vae.config.resolution
+    completions = pipeline.complete(pixels, keep_rows, labels=label, n=count, seed=seed, sampling=sampling)[0]
+    _, _, lengths = pipeline.prefix_tokens(pixels, keep_rows)
+    rows = torch.arange(g).view(g, 1).expand(g, g) < keep_rows
+    image = from_uint8(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+    kept = _pixels(keep_mask_overlay(image, rows[None]))[0]
+    scale = display_scale(r)
+    pictures = [enlarge(picture, scale) for picture in (pixels, kept, *completions)]
+    return CompletionView(tile(np.stack(pictures), len(pictures)), int(lengths[0]))

@@ -1,9 +1,13 @@
-"""`mvq sample`: images from a trained Stackformer and its MQ-VAE → PNGs and one uint8 `.npz`."""
+"""`mvq sample`: images from a trained Stackformer and its MQ-VAE → PNGs and one uint8 `.npz`.
+
+Under `torchrun --nproc_per_node G -m mvq.cli sample ...` the G processes share the images
+(plain torch.distributed; see `mvq.sample_output` for the folder and resuming). Every image has
+its own seed, so any number of processes gives the images of one process.
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def _top_k(value: str) -> int | None:
@@ -19,10 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Sample images with a trained Stackformer and decode them with its MQ-VAE. Writes "
                     "OUT/images/NNNNNN.png and OUT/samples.npz (arr_0: uint8 N×R×R×3, the layout FID "
                     "evaluators read; labels: the class of each image). A seed gives the same images "
-                    "whatever the batch size.")
+                    "whatever the batch size and number of processes (torchrun --nproc_per_node G -m mvq.cli "
+                    "sample ...). Rerunning an interrupted command resumes it.")
     parser.add_argument("--stackformer", required=True, metavar="DIR", help="pretrained Stackformer folder")
     parser.add_argument("--vae", required=True, metavar="DIR", help="pretrained MQ-VAE folder it was trained on")
-    parser.add_argument("--n", type=int, required=True, help="number of images")
+    parser.add_argument("--n", "--num-images", dest="n", type=int, required=True,
+                        help="number of images (under torchrun write --num-images: torchrun takes --n for its own "
+                             "--nnodes/--nproc-per-node)")
     parser.add_argument("--batch-size", type=int, default=16, help="images sampled at once (default: 16)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--labels", type=int, nargs="+", metavar="L",
@@ -30,6 +37,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--classes-balanced", action="store_true",
                        help="labels 0, 1, ..., C-1, 0, 1, ...: every class equally often")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_sampling_arguments(parser)
+    parser.add_argument("--no-png", dest="png", action="store_false", help="write only the .npz")
+    parser.add_argument("--device", default="auto",
+                        help="auto (GPU when available; under torchrun each process its own), cpu, cuda, cuda:1, ...")
+    add_speed_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: new, empty, or an unfinished run of the same command (resumed)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out folder (its old contents go once the new samples are complete)")
+    parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                        help="sample even if the Stackformer records a different MQ-VAE than --vae (warns)")
+    parser.set_defaults(func=run)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Temperature, top-k and top-p per stream, guidance, raster constraint, cache (sample and complete)."""
     parser.add_argument("--temperature", type=float, default=1.0, help="code temperature (default: 1.0)")
     parser.add_argument("--top-k", type=_top_k, default=100, help="code top-k, 0 = off (default: 100)")
     parser.add_argument("--top-p", type=float, default=0.95, help="code top-p, 1 = off (default: 0.95)")
@@ -42,14 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="let positions come in any order (only repeats are forbidden)")
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole prefix every step (slow; for checking)")
-    parser.add_argument("--no-png", dest="png", action="store_false", help="write only the .npz")
-    parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty --out folder (its old contents go once the new samples are complete)")
-    parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
-                        help="sample even if the Stackformer records a different MQ-VAE than --vae (warns)")
-    parser.set_defaults(func=run)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--precision and --compile (sample and complete)."""
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="autocast precision of the models (default: fp32; fp16 needs a CUDA GPU). Tokens are "
+                             "always drawn from fp32 probabilities")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer stacks (first batch slower; worth it for many images)")
 
 
 def sampling_config(args: argparse.Namespace):
@@ -78,39 +102,82 @@ def _labels(args: argparse.Namespace, num_classes: int) -> list[int] | None:
                         f"pass --labels L ... or --classes-balanced")
 
 
-def run(args: argparse.Namespace) -> None:
-    import numpy as np
-    from PIL import Image
-    from tqdm import tqdm
+def sampling_request(args: argparse.Namespace, sampling, pipe) -> dict:
+    """What this command samples, as recorded in an unfinished folder (batch size, processes,
+    device and --compile are left out: they do not change the images)."""
+    import dataclasses
 
-    from mvq.atomic import atomic_directory, check_writable_destination
-    from mvq.distributed import resolve_device
-    from mvq.evaluation.npz_writer import NpzImageWriter
+    from mvq.models.pretrained import weights_fingerprint
+
+    return {"stackformer": weights_fingerprint(pipe.stackformer), "vae": weights_fingerprint(pipe.vae),
+            "n": args.n, "seed": args.seed, "labels": args.labels, "classes_balanced": args.classes_balanced,
+            "sampling": dataclasses.asdict(sampling), "precision": args.precision, "png": args.png}
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from mvq.distributed import init_from_environment, resolve_device
     from mvq.models.sampling import SamplingError
-    from mvq.pipeline import MVQPipeline
+    from mvq.sample_output import check_destination
 
     if args.n < 1 or args.batch_size < 1:
         raise SamplingError("--n and --batch-size must be at least 1")
     sampling = sampling_config(args)
-    check_writable_destination(args.out, args.overwrite)  # refuse before loading anything
-    pipe = MVQPipeline.from_pretrained(args.stackformer, args.vae, device=resolve_device(args.device),
+    check_destination(args.out, args.overwrite)  # refuse before loading anything
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    created = init_from_environment(device.type)
+    try:
+        _sample(args, sampling, device)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    from mvq.distributed import is_distributed
+
+    if is_distributed():
+        dist.barrier()
+
+
+def _sample(args: argparse.Namespace, sampling, device) -> None:
+    from tqdm import tqdm
+
+    from mvq import sample_output
+    from mvq.distributed import rank_and_world_size
+    from mvq.pipeline import MVQPipeline
+
+    pipe = MVQPipeline.from_pretrained(args.stackformer, args.vae, device=device, precision=args.precision,
                                        allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     labels = _labels(args, pipe.num_classes)
-
-    out = Path(args.out)
-    with atomic_directory(out, overwrite=args.overwrite) as folder:
-        image_dir = folder / "images"
-        if args.png:
-            image_dir.mkdir()
-        with NpzImageWriter(folder / "samples.npz", args.n, pipe.vae.config.resolution) as npz, \
-                tqdm(total=args.n, desc="sampling", unit="img") as progress:
-            for start, images in pipe.batches(args.n, labels, seed=args.seed, batch_size=args.batch_size,
-                                              sampling=sampling):
-                if args.png:
-                    for offset, image in enumerate(images):
-                        Image.fromarray(image).save(image_dir / f"{start + offset:06d}.png")
-                npz.write(images)
-                progress.update(len(images))
-            if labels is not None:
-                npz.add("labels", np.asarray(labels, dtype=np.int64))
-    print(f"wrote {args.n} images to {out / 'samples.npz'}" + (f" and {out / 'images'}" if args.png else ""))
+    request = sampling_request(args, sampling, pipe)
+    if args.compile:
+        pipe.compile()
+    folder = sample_output.plan(args.out, request, args.overwrite)
+    rank, world_size = rank_and_world_size()
+    _barrier()  # every process has decided before the folder changes
+    if rank == 0:
+        sample_output.prepare(folder, request, args.png)
+    _barrier()
+    batches = sample_output.missing_batches(sample_output.finished_ranges(folder, args.n), args.n, args.batch_size)
+    _barrier()  # every process has listed the finished shards before any writes one
+    mine = sample_output.share(batches, rank, world_size)
+    todo = sum(stop - start for start, stop in batches)
+    if rank == 0 and todo < args.n:
+        print(f"resuming {folder.work}: {args.n - todo} of {args.n} images are already sampled")
+    with tqdm(total=sum(stop - start for start, stop in mine), desc="sampling", unit="img",
+              disable=rank != 0) as progress:
+        for start, stop in mine:
+            sample_output.write_batch(folder, start, pipe.sample_range(start, stop, labels, args.seed, sampling),
+                                      args.png)
+            progress.update(stop - start)
+    _barrier()
+    if rank == 0:
+        path = sample_output.finish(folder, args.n, pipe.vae.config.resolution, labels)
+        print(f"wrote {args.n} images to {path}" + (f" and {folder.out / 'images'}" if args.png else ""))

@@ -24,7 +24,8 @@ _DDCONFIG_KEYS = {"z_channels", "resolution", "in_channels", "out_ch", "ch", "ch
                   "attn_resolutions", "dropout", *_FIXED_DDCONFIG}
 
 
-def taming_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def taming_state_dict(state_dict: Mapping[str, torch.Tensor],
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """taming VQModel state dict → (our VQGAN state dict, their `loss.*` weights with the prefix removed).
 
     Accepts a Lightning checkpoint's `state_dict` directly. Unknown keys are an error.
@@ -45,7 +46,7 @@ def taming_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str,
 
 
 def vqgan_config_from_taming(config: Mapping[str, Any]) -> dict:
-    """taming's `{ddconfig, n_embed, embed_dim}` (optionally under `params:` / `model:`) → our VQGAN `model:` section."""
+    """taming's `{ddconfig, n_embed, embed_dim}` (maybe under `params:` / `model:`) → our VQGAN `model:` section."""
     if "model" in config and isinstance(config["model"], Mapping):
         config = config["model"]
     params = config.get("params", config)

@@ -222,6 +222,22 @@ def sample_images(stackformer, vae, num_classes: int, per_class: int, seed: int,
     return metrics
 
 
+def completion_figure(stackformer, vae, val_set, num_classes: int, seed: int, figures: Path,
+                      count: int = 4, per_image: int = 3) -> None:
+    """Held-out images completed from the tokens of their first half of grid rows (same class)."""
+    from mvq.commands.complete import completion_pictures
+    from mvq.pipeline import MVQPipeline
+    from mvq.visualize import image_grid
+
+    pipeline = MVQPipeline(stackformer, vae)
+    items = [val_set[i] for i in range(min(count, len(val_set)))]
+    images = torch.stack([torch.as_tensor(item["image"]) for item in items])
+    labels = [int(item["label"]) for item in items] if num_classes else None
+    overlays, completions = completion_pictures(pipeline, images, vae.config.grid_size // 2, labels, per_image, seed)
+    rows = [torch.cat([images[i:i + 1], overlays[i:i + 1], completions[i]]) for i in range(len(items))]
+    save_enlarged(image_grid(rows), figures / "completions.png", vae.config.resolution)
+
+
 def plot_training_curves(run1: Path, run2: Path, figures: Path) -> None:
     from mvq.demo.report import plot_curves, read_scalars
 
@@ -248,6 +264,10 @@ def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
          "text": (f"One row per class, sampled by the class-conditional Stackformer (classifier-free guidance "
                   f"scale {GUIDANCE_SCALE}) and decoded by the MQ-VAE."
                   if num_classes else "Unconditional samples of the Stackformer, decoded by the MQ-VAE.")},
+        {"title": "Completions", "image": "figures/completions.png",
+         "text": "Each row: a held-out image; the cells of its tokens in the first half of the token grid's rows "
+                 "(the rest darkened); completions the Stackformer continued from exactly those tokens"
+                 + (" (asked for the image's own class)." if num_classes else ".")},
         {"title": "MQ-VAE training", "image": "figures/stage1_loss.png",
          "text": "L1 reconstruction loss on training batches and on held-out images."},
         {"title": "Stackformer training", "image": "figures/stage2_loss.png",
@@ -331,6 +351,7 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
                                             TokenStore(out / "tokens" / "val")))
         metrics.update(sample_images(stackformer, vae, num_classes, 4 if fast else SAMPLES_PER_CLASS,
                                      0 if seed is None else seed, out, classifier))
+        completion_figure(stackformer, vae, val_set, num_classes, 0 if seed is None else seed, out / "figures")
         plot_training_curves(run1, run2, out / "figures")
     timings["seconds_total"] = time.perf_counter() - start
     metrics.update(timings)

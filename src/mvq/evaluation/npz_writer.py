@@ -3,7 +3,8 @@
 The evaluators' layout, as `np.savez` writes it (stored, uncompressed), but streamed: the
 `.npy` header is written for the final shape first and each batch's bytes follow, so 50,000
 samples at 256 px (~10 GB) never sit in memory at once. `mvq.evaluation.images` reads it back
-the same way.
+the same way. Members carry a fixed timestamp, so the same images give the same bytes whenever
+(and on however many processes) they were sampled.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from types import TracebackType
 
 import numpy as np
 
+# Zip members' modification time: the earliest a zip can store, so the archive depends on its contents only.
+FIXED_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=FIXED_TIMESTAMP)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    return info
+
 
 class NpzImageWriter:
     """`with NpzImageWriter(path, count, resolution) as w: w.write(batch) ...; w.add("labels", array)`."""
@@ -25,7 +36,7 @@ class NpzImageWriter:
         self.written = 0
         self._extra: dict[str, np.ndarray] = {}
         self._archive = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._member = self._archive.open("arr_0.npy", "w", force_zip64=True)
+        self._member = self._archive.open(_member("arr_0.npy"), "w", force_zip64=True)
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                   "shape": self.shape}
         np.lib.format.write_array_header_1_0(self._member, header)
@@ -50,7 +61,7 @@ class NpzImageWriter:
             if self.written != self.shape[0]:
                 raise ValueError(f"{self.path}: {self.written} of the {self.shape[0]} announced images were written")
             for name, array in self._extra.items():
-                with self._archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                with self._archive.open(_member(f"{name}.npy"), "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)
         finally:
             self._archive.close()

@@ -142,18 +142,25 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
             codes[:, :first], positions[:, :first] = forced_codes, forced_positions
             used = used.scatter(1, forced_positions, True)
             previous = forced_positions[:, -1:]
-        for t in range(first, k):
-            code_logits = guide(decoder.code_logits()[:, :c.codebook_size]) / sampling.temperature
-            code = sample_from_logits(code_logits, sampling.top_k, sampling.top_p, uniforms[:, t, 0])
 
+        def draw_position(code: torch.Tensor, t: int) -> torch.Tensor:
             position_logits = guide(decoder.position_logits(both(code))[:, :n]) / sampling.position_temperature
             if sampling.raster_constraint:  # ascending, and leave K-1-t cells after this one
                 forbidden = (cells <= previous) | (cells > n - k + t)
             else:
                 forbidden = used
             position_logits = position_logits.masked_fill(forbidden, float("-inf"))
-            position = sample_from_logits(position_logits, sampling.position_top_k, sampling.position_top_p,
-                                          uniforms[:, t, 1])
+            return sample_from_logits(position_logits, sampling.position_top_k, sampling.position_top_p,
+                                      uniforms[:, t, 1])
+
+        for t in range(first, k):
+            code_logits = guide(decoder.code_logits()[:, :c.codebook_size]) / sampling.temperature
+            code = sample_from_logits(code_logits, sampling.top_k, sampling.top_p, uniforms[:, t, 0])
+            if c.has_position_transformer:
+                position = draw_position(code, t)
+            else:  # no Position-Transformer: every cell is a token and the positions are the raster order
+                decoder.fix_codes(both(code))
+                position = cells[t].expand(batch_size)
             decoder.append_position(both(position))
 
             codes[:, t], positions[:, t] = code, position
@@ -186,7 +193,11 @@ def _check_prefix(prefix_codes: torch.Tensor | None, prefix_positions: torch.Ten
         raise SamplingError(f"prefix codes must be in 0..{c.codebook_size - 1}")
     if bool(((positions < 0) | (positions >= c.num_cells)).any()):
         raise SamplingError(f"prefix positions must be cells 0..{c.num_cells - 1}")
-    if raster:
+    if not c.has_position_transformer:
+        if not torch.equal(positions, torch.arange(p, device=device).expand_as(positions)):
+            raise SamplingError(f"this model has no Position-Transformer: prefix positions must be 0..{p - 1} "
+                                f"(raster order)")
+    elif raster:
         if p > 1 and bool((positions[:, 1:] <= positions[:, :-1]).any()):
             raise SamplingError("prefix positions must be strictly ascending (raster order)")
         if bool((positions[:, -1] > c.num_cells - c.num_tokens + p - 1).any()):
@@ -224,7 +235,8 @@ class IncrementalDecoder:
         self._position_cache: KVCache | None = None
         if use_cache:
             self._code_cache = model.code_transformer.new_cache(b, k, device, dtype)
-            self._position_cache = model.position_transformer.new_cache(b, k, device, dtype)
+            if model.position_transformer is not None:
+                self._position_cache = model.position_transformer.new_cache(b, k, device, dtype)
 
     def code_logits(self) -> torch.Tensor:
         """B×vocab_size logits of the code at the current step."""
@@ -240,12 +252,18 @@ class IncrementalDecoder:
         self._hidden = hidden
         return m.code_head(m.code_norm(hidden[:, -1]))
 
+    def fix_codes(self, codes: torch.Tensor) -> None:
+        """Fix the codes (B) chosen at the current step (`position_logits` does it too)."""
+        if self._hidden is None:
+            raise ValueError("call code_logits() before fixing the codes of a step")
+        self._codes[:, self.step] = codes
+
     def position_logits(self, codes: torch.Tensor) -> torch.Tensor:
         """B×(N+1) logits of the position of `codes` (B), the codes chosen at the current step."""
         m, t = self.model, self.step
-        if self._hidden is None:
-            raise ValueError("call code_logits() before position_logits() at each step")
-        self._codes[:, t] = codes
+        if m.position_transformer is None:
+            raise ValueError("this model has no Position-Transformer: its positions are the raster order")
+        self.fix_codes(codes)
         if self.use_cache:
             hidden = m.position_transformer(self._hidden + m.code_embedding(self._codes[:, t:t + 1]),
                                             self._position_cache)
@@ -274,7 +292,8 @@ class IncrementalDecoder:
         if self.use_cache:  # without caches every later call recomputes from these inputs
             hidden = m.code_transformer(m._code_inputs(self._code_in[:, :p], self._position_in[:, :p], 0),
                                         self._code_cache)
-            m.position_transformer(hidden + m.code_embedding(codes), self._position_cache)
+            if m.position_transformer is not None:
+                m.position_transformer(hidden + m.code_embedding(codes), self._position_cache)
         self.step = p
 
 

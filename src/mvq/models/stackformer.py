@@ -46,9 +46,14 @@ class StackformerConfig:
     position_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("codebook_size", "grid_size", "num_tokens", "code_layers", "position_layers", "dim", "heads"):
+        for name in ("codebook_size", "grid_size", "num_tokens", "code_layers", "dim", "heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.position_layers < 0:
+            raise ConfigError(f"model.position_layers must be 0 or more, got {self.position_layers}")
+        if self.position_layers == 0 and self.num_tokens != self.num_cells:
+            raise ConfigError(f"model.position_layers: 0 (no Position-Transformer) needs a token at every cell "
+                              f"(num_tokens = {self.num_cells}, a VQGAN's tokens), got num_tokens {self.num_tokens}")
         if self.num_classes < 0:
             raise ConfigError(f"model.num_classes must be 0 (unconditional) or more, got {self.num_classes}")
         if self.num_tokens > self.num_cells:
@@ -66,6 +71,11 @@ class StackformerConfig:
     def num_cells(self) -> int:
         """N = H·W, the number of grid cells; also the id of the start position."""
         return self.grid_size ** 2
+
+    @property
+    def has_position_transformer(self) -> bool:
+        """Without one (position_layers 0, every cell a token) the positions are the raster order: a plain GPT."""
+        return self.position_layers > 0
 
     @property
     def has_null_class(self) -> bool:
@@ -102,7 +112,7 @@ class StackformerOutput:
     code_loss: torch.Tensor        # mean cross-entropy of the codes
     position_loss: torch.Tensor    # mean cross-entropy of the positions
     code_logits: torch.Tensor      # B×T×vocab_size (codes first, then start tokens)
-    position_logits: torch.Tensor  # B×T×(N+1) (cells, then the start position)
+    position_logits: torch.Tensor | None  # B×T×(N+1) (cells, then the start position); None: no Position-Transformer
 
 
 class Stackformer(nn.Module, PretrainedMixin):
@@ -119,11 +129,13 @@ class Stackformer(nn.Module, PretrainedMixin):
         self.step_embedding = nn.Embedding(c.num_tokens, c.dim)
         self.input_dropout = nn.Dropout(c.dropout)
         self.code_transformer = TransformerStack(c.dim, c.heads, c.code_layers, c.dropout)
-        self.position_transformer = TransformerStack(c.dim, c.heads, c.position_layers, c.dropout)
+        # Without a Position-Transformer (position_layers 0) the positions are the raster order: nothing predicts them.
+        predicts = c.has_position_transformer
+        self.position_transformer = TransformerStack(c.dim, c.heads, c.position_layers, c.dropout) if predicts else None
         self.code_norm = nn.LayerNorm(c.dim)
         self.code_head = nn.Linear(c.dim, c.vocab_size, bias=False)
-        self.position_norm = nn.LayerNorm(c.dim)
-        self.position_head = nn.Linear(c.dim, c.num_cells + 1, bias=False)
+        self.position_norm = nn.LayerNorm(c.dim) if predicts else None
+        self.position_head = nn.Linear(c.dim, c.num_cells + 1, bias=False) if predicts else None
         self.apply(self._init_weights)
 
     @staticmethod
@@ -176,7 +188,11 @@ class Stackformer(nn.Module, PretrainedMixin):
 
     def forward(self, codes: torch.Tensor, positions: torch.Tensor,
                 labels: torch.Tensor | None = None) -> StackformerOutput:
-        """Teacher-forced losses and logits. codes/positions: B×T (T ≤ K), positions in raster order."""
+        """Teacher-forced losses and logits. codes/positions: B×T (T ≤ K), positions in raster order.
+
+        Without a Position-Transformer, positions must be 0, 1, ..., T-1 (not checked: that would
+        cost a host sync per step); the position loss is then 0 and `position_logits` None.
+        """
         self._check_sequence(codes, positions, labels)
         c = self.config
         b = codes.shape[0]
@@ -186,10 +202,12 @@ class Stackformer(nn.Module, PretrainedMixin):
 
         hidden = self.code_transformer(self._code_inputs(code_in, position_in, 0))
         code_logits = self.code_head(self.code_norm(hidden))
+        code_loss = F.cross_entropy(code_logits.flatten(0, 1).float(), codes.flatten())
+        if self.position_transformer is None:
+            return StackformerOutput(code_loss, code_loss, code_loss.new_zeros(()), code_logits, None)
         position_hidden = self.position_transformer(hidden + self.code_embedding(codes))
         position_logits = self.position_head(self.position_norm(position_hidden))
 
-        code_loss = F.cross_entropy(code_logits.flatten(0, 1).float(), codes.flatten())
         position_loss = F.cross_entropy(position_logits.flatten(0, 1).float(), positions.flatten())
         loss = code_loss + c.position_loss_weight * position_loss
         return StackformerOutput(loss, code_loss, position_loss, code_logits, position_logits)

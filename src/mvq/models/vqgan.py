@@ -162,7 +162,7 @@ class VQGAN(nn.Module, PretrainedMixin):
 
     @torch.no_grad()
     def detokenize(self, codes: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """(codes, positions) → images in about [-1, 1]. Positions (default raster order) must cover every cell once."""
+        """(codes, positions) → images in about [-1, 1]. Positions (default: raster order) hold every cell once."""
         n = self.config.num_cells
         if codes.dim() != 2 or codes.shape[1] != n:
             raise ValueError(f"a VQGAN decodes B×{n} codes (one per cell), got {tuple(codes.shape)}")
@@ -170,7 +170,8 @@ class VQGAN(nn.Module, PretrainedMixin):
             if positions.shape != codes.shape:
                 raise ValueError(f"codes and positions must both be B×{n}, got {tuple(codes.shape)} and "
                                  f"{tuple(positions.shape)}")
-            if not torch.equal(positions.sort(dim=1).values, torch.arange(n, device=positions.device).expand_as(positions)):
+            cells = torch.arange(n, device=positions.device).expand_as(positions)
+            if not torch.equal(positions.sort(dim=1).values, cells):
                 raise ValueError(f"a VQGAN needs a code at every cell: positions must hold each of 0..{n - 1} once")
         return self.decode_tokens(codes, positions)
 

@@ -1,0 +1,127 @@
+"""Completion and class-swap editing: `MVQPipeline.complete` and `mvq complete`."""
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_sampling import TINY_VAE, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def pipe():
+    from mvq.models.mqvae import MQVAE
+    from mvq.pipeline import MVQPipeline
+
+    torch.manual_seed(0)
+    vae = MQVAE.from_config(TINY_VAE)
+    sf = tiny_model(num_classes=3, grid_size=vae.config.grid_size, num_tokens=vae.config.num_tokens,
+                    codebook_size=vae.config.codebook_size)
+    return MVQPipeline(sf, vae)
+
+
+def photos(count: int, size: int = 16) -> np.ndarray:
+    """Smooth random colour images (uint8 B×size×size×3), different enough to tokenize differently."""
+    g = torch.Generator().manual_seed(count)
+    coarse = torch.rand(count, 3, 4, 4, generator=g)
+    smooth = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    return (smooth * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def test_completions_keep_the_images_own_tokens_in_the_kept_rows(pipe):
+    images, keep_rows, n = photos(3), 3, 2
+    g = pipe.vae.config.grid_size
+    codes, positions, lengths = pipe.complete_tokens(images, keep_rows, labels=[0, 1, 2], n=n, seed=5)
+    own_codes, own_positions = pipe.vae.tokenize(pipe._as_model_images(images))
+    assert codes.shape == positions.shape == (3, n, pipe.stackformer.config.num_tokens)
+    assert lengths.tolist() == (own_positions < keep_rows * g).sum(1).tolist()
+    assert len(set(lengths.tolist())) > 1 and lengths.min() > 0  # the test covers several prefix lengths
+    for i, p in enumerate(lengths.tolist()):
+        for j in range(n):
+            assert torch.equal(codes[i, j, :p], own_codes[i, :p])
+            assert torch.equal(positions[i, j, :p], own_positions[i, :p])
+            # The rest continues in raster order below the kept rows.
+            assert (positions[i, j, p:] >= keep_rows * g).all()
+            assert (positions[i, j, 1:] > positions[i, j, :-1]).all()
+    assert not torch.equal(codes[:, 0], codes[:, 1])  # completions differ from one another
+
+
+def test_complete_decodes_the_completed_tokens_and_does_not_depend_on_batching(pipe):
+    from mvq.pipeline import to_uint8
+
+    images = photos(3)
+    out = pipe.complete(images, keep_rows=4, labels=[1], n=2, seed=3)
+    assert out.shape == (3, 2, 16, 16, 3) and out.dtype == np.uint8
+    codes, positions, _ = pipe.complete_tokens(images, 4, labels=1, n=2, seed=3)
+    assert np.array_equal(out[2, 1], to_uint8(pipe.vae.detokenize(codes[2, 1:2], positions[2, 1:2]))[0])
+    alone = pipe.complete(images[2], keep_rows=4, labels=[1], n=2, seed=3, first_image=2)
+    assert np.array_equal(alone[0], out[2])
+
+
+def test_cached_and_uncached_completion_agree(pipe):
+    pipe.stackformer.double()
+    images = photos(2)
+    cached = pipe.complete_tokens(images, 2, labels=[0, 2], n=2, seed=1, top_k=None, top_p=None)
+    uncached = pipe.complete_tokens(images, 2, labels=[0, 2], n=2, seed=1, top_k=None, top_p=None, use_cache=False)
+    assert torch.equal(cached[0], uncached[0]) and torch.equal(cached[1], uncached[1])
+
+
+def test_edge_rows_and_refusals(pipe):
+    from mvq.errors import UserError
+
+    images = photos(2)
+    g = pipe.vae.config.grid_size
+    codes, positions, lengths = pipe.complete_tokens(images, g, labels=0, n=1)  # every token kept
+    own_codes, own_positions = pipe.vae.tokenize(pipe._as_model_images(images))
+    assert torch.equal(codes[:, 0], own_codes) and torch.equal(positions[:, 0], own_positions)
+    _, _, none_kept = pipe.complete_tokens(images, 0, labels=0, n=1)  # nothing kept: plain class samples
+    assert none_kept.tolist() == [0, 0]
+    with pytest.raises(UserError, match="keep_rows"):
+        pipe.complete(images, keep_rows=g + 1, labels=0)
+    with pytest.raises(UserError, match="class-conditional"):
+        pipe.complete(images, keep_rows=2)
+    with pytest.raises(UserError, match="3 labels for 2 images"):
+        pipe.complete(images, keep_rows=2, labels=[0, 1, 2])
+
+
+def test_complete_command_end_to_end(pipe, tmp_path, capsys):
+    from PIL import Image
+
+    from mvq.cli import main
+
+    sf_dir = pipe.stackformer.float().save_pretrained(tmp_path / "sf")
+    vae_dir = pipe.vae.save_pretrained(tmp_path / "vae")
+    inputs = tmp_path / "photos"
+    inputs.mkdir()
+    pictures = photos(2, size=24)  # not the model's 16 px: resized and centre-cropped
+    for i, picture in enumerate(pictures):
+        Image.fromarray(picture).save(inputs / f"p{i}.png")
+    out = tmp_path / "out"
+    argv = ["complete", str(inputs), "--vae", str(vae_dir), "--stackformer", str(sf_dir), "--keep-rows", "4",
+            "--labels", "2", "--n", "3", "--device", "cpu", "--out", str(out)]
+    main(argv)
+    assert "resized" in capsys.readouterr().err
+    figure = np.asarray(Image.open(out / "p0.png"))
+    scale = 128 // 16
+    assert figure.shape == (16 * scale + 4, 5 * (16 * scale + 2) + 2, 3)  # input, kept cells, 3 completions
+    completions = sorted(p.name for p in (out / "completions").iterdir())
+    assert completions == [f"p{i}_{j}.png" for i in range(2) for j in range(3)]
+
+    # The same completions as the pipeline's, from the same resized input.
+    from mvq.data.images import load_rgb
+    from mvq.data.transforms import eval_transform
+    from mvq.pipeline import MVQPipeline
+
+    loaded = MVQPipeline.from_pretrained(sf_dir, vae_dir, device="cpu")
+    image = eval_transform(16)(load_rgb(inputs / "p1.png"))[None]
+    expected = loaded.complete(image, keep_rows=4, labels=2, n=3, first_image=1)[0, 2]
+    assert np.array_equal(np.asarray(Image.open(out / "completions" / "p1_2.png")), expected)
+
+    with pytest.raises(SystemExit) as refused:  # same --out safety as `mvq sample`
+        main(argv)
+    assert refused.value.code == 1 and "--overwrite" in capsys.readouterr().err
+    unlabelled = [item for item in argv if item not in ("--labels", "2")][:-1] + [str(tmp_path / "x")]
+    with pytest.raises(SystemExit):
+        main(unlabelled)
+    assert "class-conditional" in capsys.readouterr().err and not (tmp_path / "x").exists()
