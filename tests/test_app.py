@@ -6,11 +6,13 @@ import io
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,16 @@ def test_upload_with_alpha_or_16_bits_is_converted_with_a_note(tmp_path):
     upload = prepare_upload(save(Image.fromarray(deep), tmp_path, "deep.png"), 16)
     assert any("16-bit" in note for note in upload.notes)
     assert abs(int(upload.pixels.mean()) - 127) <= 1  # scaled, not clipped to white
+
+    # 48-bit colour PNG (Pillow decodes it to 8 bits itself): still said
+    rows = b"".join(b"\x00" + np.full((16, 3), 40000, dtype=">u2").tobytes() for _ in range(16))
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path = tmp_path / "rgb48.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    upload = prepare_upload(path, 16)
+    assert any("16-bit" in note for note in upload.notes) and upload.pixels.min() == round(40000 / 257)
 
 
 @pytest.mark.parametrize("content, message", [(b"", "empty"), (b"hello, not an image", "not an image"),

@@ -125,3 +125,17 @@ def test_complete_command_end_to_end(pipe, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(unlabelled)
     assert "class-conditional" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_demo_completion_figure(pipe, tmp_path):
+    from PIL import Image
+
+    from mvq.demo.pipeline import completion_figure
+    from mvq.evaluation.image_metrics import from_uint8
+
+    val_set = [{"image": from_uint8(torch.from_numpy(p).permute(2, 0, 1)), "label": i % 3}
+               for i, p in enumerate(photos(5))]
+    completion_figure(pipe.stackformer, pipe.vae, val_set, 3, seed=0, figures=tmp_path, count=4, per_image=3)
+    figure = np.asarray(Image.open(tmp_path / "completions.png"))
+    scale = 64 // 16
+    assert figure.shape == ((4 * 18 + 2) * scale, (5 * 18 + 2) * scale, 3)  # 4 images × (2 + 3) pictures, padded

@@ -7,6 +7,7 @@ import pytest
 from mvq.demo import DEMO_METRICS, run_demo
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fast_demo_writes_every_output(tmp_path):
     out = tmp_path / "demo"

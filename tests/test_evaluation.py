@@ -332,6 +332,7 @@ def generation_sets(tmp_path_factory, inception) -> dict:
     return sets
 
 
+@pytest.mark.slow
 def test_fid_and_inception_score_end_to_end_match_torch_fidelity(generation_sets, inception_weights):
     import torch_fidelity
 
@@ -352,6 +353,7 @@ def test_fid_and_inception_score_end_to_end_match_torch_fidelity(generation_sets
     assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_eval_commands_stats_then_gen_give_the_same_fid(generation_sets, inception_weights, tmp_path, capsys):
     common = ["--inception-weights", str(inception_weights), "--device", "cpu", "--num-workers", "0",
               "--no-progress", "--batch-size", "4"]
@@ -489,6 +491,7 @@ def _distributed_worker(rank: int, world_size: int, init_file: str, out_dir: str
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_reconstruction_evaluation_equals_a_single_process(tmp_path):
     import torch.multiprocessing as mp
 
@@ -502,6 +505,7 @@ def test_sharded_reconstruction_evaluation_equals_a_single_process(tmp_path):
             assert sharded[key] == pytest.approx(value, rel=1e-6), key  # float32 stub, other batches
 
 
+@pytest.mark.slow
 def test_eval_recon_command_on_a_tiny_mqvae(tmp_path, inception_weights, vgg_weights, capsys):
     from mvq.models.mqvae import MQVAE
     from tests.conftest import TINY_MQVAE

@@ -251,6 +251,7 @@ def test_resume_refuses_other_settings(vae, tmp_path):
         tokenize_dataset(other, data, tmp_path, rank=0, world_size=1, progress=False)
 
 
+@pytest.mark.slow
 def test_flip_doubles_count_and_stores_tokens_of_mirrored_images(vae, tmp_path):
     data = ImageSet(5)
     tokenize_dataset(vae, data, tmp_path, flip=True, batch_size=2, rank=0, world_size=1, progress=False)

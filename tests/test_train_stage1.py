@@ -18,6 +18,7 @@ def model_state(run_dir):
     return ckpt, {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("model.", "loss."))}
 
 
+@pytest.mark.slow
 def test_short_run_writes_folder_and_exports(tmp_path):
     run_dir = train(str(tiny_stage1_config(tmp_path)), [], run_dir=str(tmp_path / "run"))
     assert (run_dir / "config.yaml").is_file()
@@ -47,6 +48,7 @@ def test_short_run_writes_folder_and_exports(tmp_path):
         assert tag in tags, tag
 
 
+@pytest.mark.slow
 def test_accumulation_really_accumulates(tmp_path):
     path = tiny_stage1_config(tmp_path, optim={"accumulate_grad_batches": 3},
                               trainer={"max_steps": 2, "val_check_interval": 6})
@@ -64,6 +66,7 @@ def test_accumulation_really_accumulates(tmp_path):
     assert ckpt["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1e-4 * 4 * 1 * 3)
 
 
+@pytest.mark.slow
 def test_misspelt_key_fails_before_work(tmp_path):
     path = tiny_stage1_config(tmp_path, optim={"base_lrr": 1.0})
     with pytest.raises(ConfigError, match="base_lrr"):
@@ -85,6 +88,7 @@ def test_missing_vgg_weights_stop_before_first_step(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
     steps = 16
@@ -116,6 +120,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
         assert torch.equal(state_a[key], state_b[key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_process_ddp_fit_keeps_codebooks_identical(tmp_path):
     path = tiny_stage1_config(tmp_path, trainer={"max_steps": 4, "val_check_interval": 2, "accelerator": "cpu",
@@ -133,6 +138,7 @@ def test_two_process_ddp_fit_keeps_codebooks_identical(tmp_path):
     assert state["model.quantizer.cluster_size_ema"].sum() > 0
 
 
+@pytest.mark.slow
 def test_training_on_a_folder_with_broken_files_names_them(tmp_path):
     import numpy as np
     from PIL import Image
@@ -156,6 +162,7 @@ def test_training_on_a_folder_with_broken_files_names_them(tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_on_cpu(tmp_path):
     path = tiny_stage1_config(tmp_path, trainer={"max_steps": 2, "val_check_interval": 2,
                                                  "precision": "bf16-mixed"})

@@ -171,6 +171,7 @@ def test_saved_config_holds_absolute_paths_and_export_takes_overrides(tmp_path, 
     Stackformer.from_pretrained(export(run_dir, tmp_path / "out", overrides=[f"vae={moved}"]))
 
 
+@pytest.mark.slow
 def test_resume_reaches_planned_step_exactly(tmp_path, assets, monkeypatch):
     from mvq.training.checkpoints import AtomicCheckpointIO
 
@@ -206,6 +207,7 @@ def test_resume_reaches_planned_step_exactly(tmp_path, assets, monkeypatch):
         assert torch.equal(adam_a[index]["exp_avg"], adam_b[index]["exp_avg"])
 
 
+@pytest.mark.slow
 def test_accumulation_steps_once_per_group(tmp_path, assets):
     path = stage2_config(tmp_path, assets, optim={"accumulate_grad_batches": 2},
                          trainer={"max_steps": 3, "val_check_interval": 6},
@@ -256,6 +258,7 @@ def test_store_of_other_vae_weights_stops_before_first_step(tmp_path, assets):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_shipped_configs_ask_for_their_vae(tmp_path):
     for name in ["stage2/stackformer_imagenet_v12p12_class", "stage2/stackformer_imagenet_v12p12_uncond",
                  "stage2/stackformer_ffhq_uncond", "demo/stackformer_shapes"]:

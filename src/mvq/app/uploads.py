@@ -52,6 +52,7 @@ def _open(path: str | os.PathLike):
                         "BMP, GIF or TIFF image") from None
     width, height = image.size
     if width * height > MAX_UPLOAD_PIXELS:
+        image.close()
         raise UserError(f"the image is {width}×{height} ({width * height / 1e6:.0f} megapixels); the demo "
                         f"accepts up to {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels: downscale it first")
     return image
@@ -64,22 +65,26 @@ def prepare_upload(path: str | os.PathLike, resolution: int) -> PreparedImage:
     from mvq.data.images import to_rgb
     from mvq.evaluation.images import fit_resolution
 
-    image = _open(path)
     notes = []
     try:
-        frames = getattr(image, "n_frames", 1)
-        if frames > 1:
-            notes.append(f"the file holds {frames} frames; the first one is used")
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        mode = image.mode
-        has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
-        rgb = to_rgb(image)
+        with _open(path) as opened:
+            frames = getattr(opened, "n_frames", 1)
+            if frames > 1:
+                notes.append(f"the file holds {frames} frames; the first one is used")
+            # 16 bits per channel: grayscale opens as I;16 / I, colour is decoded from raw modes like RGB;16B
+            sixteen_bits = opened.mode.startswith("I;16") or any(";16" in str(tile.args) for tile in opened.tile)
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            mode = image.mode
+            has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+            rgb = to_rgb(image)
     except (OSError, ValueError, SyntaxError):
         raise UserError("the uploaded image is damaged or truncated and cannot be decoded: upload another "
                         "file") from None
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        notes.append(f"{'16' if mode.startswith('I;16') else 'high'}-bit image ({mode}) scaled to 8 bits")
+    if sixteen_bits:
+        notes.append("16-bit image scaled to 8 bits")
+    elif mode in ("I", "F"):
+        notes.append(f"{'32-bit integer' if mode == 'I' else 'floating-point'} image scaled to 8 bits")
     if has_alpha:
         notes.append("the image has transparency: transparent pixels were composited onto white")
     if mode in _MODE_NAMES:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mvq.config import ConfigError
-from mvq.convert.mqvae import mqvae_config_section
 from mvq.models.mqvae import MQVAE, MQVAEConfig
 from mvq.models.pretrained import CONFIG_NAME, PretrainedFolderError, PretrainedFolderMissing
 from mvq.models.vqgan import VQGAN, VQGANConfig
@@ -26,14 +25,18 @@ ENCODER_FIELDS = ("resolution", "in_channels", "ch", "ch_mult", "num_res_blocks"
 
 
 def tokenizer_config(section: Mapping[str, Any]) -> MQVAEConfig | VQGANConfig:
-    """A stage-1 `model:` section → the config of the architecture it names (`architecture`, default mqvae)."""
+    """A stage-1 `model:` section in mvq's names → the config of the architecture it names (default mqvae).
+
+    A section in the reference release's layout or names is translated first by
+    `mvq.convert.mqvae_config_section` (the training config loader does that).
+    """
     section = dict(section)
     architecture = section.pop("architecture", "mqvae")
     if architecture not in ARCHITECTURES:
         raise ConfigError(f"model.architecture must be one of {', '.join(ARCHITECTURES)}; got {architecture!r}")
     if architecture == "vqgan":
         return VQGANConfig.from_mapping(section)
-    return MQVAEConfig.from_mapping(mqvae_config_section(section))
+    return MQVAEConfig.from_mapping(section)
 
 
 def build_tokenizer(config: MQVAEConfig | VQGANConfig) -> MQVAE | VQGAN:
