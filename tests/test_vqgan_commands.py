@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mvq.cli import main
+from mvq.cli import main as cli_main
 from mvq.config import ConfigError
 from mvq.data.token_store import TokenStore, check_compatible
 from mvq.models.pretrained import weights_fingerprint
@@ -20,6 +20,13 @@ from tests.conftest import reference_path
 # f4 over 16 px: a 4×4 grid, 16 tokens per image.
 TINY_VQGAN = dict(resolution=16, ch=16, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], z_channels=16,
                   codebook_size=32, codebook_dim=8)
+
+
+def main(argv: list[str]) -> None:
+    """Run `mvq ARGV` and require success."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(argv)
+    assert exit_info.value.code == 0
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +66,7 @@ def test_eval_recon_and_reconstruct_take_a_vqgan(vqgan_assets, tmp_path):
     main(["eval", "recon", "--vae", str(vqgan_assets / "vae"), "--data", str(vqgan_assets / "data.yaml"),
           "--no-fid", "--no-lpips", "--num-workers", "0", "--device", "cpu", "--no-progress", "--out", str(out)])
     metrics = json.loads(out.read_text())["metrics"]
-    assert metrics["num_images"] == 6 and 0 < metrics["codebook_usage"] <= 1 and np.isfinite(metrics["psnr"])
+    assert metrics["num_images"] == 6 and 0 < metrics["codebook_usage_percent"] <= 100 and np.isfinite(metrics["psnr"])
     from PIL import Image
 
     images = tmp_path / "images"

@@ -26,6 +26,7 @@ from mvq.models.labels import labels_tensor
 from mvq.models.mqvae import MQVAE
 from mvq.models.sampling import SamplingConfig, SamplingError
 from mvq.models.stackformer import Stackformer
+from mvq.models.tokenizer import load_tokenizer
 
 
 def sample_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -92,7 +93,7 @@ class MVQPipeline:
 
         device = resolve_device("auto" if device is None else str(device))
         pipe = cls(Stackformer.from_pretrained(stackformer_dir, map_location=device),
-                   MQVAE.from_pretrained(vae_dir, map_location=device), precision=precision)
+                   load_tokenizer(vae_dir, map_location=device), precision=precision)
         check_tokenizer(stackformer_dir, vae_dir, pipe.vae, allow_tokenizer_mismatch)
         return pipe
 

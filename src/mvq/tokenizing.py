@@ -1,4 +1,4 @@
-"""Encoding a dataset once with an MQ-VAE into a token store: the job behind `mvq tokenize`.
+"""Encoding a dataset once with a tokenizer (MQ-VAE or VQGAN) into a token store: the job behind `mvq tokenize`.
 
 The store's file format (header, parts, writer, reader) is `mvq.data.token_store`; this module
 runs the model over the data and feeds the writer, one contiguous block of the dataset per rank.
@@ -38,7 +38,7 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
                      rank: int | None = None, world_size: int | None = None,
                      device: str | torch.device = "cpu", source: Mapping[str, Any] | None = None,
                      progress: bool = True) -> TokenStoreHeader:
-    """Encode `dataset` with an MQ-VAE into the store at `out`; this rank writes its part.
+    """Encode `dataset` with an MQ-VAE or a VQGAN into the store at `out`; this rank writes its part.
 
     `model` needs `config` (codebook_size, grid_size, num_tokens, resolution) and
     `tokenize(images) -> (codes, positions)`; dataset items are dicts with `image` (3×R×R in
@@ -82,7 +82,7 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
             for batch in loader:
                 images, labels = batch["image"].to(device), torch.as_tensor(batch["label"])
                 if resolution is not None and tuple(images.shape[1:]) != (3, resolution, resolution):
-                    raise ValueError(f"the dataset gives images of shape {tuple(images.shape[1:])}, the MQ-VAE "
+                    raise ValueError(f"the dataset gives images of shape {tuple(images.shape[1:])}, the tokenizer "
                                      f"expects 3×{resolution}×{resolution}: set the data resolution to {resolution}")
                 if flip:  # original and mirror of each image side by side: rows 2i, 2i + 1
                     images = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mvq.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Larger files or images are refused before they are decoded (decoding them could exhaust memory).
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -31,7 +35,8 @@ class PreparedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def _open(path: str | os.PathLike):
+def _open(path: str | os.PathLike) -> Image.Image:
+    """Open (not decode) an image file, refusing empty, oversized and unreadable ones."""
     from PIL import Image
 
     size = os.path.getsize(path)

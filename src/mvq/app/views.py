@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mvq.evaluation.image_metrics import from_uint8, psnr, to_uint8
+from mvq.pipeline import sample_generator
 from mvq.visualize import keep_mask_overlay, score_heatmap
 
 if TYPE_CHECKING:
@@ -100,8 +101,6 @@ def token_order_strip(pipeline: MVQPipeline, label: int | None, seed: int, sampl
 
     Cells not generated yet are darkened, so the strip shows where successive tokens land.
     """
-    from mvq.pipeline import sample_generator
-
     vae, stackformer = pipeline.vae, pipeline.stackformer
     codes, positions = stackformer.generate(1, labels=None if label is None else [label],
                                             sampling=sampling, generator=[sample_generator(seed, 0)])

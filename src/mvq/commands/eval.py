@@ -26,16 +26,18 @@ def _add_common(parser: argparse.ArgumentParser, out_default: str | None) -> Non
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval", help="rFID/PSNR/SSIM/LPIPS/codebook usage of a tokenizer; FID/IS of samples",
-        description="Evaluate an MQ-VAE's reconstructions (recon), generated samples (gen), or precompute "
-                    "reference statistics for FID (stats). See the README section 'Evaluation protocol'.")
+        description="Evaluate a tokenizer's reconstructions (recon; an MQ-VAE or a VQGAN), generated samples "
+                    "(gen), or precompute reference statistics for FID (stats). See the README section "
+                    "'Evaluation protocol'.")
     commands = parser.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
 
     recon = commands.add_parser(
-        "recon", help="reconstruction quality and codebook usage of an MQ-VAE",
+        "recon", help="reconstruction quality and codebook usage of an MQ-VAE or a VQGAN",
         description="rFID (reconstructions against their originals), PSNR, SSIM, LPIPS, codebook usage and "
                     "perplexity, and the mean keep-score of kept and masked cells. Under torchrun each rank "
                     "evaluates its share of the images and the results are combined.")
-    recon.add_argument("--vae", required=True, metavar="DIR", help="pretrained MQ-VAE folder (save_pretrained)")
+    recon.add_argument("--vae", required=True, metavar="DIR",
+                       help="pretrained MQ-VAE or VQGAN folder (save_pretrained)")
     recon.add_argument("--data", required=True, metavar="CONFIG_OR_FOLDER",
                        help="a YAML config (its data: section) or a folder of images")
     recon.add_argument("--split", choices=["train", "val"], default="val", help="dataset split (default: val)")
@@ -106,7 +108,7 @@ def run_recon(args: argparse.Namespace) -> int:
     from mvq.evaluation import InceptionV3, evaluate_reconstruction
     from mvq.data.build import dataset_from_path
     from mvq.losses.perceptual import LPIPS
-    from mvq.models.mqvae import MQVAE
+    from mvq.models.tokenizer import load_tokenizer
 
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -114,7 +116,7 @@ def run_recon(args: argparse.Namespace) -> int:
     created = init_from_environment(device.type)
     try:
         rank, world_size = rank_and_world_size()
-        model = MQVAE.from_pretrained(args.vae, map_location=device)
+        model = load_tokenizer(args.vae, map_location=device)
         dataset = dataset_from_path(args.data, args.split, model.config.resolution)
         inception = None if args.no_fid else InceptionV3(args.inception_weights).to(device)
         lpips = None if args.no_lpips else LPIPS(args.lpips_weights, net=args.lpips_net).to(device)

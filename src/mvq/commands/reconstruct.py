@@ -19,9 +19,10 @@ def register(subparsers) -> None:
         description="For each image: its reconstruction, a keep-mask overlay (masked cells darkened) and a "
                     "heat-map of the mask module's scores, plus one grid of all of them (rows: inputs, "
                     "reconstructions, keep-masks, scores). Outputs keep the inputs' relative paths. Images "
-                    "of another size are resized (shorter side) and centre-cropped to the MQ-VAE's resolution.")
+                    "of another size are resized (shorter side) and centre-cropped to the model's resolution. "
+                    "A VQGAN keeps every cell: its keep-mask is all kept and its score map flat.")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--vae", required=True, help="pretrained MQ-VAE folder")
+    p.add_argument("--vae", required=True, help="pretrained MQ-VAE or VQGAN folder (a VQGAN keeps every cell)")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out, replacing files of the same names (others are kept)")
@@ -81,12 +82,12 @@ def run(args: argparse.Namespace) -> int:
     from mvq.data.images import load_rgb, notice
     from mvq.data.transforms import eval_transform
     from mvq.distributed import resolve_device
-    from mvq.models.mqvae import MQVAE
+    from mvq.models.tokenizer import load_tokenizer
     from mvq.visualize import image_grid, reconstruction_rows, save_image
 
     out = check_writable_destination(args.out, args.overwrite)
     device = resolve_device(args.device)
-    model = MQVAE.from_pretrained(args.vae, map_location=device).eval()
+    model = load_tokenizer(args.vae, map_location=device).eval()
     resolution = model.config.resolution
     transform = eval_transform(resolution)
     paths, base = collect_images(args.images)

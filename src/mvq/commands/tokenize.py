@@ -1,4 +1,4 @@
-"""`mvq tokenize`: encode a dataset once with a trained MQ-VAE into a token store for stage 2."""
+"""`mvq tokenize`: encode a dataset once with a trained tokenizer (MQ-VAE or VQGAN) into a token store for stage 2."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "tokenize", help="encode a dataset with an MQ-VAE into a token store",
-        description="Encode a dataset once with a trained MQ-VAE into a token store (codes, positions, "
-                    "labels) that stage-2 training reads. Resumable: rerun the same command after an "
+        "tokenize", help="encode a dataset with an MQ-VAE or a VQGAN into a token store",
+        description="Encode a dataset once with a trained MQ-VAE (or VQGAN: every cell a token, in raster "
+                    "order) into a token store (codes, positions, labels) that stage-2 training reads. Resumable: rerun the same command after an "
                     "interruption. Under torchrun (or with RANK/WORLD_SIZE set) each rank writes its own "
                     "part of the store; the parts read as one.")
-    parser.add_argument("--vae", required=True, metavar="DIR", help="pretrained MQ-VAE folder (save_pretrained)")
+    parser.add_argument("--vae", required=True, metavar="DIR", help="pretrained MQ-VAE or VQGAN folder (save_pretrained)")
     parser.add_argument("--data", required=True, metavar="CONFIG_OR_FOLDER",
                         help="a YAML config (its data: section is used) or a folder of images")
     parser.add_argument("--out", required=True, metavar="STORE", help="token store folder to write")
@@ -29,12 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from mvq.data import build
     from mvq.data.token_store import part_name
     from mvq.distributed import rank_and_world_size, resolve_device
-    from mvq.models.mqvae import MQVAE
+    from mvq.models.tokenizer import load_tokenizer
     from mvq.tokenizing import tokenize_dataset
 
     rank, world_size = rank_and_world_size()
     device = resolve_device(args.device)
-    model = MQVAE.from_pretrained(args.vae, map_location=device)
+    model = load_tokenizer(args.vae, map_location=device)
     dataset = build.dataset_from_path(args.data, args.split, model.config.resolution)
     header = tokenize_dataset(
         model, dataset, args.out, flip=args.flip, batch_size=args.batch_size, num_workers=args.num_workers,

@@ -180,14 +180,19 @@ def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def vae_token_geometry(vae_config: Any) -> dict[str, int]:
-    """codebook_size, grid_size and num_tokens of an MQ-VAE config object (e.g. `MQVAEConfig`)."""
+    """codebook_size, grid_size and num_tokens of a tokenizer's config (`MQVAEConfig` or `VQGANConfig`)."""
     return {"codebook_size": int(vae_config.codebook_size), "grid_size": int(vae_config.grid_size),
             "num_tokens": int(vae_config.num_tokens)}
 
 
+def tokenizer_name(vae_config: Any) -> str:
+    """"VQGAN" for a `VQGANConfig`, else "MQ-VAE": what messages call the model behind a store."""
+    return "VQGAN" if type(vae_config).__name__ == "VQGANConfig" else "MQ-VAE"
+
+
 def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: Any,
                      weights_sha256: str | None = None) -> None:
-    """Raise ValueError if a store's tokens cannot be decoded by the MQ-VAE with `vae_config`.
+    """Raise ValueError if a store's tokens cannot be decoded by the tokenizer (MQ-VAE or VQGAN) with `vae_config`.
 
     The codebook size, grid and K must agree. When `weights_sha256` (see
     `mvq.models.pretrained.weights_fingerprint`) is
@@ -199,15 +204,16 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
     expected = vae_token_geometry(vae_config)
     found = {"codebook_size": header.codebook_size, "grid_size": header.grid_size,
              "num_tokens": header.num_tokens}
-    diffs = [f"{k}: store {found[k]}, MQ-VAE {expected[k]}" for k in expected if found[k] != expected[k]]
+    name = tokenizer_name(vae_config)
+    diffs = [f"{k}: store {found[k]}, {name} {expected[k]}" for k in expected if found[k] != expected[k]]
     if diffs:
-        raise ValueError("token store does not match the MQ-VAE (" + "; ".join(diffs) + "). "
-                         "Tokenize the data again with this MQ-VAE (`mvq tokenize`).")
+        raise ValueError(f"token store does not match the {name} (" + "; ".join(diffs) + "). "
+                         f"Tokenize the data again with this {name} (`mvq tokenize`).")
     stored = header.vae.get("weights_sha256")
     if weights_sha256 is not None and stored is not None and stored != weights_sha256:
-        raise ValueError("token store was written by an MQ-VAE with other weights "
+        raise ValueError(f"token store was written by a {name} with other weights "
                          f"(fingerprint {stored[:12]}…, this one {weights_sha256[:12]}…). "
-                         "Tokenize the data again with this MQ-VAE (`mvq tokenize`).")
+                         f"Tokenize the data again with this {name} (`mvq tokenize`).")
 
 
 # ----------------------------------------------------------------------------- writing

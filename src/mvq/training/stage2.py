@@ -155,11 +155,11 @@ def tokenizer_record(config: Stage2Config) -> dict:
     """
     from mvq.config import dataclass_to_dict
     from mvq.data.token_store import read_header
-    from mvq.models.mqvae import MQVAE
+    from mvq.models.tokenizer import load_tokenizer
 
     fingerprint = read_header(config.data.tokens).vae.get("weights_sha256")
     if fingerprint is None:  # a store that did not record it: the MQ-VAE it is checked against
-        fingerprint = weights_fingerprint(MQVAE.from_pretrained(config.vae))
+        fingerprint = weights_fingerprint(load_tokenizer(config.vae))
     return {"mqvae_fingerprint": fingerprint, "mqvae_config": dataclass_to_dict(read_vae_config(config.vae))}
 
 
@@ -189,11 +189,11 @@ class SampleGrids(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: StackformerTraining) -> None:
         from mvq.data.token_store import check_compatible
-        from mvq.models.mqvae import MQVAE
+        from mvq.models.tokenizer import load_tokenizer
 
         if not trainer.is_global_zero:
             return
-        vae = MQVAE.from_pretrained(self.vae_path)
+        vae = load_tokenizer(self.vae_path)
         datamodule = trainer.datamodule
         stores = [datamodule.store]
         if hasattr(datamodule.val_dataset, "header"):  # a store of its own (data.val_tokens)

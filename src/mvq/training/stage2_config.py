@@ -1,6 +1,6 @@
-"""The stage-2 config: a Stackformer trained on a token store made by a pretrained MQ-VAE.
+"""The stage-2 config: a Stackformer trained on a token store made by a pretrained MQ-VAE (or VQGAN).
 
-A stage-2 config names the MQ-VAE folder (`vae:`) and the token store (`data.tokens`); the
+A stage-2 config names the tokenizer folder (`vae:`, an MQ-VAE or a VQGAN) and the token store (`data.tokens`); the
 codebook size, grid and K come from the MQ-VAE, so the `model:` section only holds the
 Stackformer's own architecture. Everything is checked here, before any work: the MQ-VAE
 folder, the store (complete, and made by an MQ-VAE of this geometry), and any geometry a
@@ -17,6 +17,7 @@ from typing import Any
 from mvq.config import ConfigError, build_dataclass
 from mvq.convert.stackformer import stackformer_config_section
 from mvq.models.mqvae import MQVAEConfig
+from mvq.models.vqgan import VQGANConfig
 from mvq.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
 from mvq.models.stackformer import StackformerConfig
 from mvq.training.sections import OptimConfig, RunConfig, check_sections, common_sections
@@ -79,8 +80,12 @@ class Stage2Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def read_vae_config(path: str | Path) -> MQVAEConfig:
-    """The MQVAEConfig of a pretrained MQ-VAE folder, read from its config.json (weights not loaded)."""
+# The tokenizers stage 2 trains over, by the `model_type` of their config.json.
+VAE_CONFIGS: dict[str, type[MQVAEConfig] | type[VQGANConfig]] = {"mqvae": MQVAEConfig, "vqgan": VQGANConfig}
+
+
+def read_vae_config(path: str | Path) -> MQVAEConfig | VQGANConfig:
+    """The config of a pretrained MQ-VAE or VQGAN folder, read from its config.json (weights not loaded)."""
     folder = Path(path)
     if not folder.is_dir():
         raise ConfigError(f"vae: {folder} not found. It must be a pretrained MQ-VAE folder ({CONFIG_NAME} + "
@@ -91,12 +96,12 @@ def read_vae_config(path: str | Path) -> MQVAEConfig:
                               f"write one with `mvq export STAGE1_RUN_DIR OUT_DIR`")
     mapping = json.loads((folder / CONFIG_NAME).read_text())
     model_type = mapping.pop("model_type", None)
-    if model_type != "mqvae":
-        raise ConfigError(f"vae: {folder} holds a {model_type!r} model, not an MQ-VAE")
-    return MQVAEConfig.from_mapping(mapping)
+    if model_type not in VAE_CONFIGS:
+        raise ConfigError(f"vae: {folder} holds a {model_type!r} model, not an MQ-VAE or a VQGAN")
+    return VAE_CONFIGS[model_type].from_mapping(mapping)
 
 
-def _open_store(path: str, key: str, vae_config: MQVAEConfig):
+def _open_store(path: str, key: str, vae_config: MQVAEConfig | VQGANConfig):
     """A complete token store whose tokens the MQ-VAE can decode; errors name the config key."""
     from mvq.data.token_store import TokenStore, check_compatible
 
@@ -108,7 +113,7 @@ def _open_store(path: str, key: str, vae_config: MQVAEConfig):
     return store
 
 
-def _model_section(raw_model: Any, vae_config: MQVAEConfig, store_classes: int) -> StackformerConfig:
+def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_classes: int) -> StackformerConfig:
     """Validate `model:` and complete it with the MQ-VAE's geometry and the store's classes."""
     if raw_model is not None and not isinstance(raw_model, dict):
         raise ConfigError(f"model: must be a mapping of Stackformer settings, got {raw_model!r}")
