@@ -109,9 +109,9 @@ def test_plain_gpt_trains_on_vqgan_tokens_and_the_pipeline_decodes_its_samples(v
     assert list((run_dir / "images").glob("*.png"))  # sample grids were decoded by the VQGAN
     pipe = MVQPipeline.from_pretrained(folder, vqgan_assets / "vae", device="cpu")
     assert isinstance(pipe.vae, VQGAN)
-    images = pipe(n=3, seed=0)
+    images = pipe(labels=[0, 1, 2], seed=0)
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
-    assert np.array_equal(images, pipe(n=3, seed=0))
+    assert np.array_equal(images, pipe(labels=[0, 1, 2], seed=0))
     other = tmp_path / "other_vae"
     VQGAN(VQGANConfig.from_mapping(TINY_VQGAN)).save_pretrained(other)
     with pytest.raises(Exception, match="different"):

@@ -9,8 +9,15 @@ for another class than the image's (class-swap editing).
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Sequence
 
 from mvq.commands.sample import add_sampling_arguments, add_speed_arguments
+
+if TYPE_CHECKING:
+    import torch
+
+    from mvq.models.sampling import SamplingConfig
+    from mvq.pipeline import MVQPipeline
 
 # Small models' figures are enlarged (nearest neighbour) to about this many pixels per picture.
 FIGURE_PICTURE_SIZE = 128
@@ -46,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def completion_pictures(pipe, images, keep_rows: int, labels, n: int, seed: int, sampling=None, first_image: int = 0):
+def completion_pictures(pipe: MVQPipeline, images: torch.Tensor, keep_rows: int, labels: Sequence[int] | None,
+                        n: int, seed: int, sampling: SamplingConfig | None = None, first_image: int = 0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept-cells overlays B×3×R×R, completions B×n×3×R×R), both in [-1, 1], of images B×3×R×R in [-1, 1]."""
     import torch
 
@@ -63,7 +72,7 @@ def completion_pictures(pipe, images, keep_rows: int, labels, n: int, seed: int,
     return overlays, completions.view(b, n, *completions.shape[1:])
 
 
-def figure_row(image, overlay, completions):
+def figure_row(image: torch.Tensor, overlay: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
     """One picture: the input, its kept cells, then the completions (3×H×W in [0, 1], small images enlarged)."""
     import torch
 

@@ -1,4 +1,4 @@
-"""`mvq convert-original CKPT --config YAML --out DIR`: the reference release's checkpoint → a pretrained folder."""
+"""`mvq convert-original CKPT --config YAML --out DIR`: a reference-release or taming VQGAN checkpoint → a pretrained folder."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import argparse
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "convert-original", help="convert a checkpoint of the reference implementation",
+        "convert-original", help="convert a checkpoint of the reference implementation or of taming's VQGAN",
         description="Convert a Lightning checkpoint of the reference implementation (MQ-VAE or Stackformer, "
-                    "told apart by its YAML config) into an mvq pretrained folder. For an MQ-VAE the "
-                    "discriminator weights are written too (discriminator.safetensors), so stage-1 training "
-                    "can continue from it with run.init_from=DIR.")
-    p.add_argument("checkpoint", help="reference .ckpt (or a file holding a plain state dict)")
-    p.add_argument("--config", required=True, help="the reference's YAML config of that checkpoint")
+                    "told apart by its YAML config) or of taming-transformers' VQGAN (its YAML has "
+                    "model.params.ddconfig; its keys quantize.embedding.weight and post_quant_conv.*) into an "
+                    "mvq pretrained folder. For an MQ-VAE or a VQGAN the discriminator weights are written too "
+                    "(discriminator.safetensors), so stage-1 training can continue from it with "
+                    "run.init_from=DIR; an MQ-VAE run can also start its encoder from a converted VQGAN.")
+    p.add_argument("checkpoint", help="reference or taming .ckpt (or a file holding a plain state dict)")
+    p.add_argument("--config", required=True, help="the YAML config of that checkpoint (reference or taming)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that holds Python objects besides tensors to be fully unpickled "

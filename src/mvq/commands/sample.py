@@ -8,6 +8,13 @@ its own seed, so any number of processes gives the images of one process.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from mvq.models.sampling import SamplingConfig
+    from mvq.pipeline import MVQPipeline
 
 
 def _top_k(value: str) -> int | None:
@@ -76,7 +83,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the transformer stacks (first batch slower; worth it for many images)")
 
 
-def sampling_config(args: argparse.Namespace):
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     """The validated sampling settings of the command line."""
     from mvq.models.sampling import SamplingConfig
 
@@ -102,7 +109,7 @@ def _labels(args: argparse.Namespace, num_classes: int) -> list[int] | None:
                         f"pass --labels L ... or --classes-balanced")
 
 
-def sampling_request(args: argparse.Namespace, sampling, pipe) -> dict:
+def sampling_request(args: argparse.Namespace, sampling: SamplingConfig, pipe: MVQPipeline) -> dict:
     """What this command samples, as recorded in an unfinished folder (batch size, processes,
     device and --compile are left out: they do not change the images)."""
     import dataclasses
@@ -146,7 +153,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _sample(args: argparse.Namespace, sampling, device) -> None:
+def _sample(args: argparse.Namespace, sampling: SamplingConfig, device: torch.device) -> None:
     from tqdm import tqdm
 
     from mvq import sample_output

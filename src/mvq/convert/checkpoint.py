@@ -1,5 +1,8 @@
 """A reference-release checkpoint (their Lightning `.ckpt` and YAML) → an mvq pretrained folder.
 
+taming-transformers' VQGAN checkpoints (the reference's stage 1 is built on them) convert the same
+way, into an `mvq.VQGAN` folder: told apart by their YAML (`ddconfig`) or their keys.
+
 Checkpoints are pickles. They are read with `torch.load(weights_only=True)`, which only
 rebuilds tensors and plain containers; a file that holds other Python objects (their
 Lightning version may store hyper-parameters as OmegaConf objects) is refused unless the
@@ -46,9 +49,13 @@ def _load_trusted(path: str | Path) -> object:
         raise UserError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from None
 
 
+# Keys only a taming-transformers VQGAN state dict has (the reference MQ-VAE has no quant convs).
+TAMING_KEYS = ("quantize.embedding.weight", "post_quant_conv.weight")
+
+
 def convert_checkpoint(checkpoint: str | Path, config_path: str | Path, out: str | Path,
                        trust_checkpoint: bool = False) -> str:
-    """Convert a reference MQ-VAE or Stackformer checkpoint (told apart by its YAML) into `out`; returns a summary."""
+    """Convert a reference MQ-VAE or Stackformer, or a taming VQGAN, checkpoint into `out`; returns a summary."""
     from mvq.config import ConfigError, load_yaml
     from mvq.convert.stackformer import is_original_stackformer_config, load_original_stackformer
 
@@ -57,6 +64,12 @@ def convert_checkpoint(checkpoint: str | Path, config_path: str | Path, out: str
     if not isinstance(params, dict):
         raise ConfigError(f"{config_path} is not a reference config (no model.params section)")
     state = load_reference_state_dict(checkpoint, trust_checkpoint)
+    taming_keys = all(key in state for key in TAMING_KEYS)
+    if "ddconfig" in params or taming_keys:
+        if "ddconfig" not in params:
+            raise ConfigError(f"{checkpoint} is a taming-transformers VQGAN checkpoint ({', '.join(TAMING_KEYS)}) "
+                              f"but {config_path} is not its config (no model.params.ddconfig): pass the VQGAN's YAML")
+        return _convert_vqgan(state, raw, Path(out))
     if is_original_stackformer_config(raw):
         load_original_stackformer(state, raw).save_pretrained(out)
         return f"Stackformer → {out}"
@@ -65,9 +78,6 @@ def convert_checkpoint(checkpoint: str | Path, config_path: str | Path, out: str
 
 def _convert_mqvae(state: dict, model_section: dict, out: Path) -> str:
     """The MQ-VAE, and its discriminator beside it (discriminator.safetensors) when the checkpoint has one."""
-    from safetensors.torch import save_file
-
-    from mvq.convert.losses import discriminator_from_original
     from mvq.convert.mqvae import config_from_original, from_original
     from mvq.models.mqvae import MQVAE
 
@@ -75,9 +85,35 @@ def _convert_mqvae(state: dict, model_section: dict, out: Path) -> str:
     ours, loss = from_original(state)
     model.load_state_dict(ours, strict=True)
     model.save_pretrained(out)
+    if not _save_discriminator(loss, out):
+        return f"MQ-VAE → {out}"
+    return f"MQ-VAE → {out} (with discriminator.safetensors)"
+
+
+def _convert_vqgan(state: dict, raw: dict, out: Path) -> str:
+    """A taming-transformers VQGAN (`mvq.VQGAN`, learned codebook), and its discriminator when the checkpoint has one."""
+    from mvq.convert.taming import from_taming, taming_state_dict
+
+    try:
+        model = from_taming(state, raw)
+    except ValueError as exc:  # keys or shapes that do not fit the config
+        raise UserError(f"cannot convert the VQGAN checkpoint: {exc}") from None
+    model.save_pretrained(out)
+    _, loss = taming_state_dict(state)
+    if not _save_discriminator(loss, out):
+        return f"VQGAN → {out}"
+    return f"VQGAN → {out} (with discriminator.safetensors)"
+
+
+def _save_discriminator(loss: dict, out: Path) -> bool:
+    """Write `loss.discriminator.*` weights (prefix `loss.` removed) as out/discriminator.safetensors, if any."""
+    from safetensors.torch import save_file
+
+    from mvq.convert.losses import discriminator_from_original
+
     disc = {k[len("discriminator."):]: v for k, v in loss.items() if k.startswith("discriminator.")}
     if not disc:
-        return f"MQ-VAE → {out}"
+        return False
     save_file({k: v.contiguous() for k, v in discriminator_from_original(disc).items()},
               str(out / "discriminator.safetensors"))
-    return f"MQ-VAE → {out} (with discriminator.safetensors)"
+    return True
