@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from mvq.models.sampling import SamplingConfig
+    from mvq.pipeline import MVQPipeline
 
 
 def keep_mask_overlay(images: torch.Tensor, keep_mask: torch.Tensor, dim: float = 0.25) -> torch.Tensor:
@@ -52,3 +57,18 @@ def reconstruction_rows(model, images: torch.Tensor) -> list[torch.Tensor]:
         out = model(images)
     return [images, out.reconstruction.float().clamp(-1, 1), keep_mask_overlay(images, out.keep_mask),
             score_heatmap(images, out.scores)]
+
+
+def completion_pictures(pipe: "MVQPipeline", images: torch.Tensor, keep_rows: int, labels: Sequence[int] | None,
+                        n: int, seed: int, sampling: "SamplingConfig | None" = None, first_image: int = 0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept-cells overlays B×3×R×R, completions B×n×3×R×R), both in [-1, 1], of images B×3×R×R in [-1, 1]."""
+    codes, positions, _ = pipe.complete_tokens(images, keep_rows, labels, n, seed, sampling, first_image)
+    b, n, k = codes.shape
+    g = pipe.vae.config.grid_size
+    first = positions[:, 0]
+    kept = torch.zeros(b, g * g, dtype=torch.bool, device=first.device).scatter(1, first, first < keep_rows * g)
+    with pipe.precision_context(), torch.no_grad():
+        completions = pipe.vae.detokenize(codes.view(b * n, k), positions.view(b * n, k)).float().clamp(-1, 1)
+    overlays = keep_mask_overlay(images.to(first.device), kept.view(b, g, g))
+    return overlays, completions.view(b, n, *completions.shape[1:])

@@ -9,15 +9,13 @@ for another class than the image's (class-swap editing).
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from mvq.commands.sample import add_sampling_arguments, add_speed_arguments
 
 if TYPE_CHECKING:
     import torch
 
-    from mvq.models.sampling import SamplingConfig
-    from mvq.pipeline import MVQPipeline
 
 # Small models' figures are enlarged (nearest neighbour) to about this many pixels per picture.
 FIGURE_PICTURE_SIZE = 128
@@ -51,25 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
                         help="run even if the Stackformer records a different MQ-VAE than --vae (warns)")
     parser.set_defaults(func=run)
-
-
-def completion_pictures(pipe: MVQPipeline, images: torch.Tensor, keep_rows: int, labels: Sequence[int] | None,
-                        n: int, seed: int, sampling: SamplingConfig | None = None, first_image: int = 0
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kept-cells overlays B×3×R×R, completions B×n×3×R×R), both in [-1, 1], of images B×3×R×R in [-1, 1]."""
-    import torch
-
-    from mvq.visualize import keep_mask_overlay
-
-    codes, positions, _ = pipe.complete_tokens(images, keep_rows, labels, n, seed, sampling, first_image)
-    b, n, k = codes.shape
-    g = pipe.vae.config.grid_size
-    first = positions[:, 0]
-    kept = torch.zeros(b, g * g, dtype=torch.bool, device=first.device).scatter(1, first, first < keep_rows * g)
-    with pipe.precision_context(), torch.no_grad():
-        completions = pipe.vae.detokenize(codes.view(b * n, k), positions.view(b * n, k)).float().clamp(-1, 1)
-    overlays = keep_mask_overlay(images.to(first.device), kept.view(b, g, g))
-    return overlays, completions.view(b, n, *completions.shape[1:])
 
 
 def figure_row(image: torch.Tensor, overlay: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
@@ -109,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
     from mvq.distributed import resolve_device
     from mvq.models.sampling import SamplingError
     from mvq.pipeline import MVQPipeline
-    from mvq.visualize import image_grid, save_image
+    from mvq.visualize import completion_pictures, image_grid, save_image
 
     if args.n < 1 or args.batch_size < 1:
         raise SamplingError("--n and --batch-size must be at least 1")

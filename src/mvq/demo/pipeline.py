@@ -225,7 +225,7 @@ def sample_images(stackformer, vae, num_classes: int, per_class: int, seed: int,
 def completion_figure(stackformer, vae, val_set, num_classes: int, seed: int, figures: Path,
                       count: int = 4, per_image: int = 3) -> None:
     """Held-out images completed from the tokens of their first half of grid rows (same class)."""
-    from mvq.commands.complete import completion_pictures
+    from mvq.visualize import completion_pictures
     from mvq.pipeline import MVQPipeline
     from mvq.visualize import image_grid
 
