@@ -180,3 +180,12 @@ def test_ctrl_c_saves_last_checkpoint_and_says_how_to_resume(tmp_path):
     assert f"mvq train --resume {run}" in output and "Traceback" not in output
     assert 2 <= read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] < 500
     assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_accelerator_without_a_gpu_is_one_line_before_any_work(tmp_path):
+    config = str(tiny_stage1_config(tmp_path))
+    for override in ("trainer.accelerator=gpu", "trainer.accelerator=cuda"):
+        with pytest.raises(UserError, match="no usable GPU.*trainer.accelerator=cpu"):
+            train(config, [override], run_dir=str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()

@@ -31,10 +31,11 @@ LOGGED = ("train/perceptual_loss", "train/l1_loss", "train/nll_loss", "train/cod
           "val/rec_loss", "val/psnr", "val/codebook_usage")
 
 
-def timed(args: list[str]) -> tuple[str, float]:
+def timed(args: list[str], threads: int | None) -> tuple[str, float]:
     """Run `mvq ARGS` in the repository; returns the command as a user types it and its wall seconds."""
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mvq.cli", *args], cwd=REPOSITORY, check=True)
+    subprocess.run([sys.executable, "-m", "mvq.cli", *args], cwd=REPOSITORY, check=True, env=environment)
     return "mvq " + shlex.join(args), time.perf_counter() - start
 
 
@@ -81,6 +82,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default: 300)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/photos_lpips_64"))
     parser.add_argument("--out", type=Path, default=Path("experiments/results/photos_lpips_64.json"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS for the mvq commands (default: torch's own choice); on a machine "
+                             "that other jobs share, 1 thread per process runs steadier than one per core")
     args = parser.parse_args()
     if not (args.photos / "train").is_dir() or not (args.photos / "val").is_dir():
         raise SystemExit(f"{args.photos}: expected a photo folder with train/ and val/")
@@ -94,15 +98,15 @@ def main() -> None:
     commands, seconds = {}, {}
     commands["train"], seconds["train"] = timed(
         ["train", str(CONFIG), f"data.root={args.photos.resolve()}", f"trainer.max_steps={args.steps}",
-         "trainer.enable_progress_bar=false", "--run-dir", str(run_dir)])
+         "trainer.enable_progress_bar=false", "--run-dir", str(run_dir)], args.threads)
     curves = loss_curves(REPOSITORY / run_dir / "logs")
-    commands["export"], seconds["export"] = timed(["export", str(run_dir), str(exported)])
+    commands["export"], seconds["export"] = timed(["export", str(run_dir), str(exported)], args.threads)
     evaluations = {}
     for name, extra in (("vgg", []), ("alex", ["--no-fid"])):
         out = run_dir / f"eval_recon_{name}.json"
         commands[f"eval_recon_{name}"], seconds[f"eval_recon_{name}"] = timed(
             ["eval", "recon", "--vae", str(exported), "--data", str(run_dir / "config.yaml"), "--split", "val",
-             "--lpips-net", name, *extra, "--num-workers", "2", "--no-progress", "--out", str(out)])
+             "--lpips-net", name, *extra, "--num-workers", "2", "--no-progress", "--out", str(out)], args.threads)
         evaluations[name] = metrics_of(REPOSITORY / out)
     recon = dict(evaluations["vgg"])
     recon["lpips_vgg"] = recon.pop("lpips")
@@ -123,7 +127,7 @@ def main() -> None:
         "rfid_note": f"rFID over N={recon['num_images']} images (2048-d features, so the covariances are rank "
                      "deficient): comparable only with rFID at the same N on the same crops",
         "weights": weights,
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+        "environment": {"torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
                         "machine": platform.machine(), "cpus": os.cpu_count(), "load_average_1min_before": load_before,
                         "load_average_1min_after": os.getloadavg()[0]},
     })

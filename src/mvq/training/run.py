@@ -69,6 +69,7 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, ru
           resume: str | None = None, data_path: str | None = None) -> Path:
     """Train stage 1 or stage 2 (chosen by the config) and return the run folder."""
     run = prepare_run(config_path, overrides or [], run_dir, resume, data_path)
+    _check_accelerator(run.config.trainer)
     if RUN_DIR_ENV in os.environ or not is_launcher():  # the launching process holds the folder's lock
         return _fit(run)
     with locked(run.folder):
@@ -76,6 +77,15 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, ru
             _refuse_existing_run(run.folder)  # again: another run may have finished while we validated
         remove_interrupted_writes(run.folder)
         return _fit(run)
+
+
+def _check_accelerator(trainer: dict) -> None:
+    """A GPU asked for on a machine without one: one line, not Lightning's traceback."""
+    import torch
+
+    if str(trainer.get("accelerator", "auto")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={trainer['accelerator']}: this machine has no usable GPU; "
+                        "train on the CPU with trainer.accelerator=cpu (or auto)")
 
 
 def _fit(run: PreparedRun) -> Path:
