@@ -552,3 +552,14 @@ def test_eval_command_help_and_light_import():
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args(["eval", "gen", "--help"])
     assert done.value.code == 0
+
+
+def test_image_folder_reads_photos_upright(tmp_path):
+    from PIL import Image
+
+    from mvq.evaluation import ImageFolder
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; viewers rotate by 90 degrees
+    Image.new("RGB", (8, 4), (200, 10, 10)).save(tmp_path / "photo.jpg", exif=exif)
+    assert ImageFolder(tmp_path)[0].shape == (3, 8, 4)

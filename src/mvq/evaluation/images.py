@@ -66,15 +66,14 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor | None:
-        from PIL import Image
+        from mvq.data.images import load_rgb  # upright (EXIF), transparency onto white: as training reads them
 
         path = self.files[index]
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                if self.resolution is not None:
-                    image = fit_resolution(image, self.resolution)
-                array = np.asarray(image, dtype=np.uint8)
+            image = load_rgb(path)
+            if self.resolution is not None:
+                image = fit_resolution(image, self.resolution)
+            array = np.asarray(image, dtype=np.uint8)
         except (OSError, ValueError) as exc:
             warnings.warn(f"skipping {path}: not a readable image ({exc})", stacklevel=2)
             return None
