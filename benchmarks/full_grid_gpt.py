@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mvq.models.sampling import sample_from_logits
-from mvq.nn.transformer import TransformerStack
+from mvq.nn.transformer import KVCache, TransformerStack
 
 
 class FullGridGPT(nn.Module):
@@ -25,19 +25,23 @@ class FullGridGPT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, codebook_size + num_classes, bias=False)
 
+    def new_cache(self, batch_size: int) -> KVCache:
+        return self.transformer.new_cache(batch_size, self.num_cells, self.head.weight.device, self.head.weight.dtype)
+
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, steps: int | None = None, first_step: int = 0,
-                 top_k: int = 100, top_p: float = 0.95) -> torch.Tensor:
+                 cache: KVCache | None = None, top_k: int = 100, top_p: float = 0.95) -> torch.Tensor:
         """Sample codes for steps first_step … first_step+steps-1 (B×steps).
 
-        With first_step > 0 the cache is taken as already holding that many earlier tokens (their
-        contents are zeros: the time of a step does not depend on them), so the cost of any part
-        of a long sequence can be timed without decoding everything before it.
+        With first_step > 0 the cache is taken as already holding that many earlier tokens (whatever
+        it contains: the time of a step does not depend on it), so the cost of any part of a long
+        sequence can be timed without decoding everything before it; pass a `cache` to reuse one.
         """
-        b, device = labels.shape[0], labels.device
+        b = labels.shape[0]
+        device = labels.device
         steps = self.num_cells - first_step if steps is None else steps
-        cache = self.transformer.new_cache(b, self.num_cells, device, self.head.weight.dtype)
-        cache.advance(first_step)
+        cache = cache or self.new_cache(b)
+        cache.length = first_step
         uniforms = torch.rand(b, steps, device=device)
         token = labels + self.codebook_size
         codes = torch.empty(b, steps, dtype=torch.long, device=device)

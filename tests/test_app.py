@@ -47,6 +47,20 @@ def tiny_models(folder: Path) -> tuple[Path, Path]:
     return vae.save_pretrained(folder / "vae"), stackformer.save_pretrained(folder / "stackformer")
 
 
+def tiny_vqgan_models(folder: Path) -> tuple[Path, Path]:
+    """A 16 px VQGAN (8×8 grid, a token at every cell) and a plain GPT over its tokens (no Position-Transformer)."""
+    from mvq.models.vqgan import VQGAN, VQGANConfig
+
+    torch.manual_seed(0)
+    vqgan = VQGAN(VQGANConfig(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                              z_channels=64, codebook_size=32, codebook_dim=16))
+    c = vqgan.config
+    gpt = Stackformer(StackformerConfig(
+        codebook_size=c.codebook_size, grid_size=c.grid_size, num_tokens=c.num_tokens, num_classes=3,
+        class_dropout=0.1, code_layers=1, position_layers=0, dim=32, heads=2))
+    return vqgan.save_pretrained(folder / "vqgan"), gpt.save_pretrained(folder / "gpt")
+
+
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     """Tiny random models, or the trained ones of a `mvq demo` output folder named by MVQ_APP_MODELS."""
@@ -79,6 +93,18 @@ def test_upload_is_fitted_to_the_model_and_says_so(tmp_path):
     assert any("60×30" in note and "16×16" in note and "crop" in note for note in upload.notes)
     same_size = prepare_upload(save(Image.fromarray(pixels[:16, :16]), tmp_path, "fits.png"), 16)
     assert same_size.notes == [] and np.array_equal(same_size.pixels, pixels[:16, :16])
+
+
+def test_upload_is_fitted_as_the_command_line_fits_images(tmp_path):
+    """The demo tokenizes exactly the tensor `mvq reconstruct` and `mvq complete` make of the same file."""
+    from mvq.data.images import load_rgb
+    from mvq.data.transforms import eval_transform
+    from mvq.evaluation.image_metrics import from_uint8_hwc
+
+    photo = np.random.default_rng(3).integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    path = save(Image.fromarray(photo), tmp_path, "photo.png")
+    upload = prepare_upload(path, 16)
+    assert torch.equal(from_uint8_hwc(upload.pixels)[0], eval_transform(16)(load_rgb(path)))
 
 
 def test_upload_with_alpha_or_16_bits_is_converted_with_a_note(tmp_path):
@@ -192,6 +218,56 @@ def test_sample_grid_and_token_order_strip_show_the_same_first_sample(pipeline):
     assert placed.sum() == k and np.abs(frame[placed] - cells(first)[placed]).max() <= 1  # all K: the sample
 
 
+def test_token_order_strip_runs_in_the_pipelines_precision(pipeline):
+    from mvq.models.sampling import SamplingConfig
+
+    bf16 = MVQPipeline(pipeline.stackformer, pipeline.vae, precision="bf16")
+    seen = set()
+    layers = [next(m for m in model.modules() if isinstance(m, kind))
+              for model, kind in ((bf16.stackformer, torch.nn.Linear), (bf16.vae.decoder, torch.nn.Conv2d))]
+    hooks = [layer.register_forward_hook(lambda module, inputs, output: seen.add((module, output.dtype)))
+             for layer in layers]
+    try:
+        token_order_strip(bf16, 0, seed=1, sampling=SamplingConfig(), frames=2)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {(layer, torch.bfloat16) for layer in layers}  # generation and decoding alike
+
+
+def test_vqgan_and_plain_gpt_generate_without_the_token_order_strip(tmp_path):
+    """A VQGAN decodes only full grids and a plain GPT fills them in raster order: no strip, and no error."""
+    from mvq.app.page import generate_handler
+    from mvq.app.views import shows_token_order
+
+    vqgan_dir, gpt_dir = tiny_vqgan_models(tmp_path)
+    pipe = MVQPipeline.from_pretrained(gpt_dir, vqgan_dir, device="cpu")
+    assert not shows_token_order(pipe)
+    with pytest.raises(UserError, match="token-order strip needs an MQ-VAE"):
+        token_order_strip(pipe, 0, seed=0, sampling=SamplingConfig())
+    generate = generate_handler(pipe)
+    grid, strip, status = generate(label="1", seed=0, count=2, cfg_scale=1.0, temperature=1.0, top_k=10, top_p=0.9,
+                                   position_temperature=1.0, position_top_k=5, position_top_p=0.9, show_order=True)
+    r = pipe.vae.config.resolution * display_scale(pipe.vae.config.resolution)
+    assert grid.shape == (r + 4, 2 * (r + 2) + 2, 3) and strip is None and "2 samples (class 1" in status
+
+
+@pytest.mark.slow
+def test_app_serves_a_vqgan_folder_alone_or_with_its_gpt(tmp_path, monkeypatch):
+    """The page (built, not served) of a VQGAN; with a plain GPT the strip's checkbox is off and locked."""
+    pytest.importorskip("gradio", reason="the app needs the optional extra mvq[app] (pip install 'mvq[app]')")
+    import mvq.app.page
+
+    vqgan_dir, gpt_dir = tiny_vqgan_models(tmp_path)
+    served = []
+    monkeypatch.setattr(mvq.app.page, "serve", lambda app, host, port: served.append(app))
+    main(["app", "--vae", str(vqgan_dir), "--device", "cpu"])
+    main(["app", "--vae", str(vqgan_dir), "--stackformer", str(gpt_dir), "--device", "cpu"])
+    assert len(served) == 2
+    boxes = [block for block in served[1].blocks.values() if getattr(block, "elem_id", None) == "generate-show-order"]
+    assert len(boxes) == 1 and boxes[0].value is False and boxes[0].interactive is False
+
+
 def test_completion_view_shows_input_kept_rows_and_completions(pipeline):
     r, g = pipeline.vae.config.resolution, pipeline.vae.config.grid_size
     scale, pad = display_scale(r), 2
@@ -202,13 +278,18 @@ def test_completion_view_shows_input_kept_rows_and_completions(pipeline):
     assert view.row.shape == (shown + 2 * pad, 4 * (shown + pad) + pad, 3)
     pictures = [view.row[pad:pad + shown, pad + i * (shown + pad):][:, :shown][::scale, ::scale] for i in range(4)]
     assert np.array_equal(pictures[0], pixels)
-    kept_pixels = 3 * r // g
-    assert np.abs(pictures[1][:kept_pixels].astype(int) - pixels[:kept_pixels]).max() <= 1
-    assert (pictures[1][kept_pixels:].astype(int) <= pixels[kept_pixels:] // 4 + 1).all()  # darkened
     expected = pipeline.complete(pixels, 3, labels=2, n=2, seed=5, sampling=sampling)[0]
     assert np.array_equal(np.stack(pictures[2:]), expected)
     codes, positions = pipeline.vae.tokenize(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1)
     assert view.kept_tokens == int((positions < 3 * g).sum())
+    # The second picture shows the cells of the kept tokens (the image's own, in its first 3 grid rows) as they
+    # are, as `mvq complete` and the demo do; every other cell, in the kept rows too, is darkened.
+    kept_cells = np.zeros(g * g, dtype=bool)
+    kept_cells[positions[0][positions[0] < 3 * g].numpy()] = True
+    kept = kept_cells.reshape(g, g).repeat(r // g, 0).repeat(r // g, 1)
+    assert kept.any() and not kept[:3 * r // g].all()  # some cells of the kept rows are masked
+    assert np.abs(pictures[1][kept].astype(int) - pixels[kept]).max() <= 1
+    assert (pictures[1][~kept].astype(int) <= pixels[~kept] // 4 + 1).all()  # darkened
 
 
 def test_tile_lays_images_out_in_rows():

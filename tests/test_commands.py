@@ -99,7 +99,7 @@ def test_reconstruct_writes_overlays(tmp_path):
         assert grid.size[0] > 3 * 32 and grid.size[1] > 4 * 32
 
 
-def test_train_py_translates_seed_commands():
+def test_train_py_translates_the_authors_commands():
     args = translate("--gpus -1 --base configs/stage1/mqvae_imagenet_f8_r25.yml --max_epochs 50".split(),
                      gpu_available=True)
     assert args == ["train", "configs/stage1/mqvae_imagenet_f8_r25.yaml", "trainer.accelerator=gpu",
@@ -118,7 +118,7 @@ def test_train_py_translates_seed_commands():
 
 @pytest.mark.slow
 def test_train_py_runs_as_written_up_to_the_data(tmp_path):
-    # The seed's command reaches the dataset check: ImageNet's root has to be given.
+    # The authors' README command reaches the dataset check: ImageNet's root has to be given.
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--gpus", "0", "--base",
                              "configs/stage1/mqvae_imagenet_f8_r25.yml", "--max_epochs", "50"],
                             cwd=ROOT, capture_output=True, text=True)
@@ -132,7 +132,7 @@ def test_train_py_without_a_gpu_says_so_in_one_line():
                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert "no GPU" in result.stderr and "--gpus 0" in result.stderr
+    assert "no usable GPU" in result.stderr and "--gpus 0" in result.stderr
 
 
 def _image_folder(root: Path, classes: int, per_class: int, size: int = 40) -> Path:
@@ -154,8 +154,8 @@ TINY_MODEL_OVERRIDES = ["model.resolution=32", "model.ch=32", "model.ch_mult=[1,
 
 
 @pytest.mark.slow
-def test_seed_readme_command_lines_train_one_step_through_train_py(tmp_path):
-    """The seed README's stage-1 command lines, as written apart from --gpus 0 and tiny-size overrides."""
+def test_the_authors_readme_command_lines_train_one_step_through_train_py(tmp_path):
+    """The authors' README's stage-1 command lines, as written apart from --gpus 0 and tiny-size overrides."""
     imagenet = tmp_path / "ImageNet"
     _image_folder(imagenet / "train", classes=2, per_class=2)
     _image_folder(imagenet / "val", classes=2, per_class=1)
@@ -163,7 +163,7 @@ def test_seed_readme_command_lines_train_one_step_through_train_py(tmp_path):
     commands = [
         ["--gpus", "0", "--base", "configs/stage1/mqvae_imagenet_f8_r25.yml", "--max_epochs", "50",
          f"data.root={imagenet}", *TINY_MODEL_OVERRIDES, "-l", str(tmp_path / "imagenet_run")],
-        # The issue's form: options, then -l, then overrides; also the reference's topk_ratio key.
+        # The paper's README form: options, then -l, then overrides; also the reference's topk_ratio key.
         ["--gpus", "0", "--base", "configs/stage1/mqvae_small.yml", "--max_epochs", "50", "-l",
          str(tmp_path / "small_run"), "data.dataset=folder", f"data.root={folder}", *TINY_MODEL_OVERRIDES,
          "model.params.masker_config.params.topk_ratio=0.5"],
@@ -228,8 +228,9 @@ def test_every_command_prints_its_help(capsys):
 def test_cli_help_lists_commands():
     result = subprocess.run([sys.executable, "-m", "mvq.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for name in ["train", "export", "tokenize", "reconstruct", "convert-original"]:
-        assert name in result.stdout
+    assert len(COMMANDS) >= 11
+    for name in COMMANDS:
+        assert name.replace("_", "-") in result.stdout, name
 
 
 def test_a_command_module_that_fails_to_import_is_an_error(monkeypatch):
@@ -270,3 +271,53 @@ def test_convert_original_stackformer_checkpoint(tmp_path, kind):
         out = model(io["codes"], io["positions"], io.get("labels"))
     torch.testing.assert_close(out.code_loss, io["code_loss"].reshape(()), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.position_loss, io["position_loss"].reshape(()), atol=1e-5, rtol=0)
+
+
+def test_a_gpu_is_what_lightnings_gpu_accelerator_uses_for_train_py_and_mvq_train(monkeypatch):
+    """An Apple MPS device counts as a GPU for `--gpus` and for trainer.accelerator=gpu alike; CUDA only for cuda."""
+    from mvq.distributed import check_accelerator, gpu_available
+    from mvq.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert gpu_available()
+    assert translate(["--gpus", "1", "--base", "configs/stage1/mqvae_small.yml"])[2:] == [
+        "trainer.accelerator=gpu", "trainer.devices=1"]
+    check_accelerator("gpu", "trainer.accelerator=gpu", "trainer.accelerator=cpu")  # accepted, like --gpus 1
+    with pytest.raises(UserError, match="no usable GPU.*CUDA GPU.*trainer.accelerator=cpu"):
+        check_accelerator("cuda", "trainer.accelerator=cuda", "trainer.accelerator=cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert not gpu_available()
+    with pytest.raises(UserError, match="--gpus 1: this machine has no usable GPU.*--gpus 0"):
+        translate(["--gpus", "1", "--base", "configs/stage1/mqvae_small.yml"])
+    with pytest.raises(UserError, match="no usable GPU"):
+        check_accelerator("gpu", "trainer.accelerator=gpu", "trainer.accelerator=cpu")
+
+
+def test_only_input_errors_are_one_line_a_librarys_value_error_keeps_its_traceback(monkeypatch, capsys):
+    import mvq.commands.export as export_command
+    from mvq.errors import InvalidInputError
+    from mvq.evaluation.frechet import frechet_distance
+
+    def fails_with(error):
+        def run(args):
+            raise error
+        return run
+
+    command = ["export", "RUN", "OUT"]
+    monkeypatch.setattr(export_command, "run", fails_with(InvalidInputError("the run is not usable; fix it")))
+    with pytest.raises(SystemExit) as done:
+        main(command)
+    assert done.value.code == 1 and capsys.readouterr().err == "mvq export: error: the run is not usable; fix it\n"
+    # A plain ValueError that mvq's own code raises for bad input: still one line.
+    monkeypatch.setattr(export_command, "run", lambda args: frechet_distance([0.0, 0.0], np.eye(2), [0.0], np.eye(1)))
+    with pytest.raises(SystemExit) as done:
+        main(command)
+    assert done.value.code == 1 and "means must be vectors of the same length" in capsys.readouterr().err
+    # The same types raised by a library (here numpy) or outside mvq are bugs: they keep their traceback.
+    monkeypatch.setattr(export_command, "run", lambda args: np.zeros(2).reshape(3))
+    with pytest.raises(ValueError, match="reshape"):
+        main(command)
+    monkeypatch.setattr(export_command, "run", fails_with(FileNotFoundError("not mvq's message")))
+    with pytest.raises(FileNotFoundError):
+        main(command)

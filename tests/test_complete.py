@@ -48,13 +48,13 @@ def test_completions_keep_the_images_own_tokens_in_the_kept_rows(pipe):
 
 
 def test_complete_decodes_the_completed_tokens_and_does_not_depend_on_batching(pipe):
-    from mvq.pipeline import to_uint8
+    from mvq.evaluation.image_metrics import to_uint8_hwc
 
     images = photos(3)
     out = pipe.complete(images, keep_rows=4, labels=[1], n=2, seed=3)
     assert out.shape == (3, 2, 16, 16, 3) and out.dtype == np.uint8
     codes, positions, _ = pipe.complete_tokens(images, 4, labels=1, n=2, seed=3)
-    assert np.array_equal(out[2, 1], to_uint8(pipe.vae.detokenize(codes[2, 1:2], positions[2, 1:2]))[0])
+    assert np.array_equal(out[2, 1], to_uint8_hwc(pipe.vae.detokenize(codes[2, 1:2], positions[2, 1:2]))[0])
     alone = pipe.complete(images[2], keep_rows=4, labels=[1], n=2, seed=3, first_image=2)
     assert np.array_equal(alone[0], out[2])
 

@@ -132,11 +132,75 @@ def test_fp16_on_the_cpu_is_one_line_error_and_bf16_samples(models, tmp_path, ca
     assert bf16.shape == fp32.shape == (5, 16, 16, 3) and bf16.dtype == np.uint8
 
 
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_precision_runs_both_models_in_that_dtype(models, tmp_path, monkeypatch, precision, dtype):
+    from mvq.pipeline import MVQPipeline
+
+    seen = {"stackformer": set(), "vae": set()}
+    real_range = MVQPipeline.sample_range
+
+    def watched(self, *args):  # record what the first linear layer and the first convolution compute in
+        for name, model, kind in (("stackformer", self.stackformer, torch.nn.Linear),
+                                  ("vae", self.vae.decoder, torch.nn.Conv2d)):
+            layer = next(m for m in model.modules() if isinstance(m, kind))
+            layer.register_forward_hook(lambda module, inputs, output, name=name: seen[name].add(output.dtype))
+        return real_range(self, *args)
+
+    monkeypatch.setattr(MVQPipeline, "sample_range", watched)
+    run_sample_command(sample_argv(models, tmp_path / precision, "--precision", precision, "--no-png",
+                                   "--batch-size", "5"))
+    assert seen == {"stackformer": {dtype}, "vae": {dtype}}
+
+
+def test_a_second_run_on_an_out_in_use_is_refused(models, tmp_path, capsys):
+    from mvq import sample_output
+    from mvq.cli import main
+
+    out = tmp_path / "out"
+    with sample_output.locked(out):  # another `mvq sample` is writing there
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sample", *sample_argv(models, out)])
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "in use by another mvq sample" in err and "Traceback" not in err
+        assert not out.exists()
+    run_sample_command(sample_argv(models, out, "--no-png"))  # released: the folder can be used again
+    assert folder_contents(out) == ["samples.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "sf", "vae"]  # no lock file left beside it
+
+
+def test_finish_reads_overlapping_shards_once(tmp_path):
+    from mvq import sample_output
+    from mvq.errors import UserError
+
+    folder = sample_output.SampleFolder(tmp_path / "out", tmp_path / "out", resume=False)
+    sample_output.prepare(folder, {"n": 7}, png=False)
+    images = np.arange(7, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
+    for start, stop in [(0, 2), (2, 4), (0, 3), (3, 6)]:  # shards of two batch sizes; 6 is still missing
+        sample_output.write_batch(folder, start, images[start:stop], png=False)
+    with pytest.raises(UserError, match=r"samples 6\.\.6 are missing"):
+        sample_output.finish(folder, 7, 2, None)
+    sample_output.write_batch(folder, 5, images[5:7], png=False)
+    path = sample_output.finish(folder, 7, 2, None)
+    assert np.array_equal(np.load(path)["arr_0"], images)
+
+
 @pytest.mark.slow
 def test_compile_gives_the_images_of_eager_sampling(models, tmp_path):
     """torch.compile on this CPU takes about a minute even for a tiny model (inductor builds C++ kernels)."""
+    from mvq.models.mqvae import MQVAE
+    from mvq.pipeline import MVQPipeline
+
     argv = [*sample_argv(models, tmp_path / "eager", "--no-png", "--batch-size", "5")]
     run_sample_command(argv)
     run_sample_command([*sample_argv(models, tmp_path / "compiled", "--no-png", "--batch-size", "5"), "--compile"])
     assert np.array_equal(np.load(tmp_path / "eager" / "samples.npz")["arr_0"],
                           np.load(tmp_path / "compiled" / "samples.npz")["arr_0"])
+
+    # A plain GPT over every cell's token (position_layers 0) has one stack to compile, not two.
+    vae = MQVAE.from_config({**TINY_VAE, "keep_ratio": 1.0})
+    gpt = tiny_model(position_layers=0, grid_size=vae.config.grid_size, num_tokens=vae.config.num_tokens,
+                     codebook_size=vae.config.codebook_size)
+    pipe = MVQPipeline(gpt, vae).compile()  # compiling is lazy: nothing is built until a batch runs
+    assert pipe.stackformer.position_transformer is None
+    assert pipe.stackformer.code_transformer._compiled_call_impl is not None

@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from mvq.config import ConfigError
+from mvq.errors import UserError
 from mvq.models.mqvae import MQVAE, MQVAEConfig
+from mvq.models.vqgan import VQGAN
 from mvq.nn.vqgan import Upsample
 from tests.conftest import TINY_MQVAE
 
@@ -134,15 +136,75 @@ def test_non_positive_sizes_and_out_of_range_values_are_one_line_config_errors(k
     assert "\n" not in str(err.value)
 
 
+# Both tokenizers share the image checks (`mvq.models.tokenizer_base`); the VQGAN with the tiny MQ-VAE's encoder.
+TINY_VQGAN = {k: v for k, v in TINY_MQVAE.items() if k not in ("keep_ratio", "demask_layers")}
+TOKENIZERS = {"mqvae": lambda: tiny(), "vqgan": lambda: VQGAN.from_config(TINY_VQGAN)}
+
+
+@pytest.mark.parametrize("architecture", sorted(TOKENIZERS))
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_pixels_are_refused_by_tokenize_and_eval_forward(bad):
-    model = tiny().eval()
+def test_non_finite_pixels_are_refused_by_tokenize_and_check_images(bad, architecture):
+    model = TOKENIZERS[architecture]().eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     x[1, 2, 5, 7] = bad
     with pytest.raises(ValueError, match="NaN or infinite"):
         model.tokenize(x)
-    with pytest.raises(ValueError, match="NaN or infinite"), torch.no_grad():
-        model(x)
+    with pytest.raises(UserError, match="NaN or infinite"):  # the check for code that calls forward itself
+        model.check_images(x)
+    with pytest.raises(UserError, match=r"expects \[-1, 1\]"):
+        model.check_images(torch.zeros(1, 3, 32, 32).index_fill(3, torch.tensor([4]), 1.5))
+
+
+@pytest.mark.parametrize("architecture", sorted(TOKENIZERS))
+def test_forward_checks_the_shape_only_never_the_pixel_values(architecture):
+    """Reading pixel values would be a host sync in every evaluation step; forward leaves them to check_images."""
+    model = TOKENIZERS[architecture]().eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x[1, 2, 5, 7] = float("nan")
+    with torch.no_grad():
+        out = model(x)
+    assert out.reconstruction.shape == x.shape
+    assert torch.isfinite(out.reconstruction[0]).all()  # the other image of the batch is unaffected
+    with pytest.raises(UserError, match="expected images of shape"):
+        model(torch.zeros(1, 3, 16, 16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a GPU matter")
+@pytest.mark.parametrize("architecture", sorted(TOKENIZERS))
+def test_an_evaluation_step_makes_no_host_sync_on_the_gpu(architecture):
+    from mvq.evaluation.tokenizer_stats import TokenizerStatistics
+
+    model = TOKENIZERS[architecture]().cuda().eval()
+    x = torch.rand(4, 3, 32, 32, device="cuda") * 2 - 1
+    stats = TokenizerStatistics(model.config.codebook_size, "cuda")
+    with torch.no_grad():
+        model(x)  # warm-up: first calls may sync while kernels load
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = model(x)
+            stats.update(out, x, out.reconstruction.clamp(-1, 1))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert stats.summary()["num_images"] == 4
+
+
+def test_tokenizer_statistics_count_every_code_in_a_fixed_size_histogram():
+    from types import SimpleNamespace
+
+    from mvq.evaluation.tokenizer_stats import TokenizerStatistics
+
+    stats = TokenizerStatistics(codebook_size=8)
+    codes = torch.tensor([[0, 3, 3, 7], [3, 0, 1, 1]])
+    keep = torch.tensor([[True, False], [True, True]]).expand(2, 2, 2)
+    output = SimpleNamespace(codes=codes, keep_mask=keep, scores=torch.full((2, 2, 2), 0.5))
+    images = torch.zeros(2, 3, 4, 4)
+    stats.update(output, images, images)
+    stats.update(output, images, images)
+    assert stats.code_counts.tolist() == (2 * torch.bincount(codes.flatten(), minlength=8)).double().tolist()
+    assert stats.code_counts.dtype == torch.float64 and stats.code_counts.shape == (8,)
+    summary = stats.summary()
+    assert summary["num_images"] == 4 and summary["used_codes"] == 4
 
 
 def test_pixels_outside_minus_one_to_one_are_refused():

@@ -189,3 +189,54 @@ def test_gpu_accelerator_without_a_gpu_is_one_line_before_any_work(tmp_path):
         with pytest.raises(UserError, match="no usable GPU.*trainer.accelerator=cpu"):
             train(config, [override], run_dir=str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
+                    reason="checks the message on a machine without a GPU")
+def test_mps_accelerator_without_the_device_is_one_line_before_any_work(tmp_path):
+    with pytest.raises(UserError, match="no usable GPU.*Apple MPS.*trainer.accelerator=cpu"):
+        train(str(tiny_stage1_config(tmp_path)), ["trainer.accelerator=mps"], run_dir=str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
+def _clear_ranks(monkeypatch):
+    for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_run_dir_variable_in_the_users_shell_is_ignored(tmp_path, monkeypatch):
+    from mvq.training.run import RUN_DIR_ENV, prepare_run
+
+    _clear_ranks(monkeypatch)
+    config = str(tiny_stage1_config(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv(RUN_DIR_ENV, str(elsewhere))
+    assert prepare_run(config, [], str(tmp_path / "chosen"), None, None).folder == tmp_path / "chosen"
+    # A folder that holds a run is still refused, even when the variable names it.
+    held = tmp_path / "held"
+    (held / "checkpoints").mkdir(parents=True)
+    (held / "checkpoints" / "last.ckpt").write_bytes(b"")
+    monkeypatch.setenv(RUN_DIR_ENV, str(held))
+    with pytest.raises(UserError, match="already holds a run"):
+        prepare_run(config, [], str(held), None, None)
+    # ... and its lock is still taken.
+    with locked(tmp_path / "busy"):
+        monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "busy"))
+        with pytest.raises(UserError, match="in use by another mvq train"):
+            train(config, [], run_dir=str(tmp_path / "busy"))
+    assert not elsewhere.exists()
+
+
+def test_run_dir_variable_is_followed_by_processes_a_launcher_started(tmp_path, monkeypatch):
+    from mvq.training.run import RUN_DIR_ENV, prepare_run
+
+    _clear_ranks(monkeypatch)
+    config = str(tiny_stage1_config(tmp_path))
+    launched = tmp_path / "launched"
+    (launched / "checkpoints").mkdir(parents=True)
+    (launched / "checkpoints" / "last.ckpt").write_bytes(b"")  # the launcher's run, started already
+    monkeypatch.setenv(RUN_DIR_ENV, str(launched))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert prepare_run(config, [], str(tmp_path / "other"), None, None).folder == launched
+    monkeypatch.setenv("LOCAL_RANK", "0")  # rank 0 of node 0 is the launcher itself: --run-dir counts
+    assert prepare_run(config, [], str(tmp_path / "other"), None, None).folder == tmp_path / "other"

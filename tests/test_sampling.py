@@ -265,7 +265,8 @@ def test_sample_command_needs_labels_for_a_class_model(pretrained_pair, tmp_path
 
 def test_pipeline_matches_generate_and_checks_compatibility(pretrained_pair):
     from mvq.models.mqvae import MQVAE
-    from mvq.pipeline import MVQPipeline, balanced_labels, sample_generator, to_uint8
+    from mvq.evaluation.image_metrics import to_uint8_hwc
+    from mvq.pipeline import MVQPipeline, balanced_labels, sample_generator
 
     sf_dir, vae_dir = pretrained_pair
     pipe = MVQPipeline.from_pretrained(sf_dir, vae_dir, device="cpu")
@@ -273,7 +274,7 @@ def test_pipeline_matches_generate_and_checks_compatibility(pretrained_pair):
     assert labels == [0, 1, 2, 0]
     images = pipe(labels=labels, seed=3, batch_size=2)
     codes, positions = pipe.stackformer.generate(1, labels=[1], generator=[sample_generator(3, 1)])
-    assert np.array_equal(images[1], to_uint8(pipe.vae.detokenize(codes, positions))[0])
+    assert np.array_equal(images[1], to_uint8_hwc(pipe.vae.detokenize(codes, positions))[0])
     other = MQVAE.from_config({**TINY_VAE, "codebook_size": 16})
     with pytest.raises(ValueError, match="codebook_size: Stackformer 32 vs MQ-VAE 16"):
         MVQPipeline(pipe.stackformer, other)
@@ -321,8 +322,8 @@ def test_sampling_config_travels_from_pipeline_to_generate(pretrained_pair):
     keywords = pipe.stackformer.generate(1, labels=[2], temperature=0.7, top_k=5, top_p=0.9, position_top_k=3,
                                          raster_constraint=False, generator=[sample_generator(1, 0)])
     assert torch.equal(direct[0], keywords[0]) and torch.equal(direct[1], keywords[1])
-    from mvq.pipeline import to_uint8
-    assert np.array_equal(images[0], to_uint8(pipe.vae.detokenize(*direct))[0])
+    from mvq.evaluation.image_metrics import to_uint8_hwc
+    assert np.array_equal(images[0], to_uint8_hwc(pipe.vae.detokenize(*direct))[0])
     default = pipe(labels=[2], seed=1)
     assert not np.array_equal(images, default)  # the settings reached the sampler
 
@@ -357,6 +358,18 @@ def test_sample_command_streams_the_npz(pretrained_pair, tmp_path):
     streamed = torch.cat(list(ImageSet(tmp_path / "out" / "samples.npz").batches(2)))
     assert torch.equal(streamed, torch.from_numpy(saved["arr_0"]).permute(0, 3, 1, 2))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["samples.npz"]
+
+
+def test_npz_writer_that_cannot_start_leaves_no_file(tmp_path, monkeypatch):
+    from mvq.evaluation.npz_writer import NpzImageWriter
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "write_array_header_1_0", no_space)
+    with pytest.raises(OSError, match="No space"):
+        NpzImageWriter(tmp_path / "samples.npz", 4, 16)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_stackformer_of_another_mqvae_is_refused(pretrained_pair, tmp_path, capsys):

@@ -22,7 +22,7 @@ from mvq.data.token_store import (
     store_dtypes,
 )
 from mvq.models.mqvae import MQVAE, MQVAEConfig
-from mvq.models.pretrained import weights_fingerprint as vae_fingerprint
+from mvq.models.pretrained import weights_fingerprint
 from mvq.tokenizing import tokenize_dataset
 
 TINY_VAE = dict(resolution=32, ch=16, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], z_channels=32,
@@ -161,7 +161,7 @@ def test_tokenize_round_trip_matches_model(vae, tmp_path):
     assert torch.equal(torch.stack([store[i]["codes"] for i in range(6)]), codes)
     assert torch.equal(torch.stack([store[i]["positions"] for i in range(6)]), positions)
     assert [store[i]["label"] for i in range(6)] == [i % 3 for i in range(6)]
-    check_compatible(store.header, vae.config, vae_fingerprint(vae))  # its own MQ-VAE: no error
+    check_compatible(store.header, vae.config, weights_fingerprint(vae))  # its own MQ-VAE: no error
 
 
 def test_shards_read_as_one_store_in_dataset_order(vae, tmp_path, monkeypatch):
@@ -281,7 +281,7 @@ def test_check_compatible_names_the_mismatch(vae, tmp_path):
         check_compatible(header, MQVAEConfig.from_mapping({**TINY_VAE, "keep_ratio": 0.5}))
     other = MQVAE.from_config(TINY_VAE)
     with pytest.raises(ValueError, match="other weights"):
-        check_compatible(header, other.config, vae_fingerprint(other))
+        check_compatible(header, other.config, weights_fingerprint(other))
 
 
 def test_cli_tokenize_writes_store(vae, tmp_path, monkeypatch, capsys):

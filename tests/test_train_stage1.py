@@ -171,3 +171,18 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
     assert ckpt["global_step"] == 2
     assert state["model.quantizer.codebook"].dtype == torch.float32
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_lr_schedule_spans_the_epochs_of_the_run(tmp_path):
+    # 16 images in batches of 4: 4 optimizer steps per epoch, 8 in two epochs; warm-up half an epoch.
+    # The schedule is built before Lightning loads the training data; it must still count its batches.
+    path = tiny_stage1_config(tmp_path, data={"num_train": 16}, optim={"warmup_steps": None, "warmup_epochs": 0.5},
+                              trainer={"max_steps": -1, "max_epochs": 2, "val_check_interval": 1.0,
+                                       "check_val_every_n_epoch": 1})
+    run_dir = train(str(path), [], run_dir=str(tmp_path / "run"))
+    ckpt, _ = model_state(run_dir)
+    assert ckpt["global_step"] == 8
+    for scheduler in ckpt["lr_schedulers"]:  # generator and discriminator
+        schedule = scheduler["lr_lambdas"][0]
+        assert (schedule["warmup_steps"], schedule["total_steps"]) == (2, 8)

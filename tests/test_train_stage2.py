@@ -11,6 +11,7 @@ import yaml
 
 from mvq.config import ConfigError, dataclass_to_dict
 from mvq.data.token_store import TokenPartWriter, TokenStoreHeader, create_store, store_dtypes
+from mvq.errors import UserError
 from mvq.models.pretrained import weights_fingerprint
 from mvq.models.mqvae import MQVAE, MQVAEConfig
 from mvq.models.stackformer import Stackformer
@@ -147,11 +148,27 @@ def test_run_and_export_record_the_tokenizer_fingerprint(trained, assets):
     run_dir, exported = trained
     fingerprint = weights_fingerprint(MQVAE.from_pretrained(assets / "vae"))
     assert read_header(assets / "tokens").vae["weights_sha256"] == fingerprint
-    assert last_checkpoint(run_dir)["mvq_state"]["tokenizer"]["mqvae_fingerprint"] == fingerprint
+    assert last_checkpoint(run_dir)["mvq_state"]["tokenizer"]["tokenizer_fingerprint"] == fingerprint
     record = read_tokenizer_record(exported)
-    assert record["mqvae_fingerprint"] == fingerprint
-    assert record["mqvae_config"] == dataclass_to_dict(MQVAE.from_pretrained(assets / "vae").config)
+    assert record["tokenizer_fingerprint"] == fingerprint
+    assert record["tokenizer_config"] == dataclass_to_dict(MQVAE.from_pretrained(assets / "vae").config)
     assert read_tokenizer_record(assets / "vae") is None
+
+
+def test_tokenizer_records_under_the_earlier_keys_still_load_and_export(tmp_path):
+    import json
+
+    from mvq.models.pretrained import read_tokenizer_record, write_tokenizer_record
+
+    earlier = {"mqvae_fingerprint": "ab" * 32, "mqvae_config": {"keep_ratio": 0.5}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(earlier))  # a folder exported before the renaming
+    expected = {"tokenizer_fingerprint": "ab" * 32, "tokenizer_config": {"keep_ratio": 0.5}}
+    assert read_tokenizer_record(tmp_path) == expected
+    write_tokenizer_record(tmp_path / "new", earlier)  # an earlier run's checkpoint record, exported now
+    assert json.loads((tmp_path / "new" / "tokenizer.json").read_text()) == expected
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"tokenizer_config": {}}))
+    with pytest.raises(UserError, match="does not record a tokenizer fingerprint"):
+        read_tokenizer_record(tmp_path)
 
 
 def test_saved_config_holds_absolute_paths_and_export_takes_overrides(tmp_path, trained, assets, monkeypatch):

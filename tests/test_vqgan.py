@@ -184,7 +184,7 @@ def test_vqgan_trains_exports_and_starts_an_mqvae(tmp_path):
     from mvq.models.tokenizer import load_tokenizer
     from mvq.training.config import load_training_config
     from mvq.training.run import export, train
-    from mvq.training.stage1 import MQVAETraining
+    from mvq.training.stage1 import TokenizerTraining
     from tests.train_helpers import tiny_stage1_config
 
     config_path = tiny_stage1_config(tmp_path, trainer={"max_steps": 3, "val_check_interval": 3})
@@ -201,7 +201,7 @@ def test_vqgan_trains_exports_and_starts_an_mqvae(tmp_path):
     (tmp_path / "mqvae").mkdir()
     mqvae_path = tiny_stage1_config(tmp_path / "mqvae", run={"init_from": str(tmp_path / "vqgan")})
     _, mqvae_config = load_training_config(mqvae_path, [])
-    module = MQVAETraining(mqvae_config)
+    module = TokenizerTraining(mqvae_config)
     for key, value in vqgan.encoder.state_dict().items():
         assert torch.equal(module.model.encoder.state_dict()[key], value), key
 

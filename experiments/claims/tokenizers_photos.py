@@ -62,14 +62,50 @@ def arm_config(settings: dict, arm: str, seed: int, crops: Path) -> dict:
                          perceptual_weight=settings["perceptual_weight"], disc_start=settings["disc_start"], seed=seed)
 
 
-def evaluate(folder: Path, crops: Path, inception, lpips) -> dict:
+def validation_set(crops: Path, resolution: int):
     from mvq.data.layouts import folder_dataset
+
+    return folder_dataset(crops, resolution, False, augment=False)
+
+
+def validation_images(crops: Path, resolution: int):
+    import torch
+
+    dataset = validation_set(crops, resolution)
+    return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+
+def inception_statistics(inception, images) -> tuple:
+    """Mean and covariance of the Inception pool features of images in [-1, 1] (uint8-quantised first)."""
+    import torch
+
+    from mvq.evaluation.frechet import GaussianAccumulator
+    from mvq.evaluation.image_metrics import to_uint8
+
+    accumulator = GaussianAccumulator(inception.feature_dim, "cpu")
+    with torch.no_grad():
+        for start in range(0, len(images), 24):
+            accumulator.update(inception(to_uint8(images[start:start + 24]))[0])
+    return accumulator.mean_and_covariance()
+
+
+def evaluate(folder: Path, crops: Path, inception, lpips, originals: tuple) -> dict:
+    """`evaluate_reconstruction`'s metrics; rFID against the originals' statistics computed once for all arms."""
+    import torch
+
     from mvq.evaluation import evaluate_reconstruction
+    from mvq.evaluation.frechet import frechet_distance
     from mvq.models.tokenizer import load_tokenizer
 
-    model = load_tokenizer(folder)
-    dataset = folder_dataset(crops, model.config.resolution, False, augment=False)
-    return evaluate_reconstruction(model, dataset, inception=inception, lpips=lpips, batch_size=24)
+    model = load_tokenizer(folder).eval()
+    metrics = evaluate_reconstruction(model, validation_set(crops, model.config.resolution), lpips=lpips,
+                                      batch_size=24)
+    images = validation_images(crops, model.config.resolution)
+    with torch.no_grad():
+        reconstructions = torch.cat([model(images[i:i + 24]).reconstruction.float().clamp(-1, 1)
+                                     for i in range(0, len(images), 24)])
+    metrics["rfid"] = frechet_distance(*originals, *inception_statistics(inception, reconstructions))
+    return metrics
 
 
 def summarize(results: dict) -> dict:
@@ -89,11 +125,10 @@ def figure(settings: dict, crops: Path, seed: int, arms: list[str]) -> None:
     """Originals, then each arm's reconstructions (and, for MQ-VAEs, keep-mask overlays), one row each."""
     import torch
 
-    from mvq.data.layouts import folder_dataset
     from mvq.models.tokenizer import load_tokenizer
     from mvq.visualize import image_grid, keep_mask_overlay, save_image
 
-    dataset = folder_dataset(crops, settings["model"]["resolution"], False, augment=False)
+    dataset = validation_set(crops, settings["model"]["resolution"])
     step = max(1, len(dataset) // settings["figure_crops"])
     images = torch.stack([dataset[i * step]["image"] for i in range(settings["figure_crops"])])
     rows, labels = [images], ["originals"]
@@ -131,6 +166,8 @@ def main() -> None:
     with clock.part("cut_crops"):
         crops = cut_crops(settings)
     inception, lpips = InceptionV3().eval(), LPIPS(net="vgg").eval()
+    with clock.part("originals_inception"):
+        originals = inception_statistics(inception, validation_images(crops, settings["model"]["resolution"]))
     for seed in seeds:
         for arm in arms:
             name = f"{arm}_seed{seed}"
@@ -140,7 +177,7 @@ def main() -> None:
                 folder = train_and_export(arm_config(settings, arm, seed, crops),
                                           WORK / name / "run", WORK / name / "export")
             with arm_clock.part("evaluate"):
-                metrics = evaluate(folder, crops, inception, lpips)
+                metrics = evaluate(folder, crops, inception, lpips, originals)
             results.setdefault(arm, {})[str(seed)] = {"metrics": metrics, "seconds": arm_clock.seconds,
                                                      "model": {**settings["model"], **settings["arms"][arm]}}
             print(f"   {arm_clock.seconds} {({k: metrics.get(k) for k in METRICS})}", flush=True)

@@ -1,6 +1,12 @@
 """mvq: masked vector quantization (MQ-VAE + Stackformer) for autoregressive image generation.
 
 Importing `mvq` is light; the models are loaded on first use of `mvq.MQVAE` etc.
+
+Where things happen:
+
+- the mask is chosen (which cells become tokens): `mvq.nn.masker` (`AdaptiveMasker.forward`)
+- a token is sampled: `mvq.models.sampling` (`sample_from_logits`, called from `generate`)
+- a checkpoint is written: `mvq.training.checkpoints` (`AtomicCheckpointIO.save_checkpoint`)
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ it: data goes to a temporary name in the same folder and is renamed into place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -19,6 +20,16 @@ from mvq.errors import UserError
 TMP_SUFFIX = ".tmp"
 
 
+def _read_umask() -> int:
+    """The process umask. Reading it means setting it, so it is read once here, before any thread runs a write."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` on a temporary file beside `path`, then rename it to `path`."""
     path = Path(path)
@@ -29,26 +40,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:  # on disk before the rename, so a crash cannot leave an empty file
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
+        if exc.errno == errno.ENOSPC:
             raise UserError(f"the disk is full: could not write {path}; free some space and run again") from exc
         raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -92,14 +93,20 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old.", suffix=TMP_SUFFIX))
-            os.replace(path, old / "old")
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp creates 0700
+        replace_directory(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def replace_directory(new: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the finished folder `new` to `path`; an existing `path` is moved aside first and removed only then."""
+    new, path = Path(new), Path(path)
+    if path.exists():
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old.", suffix=TMP_SUFFIX))
+        os.replace(path, old / "old")
+        os.replace(new, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, path)

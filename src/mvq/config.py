@@ -49,7 +49,8 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
     return OmegaConf.to_container(merged, resolve=True)
 
 
-def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
+def unknown_key_message(key: str, valid: list[str], where: str) -> str:
+    """One line naming an unknown key in `where`, the closest valid key, and all valid keys."""
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"unknown key {key!r} in {where}.{hint} Valid keys: {', '.join(sorted(valid))}."
@@ -113,7 +114,7 @@ def build_dataclass(cls: type[T], mapping: Mapping[str, Any] | None, where: str)
     kwargs = {}
     for key, value in mapping.items():
         if key not in fields:
-            raise ConfigError(_unknown_key_message(key, list(fields), where))
+            raise ConfigError(unknown_key_message(key, list(fields), where))
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kwargs)

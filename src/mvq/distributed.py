@@ -29,6 +29,34 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def mps_available() -> bool:
+    """Whether Apple's Metal (MPS) device is usable."""
+    return torch.backends.mps.is_available()
+
+
+def gpu_available() -> bool:
+    """Whether training has a GPU: a CUDA GPU or Apple's MPS device, what Lightning's `gpu` accelerator uses."""
+    return torch.cuda.is_available() or mps_available()
+
+
+# Training accelerators that need a device, and what PyTorch must find for each.
+_ACCELERATOR_DEVICES = {"gpu": (gpu_available, "CUDA GPU and no Apple MPS device"),
+                        "cuda": (torch.cuda.is_available, "CUDA GPU"),
+                        "mps": (mps_available, "Apple MPS device")}
+
+
+def check_accelerator(accelerator: str, option: str, cpu_option: str, available: bool | None = None) -> None:
+    """Refuse a training accelerator this machine cannot give, in one line naming `option` and the CPU alternative.
+
+    `gpu` is a CUDA GPU or Apple's MPS device (as Lightning maps it); `cuda` and `mps` are those only.
+    `available` overrides asking PyTorch (for callers that were told).
+    """
+    device = _ACCELERATOR_DEVICES.get(str(accelerator))
+    if device is not None and not (device[0]() if available is None else available):
+        raise UserError(f"{option}: this machine has no usable GPU (PyTorch finds no {device[1]}); "
+                        f"train on the CPU with {cpu_option}")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` → this process's GPU (`cuda:LOCAL_RANK`) when there is one, else the CPU.
 
@@ -72,3 +100,9 @@ def init_from_environment(device_type: str) -> bool:
         return False
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return True
+
+
+def barrier() -> None:
+    """Wait until every process of the group gets here (nothing to wait for in a single process)."""
+    if is_distributed():
+        dist.barrier()

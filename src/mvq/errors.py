@@ -10,3 +10,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input, a missing file, a refused action: the message is for the user."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or folder the user named is not there (still a FileNotFoundError to Python callers)."""
+
+
+class InvalidInputError(UserError, ValueError):
+    """A value or file the user gave cannot be used (still a ValueError to Python callers)."""

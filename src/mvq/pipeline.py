@@ -22,11 +22,13 @@ import numpy as np
 import torch
 
 from mvq.errors import UserError
-from mvq.models.labels import labels_tensor
+from mvq.evaluation.image_metrics import from_uint8_hwc, to_uint8_hwc
+from mvq.models.labels import labels_list, labels_tensor
 from mvq.models.mqvae import MQVAE
 from mvq.models.sampling import SamplingConfig, SamplingError
 from mvq.models.stackformer import Stackformer
 from mvq.models.tokenizer import load_tokenizer
+from mvq.models.vqgan import VQGAN
 
 
 def sample_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -56,17 +58,10 @@ def autocast(device: torch.device, precision: str) -> ContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """B×3×R×R images in [-1, 1] → B×R×R×3 uint8 (the layout FID evaluators read)."""
-    from mvq.evaluation.image_metrics import to_uint8 as quantize
-
-    return quantize(images.float()).permute(0, 2, 3, 1).cpu().numpy()
-
-
 class MVQPipeline:
     """Sampling pipeline of a Stackformer and the MQ-VAE whose tokens it was trained on."""
 
-    def __init__(self, stackformer: Stackformer, vae: MQVAE, precision: str = "fp32"):
+    def __init__(self, stackformer: Stackformer, vae: MQVAE | VQGAN, precision: str = "fp32"):
         s, v = stackformer.config, vae.config
         mismatches = [f"{name}: Stackformer {a} vs MQ-VAE {b}" for name, a, b in (
             ("codebook_size", s.codebook_size, v.codebook_size),
@@ -106,8 +101,11 @@ class MVQPipeline:
         return self.stackformer.config.num_classes
 
     def compile(self) -> "MVQPipeline":
-        """torch.compile both transformer stacks (dynamic shapes: the cached prefix grows every step)."""
-        for stack in (self.stackformer.code_transformer, self.stackformer.position_transformer):
+        """torch.compile the transformer stacks (dynamic shapes: the cached prefix grows every step).
+
+        A Stackformer without a Position-Transformer (a plain GPT over raster-order tokens) has one.
+        """
+        for stack in filter(None, (self.stackformer.code_transformer, self.stackformer.position_transformer)):
             stack.compile(dynamic=True)
         return self
 
@@ -116,17 +114,12 @@ class MVQPipeline:
         return autocast(self.device, self.precision)
 
     def _resolve_labels(self, n: int | None, labels: Sequence[int] | None) -> tuple[int, list[int] | None]:
-        if labels is None:
-            if self.num_classes:
-                raise SamplingError(f"this Stackformer is class-conditional ({self.num_classes} classes): pass "
-                                    f"labels (e.g. balanced_labels(n, {self.num_classes}))")
-            if n is None:
-                raise SamplingError("pass n, the number of images to sample")
-            return n, None
-        count = len(labels)
-        if n is not None and n != count:
-            raise SamplingError(f"n = {n} but {count} labels were given")
-        return count, labels_tensor(list(labels), self.num_classes, count).tolist()
+        """(number of samples, one label per sample or None): `n` of them, or one per label."""
+        if n is None and labels is None and not self.num_classes:
+            raise SamplingError("pass n, the number of images to sample")
+        count = n if n is not None else len(labels) if labels is not None else 1
+        return count, labels_list(labels, self.num_classes, count,
+                                  ask=f"pass labels (e.g. balanced_labels(n, {self.num_classes}))")
 
     @torch.no_grad()
     def batches(self, n: int | None = None, labels: Sequence[int] | None = None, seed: int = 0,
@@ -157,7 +150,7 @@ class MVQPipeline:
         with self.precision_context():
             codes, positions = self.stackformer.generate(stop - start, labels=batch_labels, sampling=sampling,
                                                          generator=generators)
-            return to_uint8(self.vae.detokenize(codes, positions))
+            return to_uint8_hwc(self.vae.detokenize(codes, positions))
 
     def __call__(self, n: int | None = None, labels: Sequence[int] | None = None, seed: int = 0,
                  batch_size: int = 16, sampling: SamplingConfig | None = None, **settings: Any) -> np.ndarray:
@@ -171,16 +164,12 @@ class MVQPipeline:
     def _as_model_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 R×R×3 / B×R×R×3 pixels, or float B×3×R×R in [-1, 1] → float images on the device."""
         if isinstance(images, np.ndarray) or (isinstance(images, torch.Tensor) and images.dtype == torch.uint8):
-            pixels = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
-            if pixels.dim() == 3:
-                pixels = pixels[None]
-            if pixels.dim() != 4 or pixels.shape[-1] != 3:
-                raise SamplingError(f"expected uint8 pixels R×R×3 or B×R×R×3, got shape {tuple(pixels.shape)}")
-            from mvq.evaluation.image_metrics import from_uint8
-
-            images = from_uint8(pixels.permute(0, 3, 1, 2))
+            try:
+                images = from_uint8_hwc(images)
+            except ValueError as exc:
+                raise SamplingError(str(exc)) from None
         images = images.to(self.device, torch.float32)
-        self.vae._check_images(images)
+        self.vae.check_images(images)
         return images
 
     @torch.no_grad()
@@ -196,21 +185,6 @@ class MVQPipeline:
             codes, positions = self.vae.tokenize(self._as_model_images(images))
         lengths = (positions < int(keep_rows) * g).sum(dim=1)
         return codes, positions, lengths
-
-    def _completion_labels(self, labels: Sequence[int] | int | None, count: int) -> torch.Tensor | None:
-        if not self.num_classes:
-            if labels is not None:
-                raise SamplingError("this Stackformer is unconditional: completion takes no labels")
-            return None
-        if labels is None:
-            raise SamplingError(f"this Stackformer is class-conditional ({self.num_classes} classes): pass labels, "
-                                "the class of each image (or another class, to edit the image into it)")
-        labels = [int(labels)] if isinstance(labels, (int, np.integer)) else [int(x) for x in labels]
-        if len(labels) == 1:
-            labels = labels * count
-        if len(labels) != count:
-            raise SamplingError(f"{len(labels)} labels for {count} images: give one label per image, or one for all")
-        return labels_tensor(labels, self.num_classes, count, self.device)
 
     @torch.no_grad()
     def complete_tokens(self, images: np.ndarray | torch.Tensor, keep_rows: int,
@@ -229,7 +203,9 @@ class MVQPipeline:
         sampling = (sampling or SamplingConfig()).replace(**settings)
         image_codes, image_positions, lengths = self.prefix_tokens(images, keep_rows)
         b, k = image_codes.shape
-        label_tensor = self._completion_labels(labels, b)
+        label_tensor = labels_tensor(labels, self.num_classes, b, self.device, items="images",
+                                     ask="pass labels, the class of each image (or another class, to edit the "
+                                         "image into it)")
         codes = torch.empty(b, n, k, dtype=torch.long, device=self.device)
         positions = torch.empty_like(codes)
         for length in sorted(set(lengths.tolist())):  # one generate call per prefix length
@@ -260,11 +236,11 @@ class MVQPipeline:
                                                    **settings)
         b, n, k = codes.shape
         with self.precision_context():
-            pixels = to_uint8(self.vae.detokenize(codes.view(b * n, k), positions.view(b * n, k)))
+            pixels = to_uint8_hwc(self.vae.detokenize(codes.view(b * n, k), positions.view(b * n, k)))
         return pixels.reshape(b, n, *pixels.shape[1:])
 
 
-def check_tokenizer(stackformer_dir: str | os.PathLike, vae_dir: str | os.PathLike, vae: MQVAE,
+def check_tokenizer(stackformer_dir: str | os.PathLike, vae_dir: str | os.PathLike, vae: MQVAE | VQGAN,
                     allow_mismatch: bool = False) -> None:
     """Refuse (or, with `allow_mismatch`, warn about) an MQ-VAE other than the one the Stackformer learnt from."""
     from mvq.models.pretrained import read_tokenizer_record, weights_fingerprint
@@ -272,7 +248,7 @@ def check_tokenizer(stackformer_dir: str | os.PathLike, vae_dir: str | os.PathLi
     record = read_tokenizer_record(stackformer_dir)
     if record is None:
         return  # folders exported before fingerprints were recorded: nothing to compare
-    expected = record["mqvae_fingerprint"]
+    expected = record["tokenizer_fingerprint"]
     if weights_fingerprint(vae) == expected:
         return
     message = (f"the Stackformer in {stackformer_dir} was trained on the tokens of a different MQ-VAE than {vae_dir} "

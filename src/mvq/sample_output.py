@@ -14,7 +14,11 @@ missing indices are sampled, with the same per-image seeds, so the result is the
 uninterrupted run gives, whatever the batch size or number of processes of either run. A
 different request on an unfinished folder is refused. A non-empty folder that is not an
 unfinished run is refused unless `--overwrite`; then the run is built in a hidden sibling
-folder that replaces it once complete (a rerun with `--overwrite` resumes that sibling).
+folder that replaces it as a whole once complete (a rerun with `--overwrite` resumes that sibling).
+
+Process 0 holds an OS lock (`locked`, the file `.OUT.lock` beside the folder) for the whole
+run, so a second `mvq sample` on the same --out is refused instead of writing shards of its own
+batch size among this run's.
 """
 
 from __future__ import annotations
@@ -23,15 +27,16 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ContextManager, Sequence
 
 import numpy as np
 
-from mvq.atomic import TMP_SUFFIX, atomic_write, atomic_write_json, remove_stale_temporaries
+from mvq.atomic import (atomic_write, atomic_write_json, check_writable_destination, remove_stale_temporaries,
+                        replace_directory)
 from mvq.errors import UserError
+from mvq.locks import locked as hold_lock
 
 STATE = ".sampling"
 _SHARD_NAME = re.compile(r"^(\d{8})-(\d{8})\.npy$")
@@ -78,11 +83,15 @@ def _recorded_request(folder: Path) -> dict | None:
 
 def check_destination(out: str | os.PathLike, overwrite: bool) -> None:
     """Refuse, before any model is loaded, a file or a non-empty folder that is no unfinished run."""
+    if _recorded_request(Path(out)) is None:
+        check_writable_destination(out, overwrite)
+
+
+def locked(out: str | os.PathLike) -> ContextManager[None]:
+    """Hold the lock of the output folder `out` while the block runs (process 0, for the whole run)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file, not a folder: give a folder path")
-    if out.is_dir() and any(out.iterdir()) and _recorded_request(out) is None and not overwrite:
-        raise UserError(f"{out} is not empty: choose another folder, or pass --overwrite to replace its contents")
+    return hold_lock(out.parent / f".{out.name}.lock", f"{out} is in use by another mvq sample; wait for it to "
+                                                       "finish, or choose another --out", remove=True)
 
 
 def _differences(recorded: dict, request: dict) -> list[str]:
@@ -160,7 +169,8 @@ def write_batch(folder: SampleFolder, start: int, images: np.ndarray, png: bool)
 
     if png:
         for offset, image in enumerate(images):
-            Image.fromarray(image).save(folder.images / f"{start + offset:06d}.png")
+            atomic_write(folder.images / f"{start + offset:06d}.png",
+                         lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
 
     def save(tmp: str) -> None:
         with open(tmp, "wb") as handle:
@@ -173,34 +183,38 @@ def finish(folder: SampleFolder, n: int, resolution: int, labels: Sequence[int] 
     """Stream the shards in index order into `samples.npz`, drop the state, put the result in place."""
     from mvq.evaluation.npz_writer import NpzImageWriter
 
-    ranges = finished_ranges(folder, n)
-    expected = 0
-    for start, stop in ranges:
-        if start != expected:
-            raise UserError(f"{folder.shards}: samples {expected}..{start - 1} are missing or overlap; run the "
-                            "same command again to sample them")
-        expected = stop
-    if expected != n:
-        raise UserError(f"{folder.shards}: samples {expected}..{n - 1} are missing; run the same command again")
+    pieces = cover(finished_ranges(folder, n), n, folder.shards)
     partial = folder.state / "samples.npz"
     with NpzImageWriter(partial, n, resolution) as npz:
-        for start, stop in ranges:
-            npz.write(np.load(folder.shards / f"{start:08d}-{stop:08d}.npy", allow_pickle=False))
+        for (start, stop), skip in pieces:
+            npz.write(np.load(folder.shards / f"{start:08d}-{stop:08d}.npy", allow_pickle=False)[skip:])
         if labels is not None:
             npz.add("labels", np.asarray(labels, dtype=np.int64))
     os.replace(partial, folder.work / "samples.npz")
     shutil.rmtree(folder.state)
     if folder.replaces:
-        _replace(folder.out, folder.work)
+        replace_directory(folder.work, folder.out)
     return folder.out / "samples.npz"
 
 
-def _replace(out: Path, new: Path) -> None:
-    """Swap the finished folder `new` in for `out`, removing the old contents only then."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old.", suffix=TMP_SUFFIX))
-        os.replace(out, old / "old")
-        os.replace(new, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, out)
+def cover(ranges: Sequence[tuple[int, int]], n: int, where: Path) -> list[tuple[tuple[int, int], int]]:
+    """Shards that give every sample 0..n-1 once, in order: ((start, stop), samples to skip at its start).
+
+    Shards of runs with other batch sizes may overlap; each step takes the shard that reaches
+    furthest and skips what the previous one already gave.
+    """
+    ranges = sorted(ranges)
+    pieces: list[tuple[tuple[int, int], int]] = []
+    position, i, best = 0, 0, None
+    while position < n:
+        while i < len(ranges) and ranges[i][0] <= position:
+            if best is None or ranges[i][1] > best[1]:
+                best = ranges[i]
+            i += 1
+        if best is None or best[1] <= position:
+            gap_end = ranges[i][0] - 1 if i < len(ranges) else n - 1
+            raise UserError(f"{where}: samples {position}..{gap_end} are missing; run the same command again to "
+                            "sample them")
+        pieces.append((best, position - best[0]))
+        position = best[1]
+    return pieces

@@ -1,9 +1,13 @@
-"""Pictures of what the MQ-VAE does: keep-mask overlays and score heat-maps, image grids."""
+"""Pictures of what the MQ-VAE does: keep-mask overlays and score heat-maps, image grids.
+
+Small models' pictures (the demo's are 16 px) are enlarged by an integer factor, every pixel a
+square block, so a page or figure shows every cell sharply: `enlarge` is the one place that does it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +15,18 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from mvq.models.sampling import SamplingConfig
     from mvq.pipeline import MVQPipeline
+
+
+def enlargement(resolution: int, size: int) -> int:
+    """The integer factor that makes a `resolution`-pixel picture about `size` pixels wide (at least 1)."""
+    return max(1, size // resolution)
+
+
+def enlarge(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """Pictures (...×H×W, any dtype) with every pixel repeated as a scale×scale block (nearest neighbour)."""
+    if scale == 1:
+        return images
+    return images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
 
 
 def keep_mask_overlay(images: torch.Tensor, keep_mask: torch.Tensor, dim: float = 0.25) -> torch.Tensor:
@@ -59,16 +75,27 @@ def reconstruction_rows(model, images: torch.Tensor) -> list[torch.Tensor]:
             score_heatmap(images, out.scores)]
 
 
-def completion_pictures(pipe: "MVQPipeline", images: torch.Tensor, keep_rows: int, labels: Sequence[int] | None,
-                        n: int, seed: int, sampling: "SamplingConfig | None" = None, first_image: int = 0
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kept-cells overlays B×3×R×R, completions B×n×3×R×R), both in [-1, 1], of images B×3×R×R in [-1, 1]."""
-    codes, positions, _ = pipe.complete_tokens(images, keep_rows, labels, n, seed, sampling, first_image)
+class CompletionPictures(NamedTuple):
+    """Completions of B images and what they were completed from (pictures in [-1, 1])."""
+
+    overlays: torch.Tensor     # B×3×R×R: each image with the cells of its kept tokens, the rest darkened
+    completions: torch.Tensor  # B×n×3×R×R
+    kept_tokens: torch.Tensor  # B: how many of each image's own tokens were kept
+
+
+def completion_pictures(pipe: MVQPipeline, images: torch.Tensor, keep_rows: int, labels: Sequence[int] | None,
+                        n: int, seed: int, sampling: SamplingConfig | None = None, first_image: int = 0
+                        ) -> CompletionPictures:
+    """Complete images B×3×R×R in [-1, 1] from their first `keep_rows` grid rows, as pictures."""
+    from mvq.nn.masker import keep_mask_from_positions
+
+    codes, positions, lengths = pipe.complete_tokens(images, keep_rows, labels, n, seed, sampling, first_image)
     b, n, k = codes.shape
     g = pipe.vae.config.grid_size
-    first = positions[:, 0]
-    kept = torch.zeros(b, g * g, dtype=torch.bool, device=first.device).scatter(1, first, first < keep_rows * g)
+    # The kept tokens are the first `lengths[i]` of every completion; the others are sent to a spare cell g·g.
+    in_prefix = torch.arange(k, device=positions.device) < lengths[:, None]
+    kept = keep_mask_from_positions(torch.where(in_prefix, positions[:, 0], g * g), g * g + 1)[:, :g * g]
     with pipe.precision_context(), torch.no_grad():
         completions = pipe.vae.detokenize(codes.view(b * n, k), positions.view(b * n, k)).float().clamp(-1, 1)
-    overlays = keep_mask_overlay(images.to(first.device), kept.view(b, g, g))
-    return overlays, completions.view(b, n, *completions.shape[1:])
+    overlays = keep_mask_overlay(images.to(positions.device), kept.view(b, g, g))
+    return CompletionPictures(overlays, completions.view(b, n, *completions.shape[1:]), lengths)

@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mvq.errors import UserError
 
@@ -126,6 +127,25 @@ def locate(weights: WeightsFile, explicit: str | os.PathLike | None = None) -> P
 def is_converted(path: Path) -> bool:
     """Whether `path` is a converted (safetensors) file rather than a canonical torch download."""
     return path.suffix == ".safetensors"
+
+
+def read_state(path: Path, what: str) -> Any:
+    """The tensors a weight file holds: safetensors for a converted file, else `torch.load(weights_only=True)`.
+
+    A file that cannot be read (truncated, corrupt, not a weight file) is one WeightsFileError naming
+    `what` (e.g. "Inception weights"); the caller checks that the tensors are the network it expects.
+    """
+    import torch
+
+    try:
+        if is_converted(path):
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated/corrupt files raise many different types
+        raise WeightsFileError(f"cannot read the {what} file {path} (truncated or corrupt? reinstall it with "
+                               f"`mvq weights install --force`): {exc}") from None
 
 
 def provenance_path(path: Path) -> Path:

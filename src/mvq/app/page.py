@@ -12,12 +12,14 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
 from mvq.app.uploads import MAX_UPLOAD_BYTES, prepare_upload
-from mvq.app.views import completion_view, sample_grid, token_order_strip, tokenize_view
+from mvq.app.views import completion_view, sample_grid, shows_token_order, token_order_strip, tokenize_view
 from mvq.errors import UserError
+from mvq.models.labels import labels_tensor
 from mvq.models.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     from mvq.models.mqvae import MQVAE
+    from mvq.models.vqgan import VQGAN
     from mvq.pipeline import MVQPipeline
 
 # Errors a handler shows on the page; anything else is a bug and gets the framework's error report.
@@ -54,11 +56,11 @@ def _sampling(temperature: float, top_k: float, top_p: float, position_temperatu
 
 
 def _label(pipeline: MVQPipeline, value: Any) -> int | None:
-    if not pipeline.num_classes:
-        return None
-    if value is None or value == "":
-        raise UserError(f"choose a class (0 to {pipeline.num_classes - 1})")
-    return int(value)
+    """The class chosen on the page (None: none chosen), checked against the model."""
+    chosen = None if value is None or value == "" else int(value)
+    checked = labels_tensor(chosen, pipeline.num_classes, 1,
+                            ask=f"choose a class (0 to {pipeline.num_classes - 1})")
+    return None if checked is None else int(checked[0])
 
 
 def _seed(value: Any) -> int:
@@ -67,7 +69,7 @@ def _seed(value: Any) -> int:
     return int(value)
 
 
-def tokenize_handler(vae: MQVAE) -> Callable:
+def tokenize_handler(vae: MQVAE | VQGAN) -> Callable:
     """Uploaded file → (model input, kept cells, scores, reconstruction, summary, status)."""
     def handle(path: str | None):
         empty = (None, None, None, None, "")
@@ -88,6 +90,8 @@ def tokenize_handler(vae: MQVAE) -> Callable:
 
 def generate_handler(pipeline: MVQPipeline) -> Callable:
     """Page controls → (grid of samples, token-order strip or None, status)."""
+    ordered = shows_token_order(pipeline)
+
     def handle(label, seed, count, cfg_scale, temperature, top_k, top_p, position_temperature, position_top_k,
                position_top_p, show_order):
         try:
@@ -95,7 +99,7 @@ def generate_handler(pipeline: MVQPipeline) -> Callable:
                                  cfg_scale)
             label, seed = _label(pipeline, label), _seed(seed)
             grid = sample_grid(pipeline, int(count), label, seed, settings)
-            strip = token_order_strip(pipeline, label, seed, settings) if show_order else None
+            strip = token_order_strip(pipeline, label, seed, settings) if show_order and ordered else None
         except SHOWN_ERRORS as exc:
             return None, None, _error(exc)
         what = f"class {label}" if label is not None else "unconditional"
@@ -135,10 +139,10 @@ def _guidance_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
                      info="needs a class-conditional model trained with label dropout")
 
 
-def _tokenize_tab(gr: ModuleType, vae: MQVAE) -> None:
+def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN) -> None:
     r = vae.config.resolution
     gr.Markdown(f"Upload an image of any size: it is resized (shorter side) and centre-cropped to the model's "
-                f"{r}×{r} pixels. The MQ-VAE keeps {vae.config.num_tokens} of its {vae.config.num_cells} cells "
+                f"{r}×{r} pixels. The {vae.display_name} keeps {vae.config.num_tokens} of its {vae.config.num_cells} cells "
                 f"as tokens (darkened cells are masked) and decodes the image from them.")
     with gr.Row():
         upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="tokenize-upload")
@@ -170,8 +174,11 @@ def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
             position_top_k = gr.Slider(0, config.num_cells, value=min(10, config.num_cells), step=1,
                                        label="Position top-k")
             position_top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Position top-p")
-    show_order = gr.Checkbox(True, label="Show where successive tokens land (first sample)",
-                             elem_id="generate-show-order")
+    ordered = shows_token_order(pipeline)
+    show_order = gr.Checkbox(ordered, label="Show where successive tokens land (first sample)", interactive=ordered,
+                             elem_id="generate-show-order",
+                             info=None if ordered else "these models fill the token grid in raster order, and only "
+                                                       "an MQ-VAE decodes an image from part of its tokens")
     button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     status = gr.Markdown(elem_id="generate-status")
     grid = gr.Image(label="Samples", type="numpy", format="png", interactive=False, height=420,
@@ -179,7 +186,7 @@ def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
     k = config.num_tokens
     strip = gr.Image(label=f"The first sample decoded from its first {k // 8 or 1}, {2 * k // 8 or 2}, …, {k} "
                            f"tokens (cells not generated yet are darkened)", type="numpy", format="png",
-                     interactive=False, height=180, elem_id="generate-strip")
+                     interactive=False, height=180, visible=ordered, elem_id="generate-strip")
     button.click(generate_handler(pipeline),
                  inputs=[label, seed, count, cfg_scale, temperature, top_k, top_p, position_temperature,
                          position_top_k, position_top_p, show_order],
@@ -209,7 +216,7 @@ def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
                  outputs=[grid, status])
 
 
-def build_app(vae: MQVAE, pipeline: MVQPipeline | None, title: str = "mvq: masked vector quantization") -> Any:
+def build_app(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None, title: str = "mvq: masked vector quantization") -> Any:
     """The page for an MQ-VAE and (optionally) a Stackformer trained on its tokens."""
     gr = import_gradio()
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:

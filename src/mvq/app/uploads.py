@@ -64,11 +64,16 @@ def _open(path: str | os.PathLike) -> Image.Image:
 
 
 def prepare_upload(path: str | os.PathLike, resolution: int) -> PreparedImage:
-    """Read an uploaded image file and fit it to `resolution` (shorter side resized, centre crop)."""
+    """Read an uploaded image file and fit it to `resolution` (shorter side resized, centre crop).
+
+    The fitting is `mvq reconstruct`'s and `mvq complete`'s (`eval_transform`), so a photo gets
+    the same tokens in the demo as on the command line.
+    """
     from PIL import ImageOps
 
     from mvq.data.images import to_rgb
-    from mvq.evaluation.images import fit_resolution
+    from mvq.data.transforms import eval_transform
+    from mvq.evaluation.image_metrics import to_uint8_hwc
 
     notes = []
     try:
@@ -79,10 +84,12 @@ def prepare_upload(path: str | os.PathLike, resolution: int) -> PreparedImage:
             # 16 bits per channel: grayscale opens as I;16 / I, colour is decoded from raw modes like RGB;16B
             sixteen_bits = opened.mode.startswith("I;16") or any(";16" in str(tile.args) for tile in opened.tile)
             opened.load()
-            image = ImageOps.exif_transpose(opened)
-            mode = image.mode
-            has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
-            rgb = to_rgb(image)
+            ImageOps.exif_transpose(opened, in_place=True)
+            mode = opened.mode
+            has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in opened.info
+            rgb = to_rgb(opened)
+            width, height = rgb.size
+            pixels = to_uint8_hwc(eval_transform(resolution)(rgb)[None])[0]
     except (OSError, ValueError, SyntaxError):
         raise UserError("the uploaded image is damaged or truncated and cannot be decoded: upload another "
                         "file") from None
@@ -94,8 +101,7 @@ def prepare_upload(path: str | os.PathLike, resolution: int) -> PreparedImage:
         notes.append("the image has transparency: transparent pixels were composited onto white")
     if mode in _MODE_NAMES:
         notes.append(f"{_MODE_NAMES[mode]} image converted to RGB")
-    width, height = rgb.size
     if (width, height) != (resolution, resolution):
         how = "resized" if width == height else "resized (shorter side) and centre-cropped"
         notes.append(f"the {width}×{height} image was {how} to the model's {resolution}×{resolution}")
-    return PreparedImage(np.asarray(fit_resolution(rgb, resolution), dtype=np.uint8).copy(), notes)
+    return PreparedImage(pixels, notes)

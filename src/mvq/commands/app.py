@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Generate (class, seed, guidance and per-stream sampling settings → samples) and Complete. "
                     f"Without --vae and --stackformer it uses the models of `mvq demo` ({DEMO_VAE} and "
                     f"{DEMO_STACKFORMER}) when they exist.")
-    parser.add_argument("--vae", metavar="DIR", help=f"pretrained MQ-VAE folder (default: {DEMO_VAE})")
+    parser.add_argument("--vae", metavar="DIR", help=f"pretrained MQ-VAE or VQGAN folder (default: {DEMO_VAE})")
     parser.add_argument("--stackformer", metavar="DIR",
                         help="pretrained Stackformer folder trained on that MQ-VAE's tokens (default with no "
                              f"--vae: {DEMO_STACKFORMER}; without one only the Tokenize tab works)")
@@ -54,15 +54,16 @@ def run(args: argparse.Namespace) -> None:
 
     import_gradio()  # fail on a missing extra before loading any model
     from mvq.distributed import resolve_device
-    from mvq.models.mqvae import MQVAE
+    from mvq.models.tokenizer import load_tokenizer
     from mvq.pipeline import MVQPipeline
 
     device = resolve_device(args.device)
     if stackformer_dir is None:
-        vae, pipeline = MQVAE.from_pretrained(vae_dir, map_location=device).eval(), None
-        print(f"mvq app: MQ-VAE {vae_dir}; no Stackformer (pass --stackformer DIR to generate)", flush=True)
+        vae, pipeline = load_tokenizer(vae_dir, map_location=device).eval(), None
+        print(f"mvq app: {vae.display_name} {vae_dir}; no Stackformer (pass --stackformer DIR to generate)",
+              flush=True)
     else:
         pipeline = MVQPipeline.from_pretrained(stackformer_dir, vae_dir, device=device)
         vae = pipeline.vae
-        print(f"mvq app: MQ-VAE {vae_dir}, Stackformer {stackformer_dir}", flush=True)
+        print(f"mvq app: {vae.display_name} {vae_dir}, Stackformer {stackformer_dir}", flush=True)
     serve(build_app(vae, pipeline), host=args.host, port=args.port)

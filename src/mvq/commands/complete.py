@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from mvq.commands.sample import add_sampling_arguments, add_speed_arguments
+from mvq.commands.options import add_overwrite_argument, add_sampling_arguments, add_speed_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
     add_speed_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty --out folder (its old contents go once the new figures are complete)")
+    add_overwrite_argument(parser, "figures")
     parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
                         help="run even if the Stackformer records a different MQ-VAE than --vae (warns)")
     parser.set_defaults(func=run)
@@ -55,37 +54,22 @@ def figure_row(image: torch.Tensor, overlay: torch.Tensor, completions: torch.Te
     """One picture: the input, its kept cells, then the completions (3×H×W in [0, 1], small images enlarged)."""
     import torch
 
-    from mvq.visualize import image_grid
+    from mvq.visualize import enlarge, enlargement, image_grid
 
     row = torch.cat([image[None].cpu(), overlay[None].cpu(), completions.cpu()])
-    scale = max(1, FIGURE_PICTURE_SIZE // row.shape[-1])
-    return image_grid([row.repeat_interleave(scale, 2).repeat_interleave(scale, 3)])
-
-
-def _labels(args: argparse.Namespace, num_classes: int, count: int) -> list[int] | None:
-    from mvq.models.sampling import SamplingError
-
-    if not num_classes:
-        if args.labels:
-            raise SamplingError("the Stackformer is unconditional: --labels does not apply")
-        return None
-    if not args.labels:
-        raise SamplingError(f"the Stackformer is class-conditional ({num_classes} classes): pass --labels L (the "
-                            "class of each image, or one class for all; another class edits the image into it)")
-    if len(args.labels) not in (1, count):
-        raise SamplingError(f"{len(args.labels)} labels for {count} images: pass one label per image, or one for all")
-    return args.labels * count if len(args.labels) == 1 else list(args.labels)
+    return image_grid([enlarge(row, enlargement(row.shape[-1], FIGURE_PICTURE_SIZE))])
 
 
 def run(args: argparse.Namespace) -> None:
     import torch
 
     from mvq.atomic import atomic_directory, check_writable_destination
-    from mvq.commands.reconstruct import collect_images, output_stems
-    from mvq.commands.sample import sampling_config
+    from mvq.commands.options import sampling_config
+    from mvq.data.discovery import collect_images, output_stems
     from mvq.data.images import load_rgb, notice
     from mvq.data.transforms import eval_transform
     from mvq.distributed import resolve_device
+    from mvq.models.labels import labels_list
     from mvq.models.sampling import SamplingError
     from mvq.pipeline import MVQPipeline
     from mvq.visualize import completion_pictures, image_grid, save_image
@@ -101,7 +85,9 @@ def run(args: argparse.Namespace) -> None:
     if not 0 <= args.keep_rows <= g:
         raise SamplingError(f"--keep-rows must be in 0..{g} (the token grid is {g}×{g}), got {args.keep_rows}")
     paths, base = collect_images(args.images)
-    labels = _labels(args, pipe.num_classes, len(paths))
+    labels = labels_list(args.labels, pipe.num_classes, len(paths), items="images",
+                         ask="pass --labels L (the class of each image, or one class for all; another class edits "
+                             "the image into it)")
     if args.compile:
         pipe.compile()
     stems = output_stems(paths, base)
@@ -113,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
             pictures = [load_rgb(path) for path in paths[start:start + args.batch_size]]
             resized += sum(picture.size != (resolution, resolution) for picture in pictures)
             images = torch.stack([transform(picture) for picture in pictures]).to(pipe.device)
-            overlays, completions = completion_pictures(
+            overlays, completions, _ = completion_pictures(
                 pipe, images, args.keep_rows, None if labels is None else labels[start:start + len(pictures)],
                 args.n, args.seed, sampling, first_image=start)
             for i, stem in enumerate(stems[start:start + len(pictures)]):

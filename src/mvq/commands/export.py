@@ -15,7 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="changes to the run's saved config, e.g. vae=NEW_PATH when the MQ-VAE folder moved")
     p.add_argument("--checkpoint", choices=["last", "best"], default="last")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty OUT_DIR as a whole: everything in it goes, once the new folder is "
+                        "complete (until then it is untouched)")
     p.set_defaults(func=run)
 
 

@@ -7,7 +7,6 @@ become `OUT/A/a_*.png` and `OUT/B/a_*.png`), so no output overwrites another.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 OUTPUT_KINDS = ("reconstruction", "keep_mask", "scores")
@@ -25,60 +24,19 @@ def register(subparsers) -> None:
     p.add_argument("--vae", required=True, help="pretrained MQ-VAE or VQGAN folder (a VQGAN keeps every cell)")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
-                   help="write into a non-empty --out, replacing files of the same names (others are kept)")
+                   help="write into a non-empty --out folder: its files of the same names as this run's outputs "
+                        "are replaced, every other file in it is kept (unlike sample, complete and export, whose "
+                        "--overwrite replaces the whole folder)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=run)
-
-
-def collect_images(inputs: list[str]) -> tuple[list[Path], Path]:
-    """The readable images among the files and folders given, and the folder they share.
-
-    Folders are listed with the file discovery every command uses; a file reached twice is
-    read once.
-    """
-    from mvq.data.discovery import list_files
-    from mvq.data.images import scan_images
-    from mvq.errors import UserError
-
-    paths: list[Path] = []
-    bases: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths.extend(list_files(path))
-            bases.append(os.path.abspath(path))
-        elif path.is_file():
-            paths.append(path)
-            bases.append(os.path.abspath(path.parent))
-        else:
-            raise UserError(f"{item}: no such file or folder")
-    unique, seen = [], set()
-    for path in paths:
-        if os.path.realpath(path) not in seen:
-            seen.add(os.path.realpath(path))
-            unique.append(path)
-    good, skipped = scan_images(unique)
-    for bad, reason in skipped:
-        print(f"skipped {bad}: {reason}")
-    if not good:
-        raise UserError("no readable images among the inputs")
-    return good, Path(os.path.commonpath(bases))
-
-
-def output_stems(paths: list[Path], base: Path) -> list[str]:
-    """One distinct output name per input: its path relative to `base` without the suffix, or
-    with it where two inputs differ only by their suffix (`a.png`, `a.jpg`)."""
-    relative = [Path(os.path.relpath(os.path.abspath(p), base)) for p in paths]
-    stems = [r.with_suffix("").as_posix() for r in relative]
-    shared = {s for s in stems if stems.count(s) > 1}
-    return [r.as_posix() if s in shared else s for r, s in zip(relative, stems)]
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from mvq.atomic import check_writable_destination
+    from mvq.data.discovery import collect_images, output_stems
     from mvq.data.images import load_rgb, notice
     from mvq.data.transforms import eval_transform
     from mvq.distributed import resolve_device

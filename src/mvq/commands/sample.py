@@ -10,18 +10,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from mvq.commands.options import add_overwrite_argument, add_sampling_arguments, add_speed_arguments, sampling_config
+
 if TYPE_CHECKING:
     import torch
 
     from mvq.models.sampling import SamplingConfig
     from mvq.pipeline import MVQPipeline
-
-
-def _top_k(value: str) -> int | None:
-    k = int(value)
-    if k < 0:
-        raise argparse.ArgumentTypeError("top-k must be 0 (off) or positive")
-    return k or None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "OUT/images/NNNNNN.png and OUT/samples.npz (arr_0: uint8 N×R×R×3, the layout FID "
                     "evaluators read; labels: the class of each image). A seed gives the same images "
                     "whatever the batch size and number of processes (torchrun --nproc_per_node G -m mvq.cli "
-                    "sample ...). Rerunning an interrupted command resumes it.")
+                    "sample ...). Rerunning an interrupted command resumes it; a second command on an --out "
+                    "in use is refused.")
     parser.add_argument("--stackformer", required=True, metavar="DIR", help="pretrained Stackformer folder")
     parser.add_argument("--vae", required=True, metavar="DIR", help="pretrained MQ-VAE folder it was trained on")
     parser.add_argument("--n", "--num-images", dest="n", type=int, required=True,
@@ -51,62 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_speed_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: new, empty, or an unfinished run of the same command (resumed)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a non-empty --out folder (its old contents go once the new samples are complete)")
+    add_overwrite_argument(parser, "samples")
     parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
                         help="sample even if the Stackformer records a different MQ-VAE than --vae (warns)")
     parser.set_defaults(func=run)
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """Temperature, top-k and top-p per stream, guidance, raster constraint, cache (sample and complete)."""
-    parser.add_argument("--temperature", type=float, default=1.0, help="code temperature (default: 1.0)")
-    parser.add_argument("--top-k", type=_top_k, default=100, help="code top-k, 0 = off (default: 100)")
-    parser.add_argument("--top-p", type=float, default=0.95, help="code top-p, 1 = off (default: 0.95)")
-    parser.add_argument("--position-temperature", type=float, default=1.0, help="position temperature (default: 1.0)")
-    parser.add_argument("--position-top-k", type=_top_k, default=10, help="position top-k, 0 = off (default: 10)")
-    parser.add_argument("--position-top-p", type=float, default=0.95, help="position top-p, 1 = off (default: 0.95)")
-    parser.add_argument("--cfg-scale", type=float, default=1.0,
-                        help="classifier-free guidance scale; 1 = off (needs a model trained with class_dropout)")
-    parser.add_argument("--no-raster-constraint", dest="raster_constraint", action="store_false",
-                        help="let positions come in any order (only repeats are forbidden)")
-    parser.add_argument("--no-cache", dest="use_cache", action="store_false",
-                        help="recompute the whole prefix every step (slow; for checking)")
-
-
-def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """--precision and --compile (sample and complete)."""
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                        help="autocast precision of the models (default: fp32; fp16 needs a CUDA GPU). Tokens are "
-                             "always drawn from fp32 probabilities")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the transformer stacks (first batch slower; worth it for many images)")
-
-
-def sampling_config(args: argparse.Namespace) -> SamplingConfig:
-    """The validated sampling settings of the command line."""
-    from mvq.models.sampling import SamplingConfig
-
-    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          position_temperature=args.position_temperature, position_top_k=args.position_top_k,
-                          position_top_p=args.position_top_p, cfg_scale=args.cfg_scale,
-                          raster_constraint=args.raster_constraint, use_cache=args.use_cache)
-
-
 def _labels(args: argparse.Namespace, num_classes: int) -> list[int] | None:
-    from mvq.models.sampling import SamplingError
+    """One label per image: --labels repeated cyclically, or --classes-balanced (checked against the model)."""
+    from mvq.models.labels import labels_list
     from mvq.pipeline import balanced_labels
 
-    if not num_classes:
-        if args.labels or args.classes_balanced:
-            raise SamplingError("the Stackformer is unconditional: --labels and --classes-balanced do not apply")
-        return None
-    if args.labels:
-        return [args.labels[i % len(args.labels)] for i in range(args.n)]
-    if args.classes_balanced:
-        return balanced_labels(args.n, num_classes)
-    raise SamplingError(f"the Stackformer is class-conditional ({num_classes} classes): "
-                        f"pass --labels L ... or --classes-balanced")
+    if args.classes_balanced:  # an unconditional model gets labels of one class here, and refuses them below
+        labels = balanced_labels(args.n, max(num_classes, 1))
+    elif args.labels:
+        labels = [args.labels[i % len(args.labels)] for i in range(args.n)]
+    else:
+        labels = None
+    return labels_list(labels, num_classes, args.n, ask="pass --labels L ... or --classes-balanced")
 
 
 def sampling_request(args: argparse.Namespace, sampling: SamplingConfig, pipe: MVQPipeline) -> dict:
@@ -122,42 +80,37 @@ def sampling_request(args: argparse.Namespace, sampling: SamplingConfig, pipe: M
 
 
 def run(args: argparse.Namespace) -> None:
+    import contextlib
+
     import torch
     import torch.distributed as dist
 
-    from mvq.distributed import init_from_environment, resolve_device
+    from mvq import sample_output
+    from mvq.distributed import init_from_environment, rank_and_world_size, resolve_device
     from mvq.models.sampling import SamplingError
-    from mvq.sample_output import check_destination
 
     if args.n < 1 or args.batch_size < 1:
         raise SamplingError("--n and --batch-size must be at least 1")
     sampling = sampling_config(args)
-    check_destination(args.out, args.overwrite)  # refuse before loading anything
+    sample_output.check_destination(args.out, args.overwrite)  # refuse before loading anything
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     created = init_from_environment(device.type)
     try:
-        _sample(args, sampling, device)
+        # Process 0 holds the folder's lock for the whole run: a second command on it is refused.
+        with sample_output.locked(args.out) if rank_and_world_size()[0] == 0 else contextlib.nullcontext():
+            _sample(args, sampling, device)
     finally:
         if created:
             dist.destroy_process_group()
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    from mvq.distributed import is_distributed
-
-    if is_distributed():
-        dist.barrier()
 
 
 def _sample(args: argparse.Namespace, sampling: SamplingConfig, device: torch.device) -> None:
     from tqdm import tqdm
 
     from mvq import sample_output
-    from mvq.distributed import rank_and_world_size
+    from mvq.distributed import barrier, rank_and_world_size
     from mvq.pipeline import MVQPipeline
 
     pipe = MVQPipeline.from_pretrained(args.stackformer, args.vae, device=device, precision=args.precision,
@@ -168,12 +121,12 @@ def _sample(args: argparse.Namespace, sampling: SamplingConfig, device: torch.de
         pipe.compile()
     folder = sample_output.plan(args.out, request, args.overwrite)
     rank, world_size = rank_and_world_size()
-    _barrier()  # every process has decided before the folder changes
+    barrier()  # every process has decided before the folder changes
     if rank == 0:
         sample_output.prepare(folder, request, args.png)
-    _barrier()
+    barrier()
     batches = sample_output.missing_batches(sample_output.finished_ranges(folder, args.n), args.n, args.batch_size)
-    _barrier()  # every process has listed the finished shards before any writes one
+    barrier()  # every process has listed the finished shards before any writes one
     mine = sample_output.share(batches, rank, world_size)
     todo = sum(stop - start for start, stop in batches)
     if rank == 0 and todo < args.n:
@@ -184,7 +137,7 @@ def _sample(args: argparse.Namespace, sampling: SamplingConfig, device: torch.de
             sample_output.write_batch(folder, start, pipe.sample_range(start, stop, labels, args.seed, sampling),
                                       args.png)
             progress.update(stop - start)
-    _barrier()
+    barrier()
     if rank == 0:
         path = sample_output.finish(folder, args.n, pipe.vae.config.resolution, labels)
         print(f"wrote {args.n} images to {path}" + (f" and {folder.out / 'images'}" if args.png else ""))

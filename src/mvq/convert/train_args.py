@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mvq.errors import UserError
 
-# Reference config keys users set on the command line (seed README), and ours.
+# Reference config keys users set on the command line (the authors' README), and ours.
 REFERENCE_KEYS = {
     "model.params.masker_config.params.topk_ratio": "model.keep_ratio",
     "model.params.demasker_config.params.n_layer": "model.demask_layers",
@@ -45,8 +45,11 @@ def resolve_config(base: str) -> str:
     raise UserError(f"config {base} not found (looked for {path.with_suffix('.yaml')} too)")
 
 
-def gpu_overrides(value: str, gpu_available: bool) -> list[str]:
-    """The reference's `--gpus` (Lightning 1.x: `0` CPU, `N` N GPUs, `-1` all, `0,1` or `0,` indices) as overrides."""
+def gpu_overrides(value: str, gpu_available: bool | None = None) -> list[str]:
+    """The reference's `--gpus` (Lightning 1.x: `0` CPU, `N` N GPUs, `-1` all, `0,1` or `0,` indices) as overrides.
+
+    GPUs are what `mvq.distributed.gpu_available` finds (`gpu_available` None: ask PyTorch).
+    """
     text = value.strip()
     indices = [part for part in text.split(",") if part.strip()]
     if "," not in text and text in ("", "0"):
@@ -55,18 +58,12 @@ def gpu_overrides(value: str, gpu_available: bool) -> list[str]:
         numbers = [int(part) for part in indices]
     except ValueError:
         raise UserError(f"--gpus {value}: expected -1 (all GPUs), a count like 2, or indices like 0,1") from None
-    if not gpu_available:
-        raise UserError(f"--gpus {value} asks for GPUs, but PyTorch finds no GPU on this machine; "
-                        f"run on the CPU with --gpus 0")
+    from mvq.distributed import check_accelerator
+
+    check_accelerator("gpu", f"--gpus {value}", "--gpus 0", available=gpu_available)
     if "," in text:
         return ["trainer.accelerator=gpu", f"trainer.devices=[{','.join(map(str, numbers))}]"]
     return ["trainer.accelerator=gpu", f"trainer.devices={numbers[0]}"]
-
-
-def _gpu_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,7 +108,7 @@ def translate(argv: list[str], gpu_available: bool | None = None) -> list[str]:
     if args.logdir:
         out += ["--run-dir", args.logdir]
     if args.gpus is not None:
-        out += gpu_overrides(args.gpus, _gpu_available() if gpu_available is None else gpu_available)
+        out += gpu_overrides(args.gpus, gpu_available)
     if args.max_epochs is not None:
         out.append(f"trainer.max_epochs={args.max_epochs}")
     if args.max_steps is not None:

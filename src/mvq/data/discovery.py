@@ -83,3 +83,45 @@ def subfolders(root: str | os.PathLike) -> list[str]:
     """Names of the non-hidden folders directly under `root`, sorted."""
     return sorted(entry.name for entry in _sorted_entries(Path(root), Path(root))
                   if entry.is_dir() and visible(entry.name))
+
+
+def collect_images(inputs: list[str]) -> tuple[list[Path], Path]:
+    """The readable images among the files and folders given on a command line, and the folder they share.
+
+    Folders are listed with `list_files`; a file reached twice is read once; unreadable files
+    are skipped with a line each.
+    """
+    from mvq.data.images import scan_images
+
+    paths: list[Path] = []
+    bases: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(list_files(path))
+            bases.append(os.path.abspath(path))
+        elif path.is_file():
+            paths.append(path)
+            bases.append(os.path.abspath(path.parent))
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    unique, seen = [], set()
+    for path in paths:
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            unique.append(path)
+    good, skipped = scan_images(unique)
+    for bad, reason in skipped:
+        print(f"skipped {bad}: {reason}")
+    if not good:
+        raise UserError("no readable images among the inputs")
+    return good, Path(os.path.commonpath(bases))
+
+
+def output_stems(paths: list[Path], base: Path) -> list[str]:
+    """One distinct output name per input: its path relative to `base` without the suffix, or
+    with it where two inputs differ only by their suffix (`a.png`, `a.jpg`)."""
+    relative = [Path(os.path.relpath(os.path.abspath(p), base)) for p in paths]
+    stems = [r.with_suffix("").as_posix() for r in relative]
+    shared = {s for s in stems if stems.count(s) > 1}
+    return [r.as_posix() if s in shared else s for r, s in zip(relative, stems)]

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from mvq.data.discovery import list_files
 from mvq.data.images import SkippedFilesWarning, load_rgb, relative_names, scan_images, warn_skipped
 from mvq.data.transforms import to_signed_tensor
+from mvq.errors import MissingInputError
 
 # Items of validation crop i draw from a generator seeded with seed * SEED_STRIDE + i.
 SEED_STRIDE = 1_000_003
@@ -85,14 +86,15 @@ def photo_crops_dataset(root: str | os.PathLike, split: str, resolution: int, au
     """Crops of the photos of `split` (see the module docstring); `augment` makes them random."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"photo folder {root} not found")
+        raise MissingInputError(f"photo folder {root} not found; set data.root to a folder of photos")
     has_splits = (root / "train").is_dir() and (root / "val").is_dir()
     base = root / split if has_splits else root
     files = list_files(base)
     good, skipped = scan_images(files, check, num_threads)
     warn_skipped(skipped, len(files), base)
     if not good:
-        raise FileNotFoundError(f"no readable photos under {base}")
+        raise MissingInputError(f"no readable photos under {base}; put image files there, or point data.root at "
+                                f"a folder that has them")
     small = [p for p in good if min(_size(p)) < resolution]
     if small:
         warnings.warn(SkippedFilesWarning(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mvq.atomic import atomic_write, atomic_write_text
 from mvq.config import build_dataclass, load_yaml
 from mvq.errors import UserError
 
@@ -70,7 +71,7 @@ def prepare_output_folder(out: str | Path, data: str | None = None) -> Path:
             elif path.exists():
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by mvq demo: its outputs in this folder are replaced by the next demo run\n")
+    atomic_write_text(out / MARKER, "written by mvq demo: its outputs in this folder are replaced by the next demo run\n")
     return out
 
 
@@ -120,7 +121,11 @@ def train_generator(out: Path, overrides: list[str]) -> Path:
 
 
 def evaluate_tokenizer(vae, val_set, figures: Path) -> dict:
-    """Held-out reconstruction metrics (the library's evaluation), keep-mask focus, and the figure."""
+    """Held-out reconstruction metrics (the library's evaluation), keep-mask focus, and the figure.
+
+    `recon_psnr` (dB) and `recon_l1` (mean absolute difference on the [-1, 1] scale) compare inputs
+    and reconstructions as 8-bit images, as `evaluate_reconstruction` (and `mvq eval`) measure them.
+    """
     from mvq.evaluation import evaluate_reconstruction
     from mvq.visualize import image_grid, reconstruction_rows
 
@@ -199,6 +204,7 @@ def sample_images(stackformer, vae, num_classes: int, per_class: int, seed: int,
                   classifier=None) -> dict:
     """Samples per class (guided) or unconditional → out/samples.npz, the figure, and class consistency."""
     from mvq.demo.classifier import predict
+    from mvq.evaluation.image_metrics import from_uint8_hwc
     from mvq.models.sampling import SamplingConfig
     from mvq.pipeline import MVQPipeline
     from mvq.visualize import image_grid
@@ -210,11 +216,11 @@ def sample_images(stackformer, vae, num_classes: int, per_class: int, seed: int,
     else:
         wanted = None
         samples = pipeline(n=4 * per_class, seed=seed, batch_size=64)
-    sample_tensor = torch.from_numpy(samples).permute(0, 3, 1, 2).float() / 127.5 - 1
+    sample_tensor = from_uint8_hwc(samples)
     rows = max(num_classes, 4)
     save_enlarged(image_grid(list(sample_tensor.reshape(rows, -1, *sample_tensor.shape[1:]))),
                   out / "figures" / "samples.png", vae.config.resolution)
-    np.savez_compressed(out / "samples.npz", arr_0=samples)
+    atomic_write(out / "samples.npz", lambda tmp: _save_npz(tmp, samples))
     metrics: dict[str, Any] = {"num_samples": len(samples)}
     if classifier is not None:
         predicted = predict(classifier, sample_tensor)
@@ -222,18 +228,23 @@ def sample_images(stackformer, vae, num_classes: int, per_class: int, seed: int,
     return metrics
 
 
+def _save_npz(path: str, samples: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a handle: given a path, numpy would append ".npz" to the temporary name
+        np.savez_compressed(handle, arr_0=samples)
+
+
 def completion_figure(stackformer, vae, val_set, num_classes: int, seed: int, figures: Path,
                       count: int = 4, per_image: int = 3) -> None:
     """Held-out images completed from the tokens of their first half of grid rows (same class)."""
-    from mvq.visualize import completion_pictures
     from mvq.pipeline import MVQPipeline
-    from mvq.visualize import image_grid
+    from mvq.visualize import completion_pictures, image_grid
 
     pipeline = MVQPipeline(stackformer, vae)
     items = [val_set[i] for i in range(min(count, len(val_set)))]
     images = torch.stack([torch.as_tensor(item["image"]) for item in items])
     labels = [int(item["label"]) for item in items] if num_classes else None
-    overlays, completions = completion_pictures(pipeline, images, vae.config.grid_size // 2, labels, per_image, seed)
+    overlays, completions, _ = completion_pictures(pipeline, images, vae.config.grid_size // 2, labels, per_image,
+                                                   seed)
     rows = [torch.cat([images[i:i + 1], overlays[i:i + 1], completions[i]]) for i in range(len(items))]
     save_enlarged(image_grid(rows), figures / "completions.png", vae.config.resolution)
 
@@ -250,7 +261,6 @@ def plot_training_curves(run1: Path, run2: Path, figures: Path) -> None:
 
 def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
     """metrics.json and index.html."""
-    from mvq.atomic import atomic_write_text
     from mvq.demo.report import write_index
 
     # NaN marks a metric this data has none of (e.g. no classes); JSON readers in Python accept it.
@@ -259,7 +269,9 @@ def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
         {"title": "Reconstructions", "image": "figures/reconstructions.png",
          "text": f"Rows: held-out inputs; reconstructions from {vae.config.num_tokens} of {vae.config.num_cells} "
                  "cells; the keep-mask (masked cells darkened); the mask module's importance scores (bright = "
-                 "important)."},
+                 "important). recon_psnr and recon_l1 below compare held-out inputs and reconstructions as 8-bit "
+                 "images (PSNR in dB; L1 as the mean absolute difference on the [-1, 1] scale), as mvq eval "
+                 "measures them."},
         {"title": "Samples", "image": "figures/samples.png",
          "text": (f"One row per class, sampled by the class-conditional Stackformer (classifier-free guidance "
                   f"scale {GUIDANCE_SCALE}) and decoded by the MQ-VAE."
@@ -279,10 +291,9 @@ def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
 
 def save_enlarged(grid: torch.Tensor, path: Path, resolution: int) -> None:
     """Save a grid of small images enlarged (nearest neighbour) to about 64 px per image, so the page shows them."""
-    from mvq.visualize import save_image
+    from mvq.visualize import enlarge, enlargement, save_image
 
-    scale = max(1, 64 // resolution)
-    save_image(grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2), path)
+    save_image(enlarge(grid, enlargement(resolution, 64)), path)
 
 
 class _Timed:
@@ -369,7 +380,7 @@ def quality_checks(metrics: dict) -> list[dict]:
 
     m = metrics
     return [
-        check("reconstruction PSNR (dB), held-out", m["recon_psnr"], "≥ 24", m["recon_psnr"] >= 24),
+        check("reconstruction PSNR (dB) of held-out 8-bit images", m["recon_psnr"], "≥ 24", m["recon_psnr"] >= 24),
         check("keep-mask focus (kept-on-shape share ÷ shape share)", m["keep_focus_ratio"], "≥ 1.5",
               m["keep_focus_ratio"] >= 1.5),
         check("class consistency of samples", m["class_consistency"], "≥ 0.6", m["class_consistency"] >= 0.6),

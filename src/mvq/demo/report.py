@@ -6,6 +6,8 @@ import html
 import json
 from pathlib import Path
 
+from mvq.atomic import atomic_write, atomic_write_text
+
 
 def read_scalars(log_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     """All scalar series of a TensorBoard log folder: tag → (steps, values)."""
@@ -33,8 +35,7 @@ def plot_curves(series: dict[str, tuple[list[int], list[float]]], tags: list[str
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path
 
@@ -64,6 +65,4 @@ def write_index(out_dir: Path, title: str, sections: list[dict], metrics: dict, 
     body.append("<h2>All metrics</h2><pre>" + html.escape(json.dumps(metrics, indent=2)) + "</pre>")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
-    path = out_dir / "index.html"
-    path.write_text(page)
-    return path
+    return atomic_write_text(out_dir / "index.html", page)

@@ -2,11 +2,13 @@
 
 All functions take two batches of the same shape B×C×H×W and return one value per image,
 so callers can average, shard and gather as they like. uint8 images use a data range of
-255; float images are taken to be in [-1, 1] (data range 2).
+255; float images are taken to be in [-1, 1] (data range 2). `to_uint8`/`from_uint8` keep the
+channels-first layout of the models; the `_hwc` pair converts to and from image files' H×W×3.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +21,21 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def from_uint8(images: torch.Tensor) -> torch.Tensor:
     """uint8 images → float32 in [-1, 1]."""
     return images.to(torch.float32) / 127.5 - 1.0
+
+
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """B×3×H×W images in [-1, 1] → B×H×W×3 uint8 array, the layout of image files and FID `.npz`s."""
+    return to_uint8(images.float()).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8_hwc(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 pixels H×W×3 or B×H×W×3 (image files' layout) → float32 B×3×H×W in [-1, 1]."""
+    pixels = torch.as_tensor(pixels)
+    if pixels.dim() == 3:
+        pixels = pixels[None]
+    if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected uint8 pixels H×W×3 or B×H×W×3, got {pixels.dtype} {tuple(pixels.shape)}")
+    return from_uint8(pixels.permute(0, 3, 1, 2))
 
 
 def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:

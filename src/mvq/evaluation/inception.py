@@ -19,7 +19,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from mvq.weights import INCEPTION, WeightsFileError, is_converted, locate
+from mvq.weights import INCEPTION, WeightsFileError, locate, read_state
 
 POOL_FEATURES = "2048"          # FID / KID features (pool3)
 LOGITS_FEATURES = "logits_unbiased"  # Inception Score logits, as torch-fidelity computes IS
@@ -54,16 +54,7 @@ def build_fidelity_inception(state: dict[str, torch.Tensor] | None, features: li
 
 def read_inception_state(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of an Inception weight file (torch-fidelity .pth or converted .safetensors), checked."""
-    try:
-        if is_converted(path):
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated/corrupt files raise many different types
-        raise WeightsFileError(f"cannot read the Inception weights file {path} (truncated or corrupt? reinstall "
-                               f"it with `mvq weights install --force`): {exc}") from None
+    state = read_state(path, "Inception weights")
     if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:
         raise WeightsFileError(f"{path} is not torch-fidelity's Inception weights file {INCEPTION.filename} "
                                f"({INCEPTION.url}) nor its conversion {INCEPTION.converted}")

@@ -36,10 +36,15 @@ class NpzImageWriter:
         self.written = 0
         self._extra: dict[str, np.ndarray] = {}
         self._archive = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._member = self._archive.open(_member("arr_0.npy"), "w", force_zip64=True)
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                  "shape": self.shape}
-        np.lib.format.write_array_header_1_0(self._member, header)
+        self._member = None
+        try:
+            self._member = self._archive.open(_member("arr_0.npy"), "w", force_zip64=True)
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": self.shape}
+            np.lib.format.write_array_header_1_0(self._member, header)
+        except BaseException:  # no open archive (or half a file) left behind
+            self._abandon()
+            raise
 
     def write(self, images: np.ndarray) -> None:
         """Append uint8 images B×R×R×3."""
@@ -73,6 +78,13 @@ class NpzImageWriter:
         if kind is None:
             self.close()
         else:  # leave no half-written archive that looks complete
-            self._member.close()
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Close everything and delete the unfinished file."""
+        try:
+            if self._member is not None:
+                self._member.close()
+        finally:
             self._archive.close()
             self.path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from mvq.distributed import all_reduce_sum
+from mvq.errors import InvalidInputError
 from mvq.evaluation.codebook import codebook_usage_from_counts
 from mvq.evaluation.image_metrics import psnr
 
@@ -33,7 +34,9 @@ class TokenizerStatistics:
         b = originals.shape[0]
         self.images += b
         self.psnr_sum += psnr(originals, reconstructions).sum()
-        self.code_counts += torch.bincount(output.codes.reshape(-1), minlength=self.code_counts.numel()).double()
+        # index_add_ into the fixed-size histogram: bincount's output size depends on the data (a host sync on GPU).
+        codes = output.codes.reshape(-1)
+        self.code_counts.index_add_(0, codes, torch.ones_like(codes, dtype=self.code_counts.dtype))
         keep = output.keep_mask.reshape(b, -1)
         scores = output.scores.reshape(b, -1).double()
         self.kept_score += (scores * keep).sum()
@@ -55,7 +58,7 @@ class TokenizerStatistics:
         """num_images, psnr (mean dB), codebook usage/perplexity/used codes/size, mean keep-scores."""
         n = self.num_images
         if n == 0:
-            raise ValueError("no images were evaluated")
+            raise InvalidInputError("no images were evaluated")
         usage = codebook_usage_from_counts(self.code_counts)
 
         def mean(total: torch.Tensor, count: torch.Tensor) -> float | None:

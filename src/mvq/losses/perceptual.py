@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mvq.weights import ALEXNET, VGG16, WeightsFile, WeightsFileError, is_converted, locate
+from mvq.weights import ALEXNET, VGG16, WeightsFile, WeightsFileError, locate, read_state
 
 NETS = ("vgg", "alex")
 
@@ -82,16 +82,7 @@ class LPIPS(nn.Module):
 def read_trunk(path: Path, net: str) -> dict[str, torch.Tensor]:
     """The `features.N.{weight,bias}` tensors of a torchvision VGG16/AlexNet file (or its conversion), checked."""
     weights = TRUNK_WEIGHTS[net]
-    try:
-        if is_converted(path):
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated/corrupt files raise many different types
-        raise WeightsFileError(f"cannot read the {weights.purpose} file {path} (truncated or corrupt? reinstall it "
-                               f"with `mvq weights install --force`): {exc}") from None
+    state = read_state(path, weights.purpose)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

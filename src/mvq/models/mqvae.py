@@ -10,27 +10,23 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-from torch import nn
 
 from mvq.config import ConfigError, build_dataclass
-from mvq.models.images import check_images
-from mvq.models.pretrained import PretrainedMixin
+from mvq.errors import InvalidInputError
+from mvq.models.tokenizer_base import Tokenizer, TokenizerConfig
 from mvq.nn import (DEMASK_ATTENTIONS, MASK_CHOICES, MASK_UPDATES, AdaptiveDemasker, Decoder, EMAVectorQuantizer,
-                    Encoder, build_masker)
+                    build_masker)
 
 
 @dataclass
-class MQVAEConfig:
-    """Architecture of an MQ-VAE. Defaults are the paper's ImageNet model (f8, keep 25%)."""
+class MQVAEConfig(TokenizerConfig):
+    """Architecture of an MQ-VAE. Defaults are the paper's ImageNet model (f8, keep 25%).
 
-    resolution: int = 256
-    in_channels: int = 3
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (32,)
-    z_channels: int = 256
-    dropout: float = 0.0
+    The encoder/decoder fields come from `TokenizerConfig`; these follow them.
+    """
+
+    POSITIVE_FIELDS = (*TokenizerConfig.POSITIVE_FIELDS, "demask_layers")
+
     keep_ratio: float = 0.25
     codebook_size: int = 1024
     codebook_dim: int = 256
@@ -52,26 +48,11 @@ class MQVAEConfig:
         if self.demask_attention == "plain" and self.mask_update != "sqrt":
             raise ConfigError("model.mask_update only applies to direction_constrained de-mask attention; "
                               "remove it or set model.demask_attention: direction_constrained")
-        for name in ("resolution", "in_channels", "ch", "num_res_blocks", "z_channels", "codebook_size",
-                     "codebook_dim", "demask_layers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        if not self.ch_mult or min(self.ch_mult) < 1:
-            raise ConfigError(f"model.ch_mult must be a non-empty list of positive multipliers, got "
-                              f"{list(self.ch_mult)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ConfigError(f"model.ema_decay must be in (0, 1), got {self.ema_decay}")
+        self.check_common_fields()
         if not 0.0 < self.mask_init_value <= 1.0:
             raise ConfigError(f"model.mask_init_value must be in (0, 1], got {self.mask_init_value}")
-        if self.commitment_beta < 0:
-            raise ConfigError(f"model.commitment_beta must be 0 or more, got {self.commitment_beta}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ConfigError(f"model.keep_ratio must be in (0, 1], got {self.keep_ratio}")
-        if self.resolution % self.downsample_factor:
-            raise ConfigError(f"model.resolution {self.resolution} is not divisible by the downsampling "
-                              f"factor {self.downsample_factor} (= 2^(len(ch_mult)-1))")
         if self.z_channels != self.ch * self.ch_mult[-1]:
             raise ConfigError(f"model.z_channels ({self.z_channels}) must equal ch * ch_mult[-1] "
                               f"({self.ch * self.ch_mult[-1]}): the decoder has no conv_in of its own")
@@ -79,19 +60,8 @@ class MQVAEConfig:
             raise ConfigError(f"model.keep_ratio {self.keep_ratio} keeps no cell of the {self.num_cells}-cell grid")
 
     @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def grid_size(self) -> int:
-        return self.resolution // self.downsample_factor
-
-    @property
-    def num_cells(self) -> int:
-        return self.grid_size ** 2
-
-    @property
     def num_tokens(self) -> int:
+        """K = int(keep_ratio · N) kept cells."""
         return int(self.keep_ratio * self.num_cells)
 
     @classmethod
@@ -113,18 +83,17 @@ class MQVAEOutput:
     scores: torch.Tensor          # B×H×W, score-network output in (0, 1)
 
 
-class MQVAE(nn.Module, PretrainedMixin):
+class MQVAE(Tokenizer):
     """Masked-quantization VAE. `tokenize` / `detokenize` are the interface to stage 2."""
 
     model_type = "mqvae"
     config_class = MQVAEConfig
+    display_name = "MQ-VAE"
+    config: MQVAEConfig
 
     def __init__(self, config: MQVAEConfig):
-        super().__init__()
-        self.config = c = config
-        self.encoder = Encoder(in_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
-                               attn_resolutions=c.attn_resolutions, resolution=c.resolution,
-                               z_channels=c.z_channels, dropout=c.dropout)
+        super().__init__(config)  # the encoder
+        c = config
         self.masker = build_masker(c.mask_choice, c.z_channels, c.codebook_dim, c.num_tokens)
         self.quantizer = EMAVectorQuantizer(c.codebook_size, c.codebook_dim, decay=c.ema_decay,
                                             commitment_beta=c.commitment_beta,
@@ -135,18 +104,13 @@ class MQVAE(nn.Module, PretrainedMixin):
                                num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
                                resolution=c.resolution, dropout=c.dropout)
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the decoder's final conv (the adaptive GAN weight is computed there)."""
-        return self.decoder.conv_out.weight
-
-    def _check_images(self, images: torch.Tensor, values: bool = True) -> None:
-        """Shape always; with `values`, finite pixels in [-1, 1] (one host sync, so not in training steps)."""
-        check_images(images, self.config.in_channels, self.config.resolution, values, "MQ-VAE")
-
     def forward(self, images: torch.Tensor) -> MQVAEOutput:
-        """Reconstruct `images` (B×C×R×R in [-1, 1]); pixel values are checked outside training steps."""
-        self._check_images(images, values=not (self.training and torch.is_grad_enabled()))
+        """Reconstruct `images` (B×C×R×R in [-1, 1]).
+
+        Only the shape is checked (no host sync in training or evaluation steps); call
+        `check_images` first on images that may hold NaN or values outside [-1, 1].
+        """
+        self.check_image_shape(images)
         masked = self.masker(self.encoder(images))
         quantized, codebook_loss, codes = self.quantizer(masked.features)
         reconstruction = self.decoder(self.demasker(quantized, masked.positions, masked.keep_mask))
@@ -156,8 +120,8 @@ class MQVAE(nn.Module, PretrainedMixin):
 
     @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images → (codes, positions), each B×K long, positions ascending."""
-        self._check_images(images)
+        """Images → (codes, positions), each B×K long, positions ascending. Refuses bad pixels (`check_images`)."""
+        self.check_images(images)
         masked = self.masker(self.encoder(images))
         return self.quantizer.nearest_codes(masked.features), masked.positions
 
@@ -165,7 +129,7 @@ class MQVAE(nn.Module, PretrainedMixin):
     def detokenize(self, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(codes, positions) → images in about [-1, 1]. Positions need not be sorted."""
         if codes.shape != positions.shape or codes.dim() != 2:
-            raise ValueError(f"codes and positions must both be B×K, got {tuple(codes.shape)} and "
+            raise InvalidInputError(f"codes and positions must both be B×K, got {tuple(codes.shape)} and "
                              f"{tuple(positions.shape)}")
         return self.decode_tokens(codes, positions)
 

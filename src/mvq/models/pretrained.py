@@ -1,7 +1,7 @@
 """`save_pretrained` / `from_pretrained`: a folder with `config.json` and `model.safetensors`.
 
 A Stackformer folder written by `mvq export` also holds `tokenizer.json`: the weights
-fingerprint and config of the MQ-VAE whose tokens it was trained on.
+fingerprint and config of the tokenizer (MQ-VAE or VQGAN) whose tokens it was trained on.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class PretrainedFolderMissing(UserError, FileNotFoundError):
 
 class PretrainedFolderError(UserError, ValueError):
     """A pretrained folder that cannot be loaded: another model type, corrupt or mismatched files."""
+
 
 M = TypeVar("M", bound="PretrainedMixin")
 
@@ -117,14 +118,25 @@ class PretrainedMixin:
         return model.to(map_location).eval()
 
 
+# tokenizer.json's keys, and the names folders written before VQGAN tokenizers existed gave them.
+TOKENIZER_RECORD_KEYS = {"tokenizer_fingerprint": "mqvae_fingerprint", "tokenizer_config": "mqvae_config"}
+
+
+def tokenizer_record_keys(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A tokenizer record under the current keys, whether it was written with them or with the earlier ones."""
+    return {key: record[key] if key in record else record.get(earlier)
+            for key, earlier in TOKENIZER_RECORD_KEYS.items()}
+
+
 def write_tokenizer_record(directory: str | os.PathLike, record: Mapping[str, Any]) -> Path:
-    """Write tokenizer.json: `{"mqvae_fingerprint": sha256, "mqvae_config": {...}}` of a Stackformer's MQ-VAE."""
-    return atomic_write_json(Path(directory) / TOKENIZER_NAME,
-                             {"mqvae_fingerprint": record["mqvae_fingerprint"], "mqvae_config": record["mqvae_config"]})
+    """Write tokenizer.json: `{"tokenizer_fingerprint": sha256, "tokenizer_config": {...}}` of the tokenizer
+    (MQ-VAE or VQGAN) whose tokens a Stackformer learnt. A record under the earlier keys is written under these."""
+    return atomic_write_json(Path(directory) / TOKENIZER_NAME, tokenizer_record_keys(record))
 
 
 def read_tokenizer_record(directory: str | os.PathLike) -> dict | None:
-    """The MQ-VAE a Stackformer folder was trained with (its tokenizer.json), or None if it records none."""
+    """The tokenizer a Stackformer folder was trained with, from its tokenizer.json (current or earlier keys),
+    as `{"tokenizer_fingerprint": ..., "tokenizer_config": ... or None}`; None when the folder records none."""
     path = Path(directory) / TOKENIZER_NAME
     if not path.is_file():
         return None
@@ -132,8 +144,9 @@ def read_tokenizer_record(directory: str | os.PathLike) -> dict | None:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise PretrainedFolderError(f"{path} is not valid JSON ({exc}); export the Stackformer again") from exc
-    if not isinstance(record, dict) or not isinstance(record.get("mqvae_fingerprint"), str):
-        raise PretrainedFolderError(f"{path} does not record an MQ-VAE fingerprint; export the Stackformer again")
+    record = tokenizer_record_keys(record) if isinstance(record, dict) else {}
+    if not isinstance(record.get("tokenizer_fingerprint"), str):
+        raise PretrainedFolderError(f"{path} does not record a tokenizer fingerprint; export the Stackformer again")
     return record
 
 

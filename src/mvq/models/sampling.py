@@ -1,6 +1,8 @@
 """Sampling from a Stackformer: the settings, the per-step loop and the incremental decoder.
 
-Each step draws a code, then that code's position (design §2.6):
+This is where a token is sampled: `sample_from_logits`, called from `generate` once for the
+code and once for the position of every step. Each step draws a code, then that code's
+position (design §2.6):
 
     code logits     → temperature → top-k → top-p → draw a code
     position logits → temperature → forbid the start position and used cells (raster order:
@@ -244,10 +246,10 @@ class IncrementalDecoder:
         if t >= m.config.num_tokens:
             raise ValueError(f"all {m.config.num_tokens} steps are decoded")
         if self.use_cache:
-            x = m._code_inputs(self._code_in[:, t:t + 1], self._position_in[:, t:t + 1], t)
+            x = m.code_inputs(self._code_in[:, t:t + 1], self._position_in[:, t:t + 1], t)
             hidden = m.code_transformer(x, self._code_cache)
         else:
-            x = m._code_inputs(self._code_in[:, :t + 1], self._position_in[:, :t + 1], 0)
+            x = m.code_inputs(self._code_in[:, :t + 1], self._position_in[:, :t + 1], 0)
             hidden = m.code_transformer(x)
         self._hidden = hidden
         return m.code_head(m.code_norm(hidden[:, -1]))
@@ -290,7 +292,7 @@ class IncrementalDecoder:
         self._code_in[:, 1:end] = codes[:, :end - 1]
         self._position_in[:, 1:end] = positions[:, :end - 1]
         if self.use_cache:  # without caches every later call recomputes from these inputs
-            hidden = m.code_transformer(m._code_inputs(self._code_in[:, :p], self._position_in[:, :p], 0),
+            hidden = m.code_transformer(m.code_inputs(self._code_in[:, :p], self._position_in[:, :p], 0),
                                         self._code_cache)
             if m.position_transformer is not None:
                 m.position_transformer(hidden + m.code_embedding(codes), self._position_cache)
@@ -320,7 +322,8 @@ def filter_probabilities(logits: torch.Tensor, top_k: int | None, top_p: float |
     if top_p is not None and top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        outside = (mass_before >= top_p).scatter(-1, order, mass_before >= top_p)
+        outside_sorted = mass_before >= top_p  # in descending-probability order: put back in vocabulary order
+        outside = torch.zeros_like(outside_sorted).scatter(-1, order, outside_sorted)
         probs = probs.masked_fill(outside, 0.0)
     return probs
 

@@ -29,6 +29,7 @@ from mvq.models.pretrained import PretrainedMixin
 from mvq.models.sampling import IncrementalDecoder, SamplingConfig, generate
 from mvq.nn.transformer import TransformerStack
 
+
 @dataclass
 class StackformerConfig:
     """Architecture of a Stackformer. Layer/width defaults are the paper's (12 + 12 layers, 1024 wide)."""
@@ -165,8 +166,11 @@ class Stackformer(nn.Module, PretrainedMixin):
             tokens = tokens.masked_fill(dropped, c.null_class_token)
         return tokens
 
-    def _code_inputs(self, tokens: torch.Tensor, positions: torch.Tensor, first_step: int) -> torch.Tensor:
-        """Code-Transformer input for the steps first_step, first_step+1, ...: token + position + step."""
+    def code_inputs(self, tokens: torch.Tensor, positions: torch.Tensor, first_step: int) -> torch.Tensor:
+        """Code-Transformer input for the steps first_step, first_step+1, ...: token + position + step.
+
+        The training forward pass and the step-by-step decoder (`mvq.models.sampling`) both build it here.
+        """
         steps = self.step_embedding.weight[first_step:first_step + tokens.shape[1]]
         x = self.code_embedding(tokens) + self.position_embedding(positions) + steps
         return self.input_dropout(x)
@@ -200,7 +204,7 @@ class Stackformer(nn.Module, PretrainedMixin):
         code_in = torch.cat([start[:, None], codes[:, :-1]], dim=1)
         position_in = torch.cat([positions.new_full((b, 1), c.num_cells), positions[:, :-1]], dim=1)
 
-        hidden = self.code_transformer(self._code_inputs(code_in, position_in, 0))
+        hidden = self.code_transformer(self.code_inputs(code_in, position_in, 0))
         code_logits = self.code_head(self.code_norm(hidden))
         code_loss = F.cross_entropy(code_logits.flatten(0, 1).float(), codes.flatten())
         if self.position_transformer is None:

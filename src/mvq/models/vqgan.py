@@ -16,29 +16,22 @@ import torch
 from torch import nn
 
 from mvq.config import ConfigError, build_dataclass
-from mvq.models.images import check_images
-from mvq.models.pretrained import PretrainedMixin
-from mvq.nn import Decoder, EMAVectorQuantizer, Encoder, LearnedVectorQuantizer
+from mvq.errors import InvalidInputError
+from mvq.models.tokenizer_base import Tokenizer, TokenizerConfig
+from mvq.nn import Decoder, EMAVectorQuantizer, LearnedVectorQuantizer
 
 QUANTIZERS = ("ema", "learned")
 
 
 @dataclass
-class VQGANConfig:
+class VQGANConfig(TokenizerConfig):
     """Architecture of a VQGAN. Defaults: the MQ-VAE paper model's encoder and decoder widths (f8), every cell a token.
 
-    `quantizer`: "ema" (mvq's EMA codebook with restarts, as in the MQ-VAE) or "learned"
-    (taming-transformers' codebook trained by gradient with its legacy loss).
+    The encoder/decoder fields come from `TokenizerConfig`. `quantizer`: "ema" (mvq's EMA
+    codebook with restarts, as in the MQ-VAE) or "learned" (taming-transformers' codebook
+    trained by gradient with its legacy loss).
     """
 
-    resolution: int = 256
-    in_channels: int = 3
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (32,)
-    z_channels: int = 256
-    dropout: float = 0.0
     codebook_size: int = 1024
     codebook_dim: int = 256
     quantizer: str = "ema"
@@ -47,36 +40,9 @@ class VQGANConfig:
     restart_unused_codes: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("resolution", "in_channels", "ch", "num_res_blocks", "z_channels", "codebook_size",
-                     "codebook_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        if not self.ch_mult or min(self.ch_mult) < 1:
-            raise ConfigError(f"model.ch_mult must be a non-empty list of positive multipliers, got "
-                              f"{list(self.ch_mult)}")
         if self.quantizer not in QUANTIZERS:
             raise ConfigError(f"model.quantizer must be one of {', '.join(QUANTIZERS)}; got {self.quantizer!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ConfigError(f"model.ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.commitment_beta < 0:
-            raise ConfigError(f"model.commitment_beta must be 0 or more, got {self.commitment_beta}")
-        if self.resolution % self.downsample_factor:
-            raise ConfigError(f"model.resolution {self.resolution} is not divisible by the downsampling "
-                              f"factor {self.downsample_factor} (= 2^(len(ch_mult)-1))")
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def grid_size(self) -> int:
-        return self.resolution // self.downsample_factor
-
-    @property
-    def num_cells(self) -> int:
-        return self.grid_size ** 2
+        self.check_common_fields()
 
     @property
     def num_tokens(self) -> int:
@@ -102,18 +68,17 @@ class VQGANOutput:
     scores: torch.Tensor          # B×H×W, all 1 (no cell is scored; kept for the MQ-VAE's visualisations)
 
 
-class VQGAN(nn.Module, PretrainedMixin):
+class VQGAN(Tokenizer):
     """taming-transformers' VQModel. `tokenize` / `detokenize` speak (codes, positions) like the MQ-VAE's."""
 
     model_type = "vqgan"
     config_class = VQGANConfig
+    display_name = "VQGAN"
+    config: VQGANConfig
 
     def __init__(self, config: VQGANConfig):
-        super().__init__()
-        self.config = c = config
-        self.encoder = Encoder(in_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
-                               attn_resolutions=c.attn_resolutions, resolution=c.resolution,
-                               z_channels=c.z_channels, dropout=c.dropout)
+        super().__init__(config)  # the encoder
+        c = config
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_dim, 1)
         if c.quantizer == "ema":
             self.quantizer: EMAVectorQuantizer | LearnedVectorQuantizer = EMAVectorQuantizer(
@@ -126,14 +91,6 @@ class VQGAN(nn.Module, PretrainedMixin):
                                num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
                                resolution=c.resolution, dropout=c.dropout, z_channels=c.z_channels)
 
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """Weight of the decoder's final conv (the adaptive GAN weight is computed there)."""
-        return self.decoder.conv_out.weight
-
-    def _check_images(self, images: torch.Tensor, values: bool = True) -> None:
-        check_images(images, self.config.in_channels, self.config.resolution, values, "VQGAN")
-
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         """Images → pre-quantization vectors, B×H×W×codebook_dim (channels last, raster order)."""
         return self.quant_conv(self.encoder(images)).permute(0, 2, 3, 1)
@@ -143,8 +100,8 @@ class VQGAN(nn.Module, PretrainedMixin):
         return self.decoder(self.post_quant_conv(quantized.permute(0, 3, 1, 2)))
 
     def forward(self, images: torch.Tensor) -> VQGANOutput:
-        """Reconstruct `images` (B×C×R×R in [-1, 1]); pixel values are checked outside training steps."""
-        self._check_images(images, values=not (self.training and torch.is_grad_enabled()))
+        """Reconstruct `images` (B×C×R×R in [-1, 1]); the shape is checked, the pixels by `check_images`."""
+        self.check_image_shape(images)
         quantized, codebook_loss, codes = self.quantizer(self._features(images))
         reconstruction = self._decode_vectors(quantized)
         b, g = images.shape[0], self.config.grid_size
@@ -155,8 +112,8 @@ class VQGAN(nn.Module, PretrainedMixin):
 
     @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images → (codes, positions), each B×N long; positions are 0..N-1 (raster order)."""
-        self._check_images(images)
+        """Images → (codes, positions), each B×N long; positions are 0..N-1 (raster order). Refuses bad pixels."""
+        self.check_images(images)
         codes = self.quantizer.nearest_codes(self._features(images)).flatten(1)
         return codes, torch.arange(codes.shape[1], device=codes.device).expand_as(codes)
 
@@ -165,14 +122,15 @@ class VQGAN(nn.Module, PretrainedMixin):
         """(codes, positions) → images in about [-1, 1]. Positions (default: raster order) hold every cell once."""
         n = self.config.num_cells
         if codes.dim() != 2 or codes.shape[1] != n:
-            raise ValueError(f"a VQGAN decodes B×{n} codes (one per cell), got {tuple(codes.shape)}")
+            raise InvalidInputError(f"a VQGAN decodes B×{n} codes (one per cell), got {tuple(codes.shape)}")
         if positions is not None:
             if positions.shape != codes.shape:
-                raise ValueError(f"codes and positions must both be B×{n}, got {tuple(codes.shape)} and "
+                raise InvalidInputError(f"codes and positions must both be B×{n}, got {tuple(codes.shape)} and "
                                  f"{tuple(positions.shape)}")
             cells = torch.arange(n, device=positions.device).expand_as(positions)
             if not torch.equal(positions.sort(dim=1).values, cells):
-                raise ValueError(f"a VQGAN needs a code at every cell: positions must hold each of 0..{n - 1} once")
+                raise InvalidInputError(f"a VQGAN needs a code at every cell: positions must hold each of "
+                                        f"0..{n - 1} once")
         return self.decode_tokens(codes, positions)
 
     def decode_tokens(self, codes: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:

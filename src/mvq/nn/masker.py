@@ -1,8 +1,10 @@
 """Mask modules (design §2.2, §2.7): choose the K cells of the encoder map that become tokens.
 
-`AdaptiveMasker` ranks the cells by a learned score network and keeps the K best, the same
-number for every image. `RandomMasker` is its ablation: a random ranking per image, same K,
-no score network — what the adaptive choice is measured against.
+This is where the mask is chosen: `AdaptiveMasker.forward`. It ranks the cells by a learned
+score network and keeps the K best, the same number for every image. `RandomMasker` is its
+ablation: a random ranking per image, same K, no score network — what the adaptive choice is
+measured against. The switch between them is `build_masker`, set by `model.mask_choice`
+(`adaptive` | `random`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Checkpoints of a training run: when they are written, what they hold, how they are read.
 
+This is where a checkpoint is written: `AtomicCheckpointIO.save_checkpoint`, asked by
+`LastCheckpoint` and `best_checkpoint` (and on SIGTERM / Ctrl-C); `TrainingState` adds mvq's part.
+
 When (all into RUN/checkpoints/, each written atomically: a temporary file, then a rename):
 
     last.ckpt   every `run.checkpoint_every_n_steps` optimizer steps, at the end of every epoch and
@@ -19,7 +22,7 @@ plain containers, never code):
         "loops": ..., "callbacks": ...,    # Lightning's loop progress and the best score so far
         "pytorch-lightning_version": ...,
         "mvq_state": {"stage": 1 or 2, "batches_trained": ..., "torch_rng": ..., "cuda_rng": ...,
-                      "tokenizer": {"mqvae_fingerprint": ..., "mqvae_config": ...} or None},
+                      "tokenizer": {"tokenizer_fingerprint": ..., "tokenizer_config": ...} or None},
     }
 
 How they are read: `mvq train --resume RUN` hands last.ckpt to Lightning, which reads it
@@ -182,9 +185,7 @@ class TrainingState:
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("mvq_state")
-        if state is None:
-            raise UserError("this checkpoint was not written by mvq train (no training state in it)")
+        state = checkpoint["mvq_state"]  # read_checkpoint refused checkpoints without it
         check_stage(checkpoint, self.stage, "the checkpoint to resume")
         self._check_shapes(checkpoint["state_dict"])
         self.batches_trained = state["batches_trained"]

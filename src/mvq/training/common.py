@@ -21,6 +21,10 @@ def peak_lr(optim: OptimConfig, batch_size: int, world_size: int) -> float:
 
 def schedule_for(trainer: L.Trainer, optim: OptimConfig, lr: float) -> WarmupCosine:
     """Warm-up + cosine over the optimizer steps this fit will take."""
+    if trainer.train_dataloader is None:
+        # configure_optimizers runs before the fit loop loads the data: load it now (once, as Lightning's
+        # estimated_stepping_batches does), or the epoch length reads as 0 batches.
+        trainer.fit_loop.setup_data()
     per_epoch = max(1, trainer.num_training_batches // optim.accumulate_grad_batches)
     # trainer.max_steps counts optimizer steps already; max_epochs counts passes over the data.
     limits = [trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else math.inf,

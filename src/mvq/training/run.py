@@ -14,19 +14,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mvq.config import ConfigError
+from mvq.distributed import check_accelerator
 from mvq.errors import UserError
 from mvq.training.config import Stage1Config, TrainingConfig, load_training_config
 from mvq.training.run_folder import CONFIG_NAME, check_run_dir, is_launcher, locked, remove_interrupted_writes
 
-RUN_DIR_ENV = "MVQ_RUN_DIR"  # lets processes started by a multi-device launcher find the same run folder
+# The run folder a launching `mvq train` hands to the processes a multi-device launcher starts for it.
+RUN_DIR_ENV = "MVQ_RUN_DIR"
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK")
 
 
 def _default_run_dir(config_path: str | Path) -> Path:
     return Path("runs") / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def launched_run_dir() -> Path | None:
+    """The run folder the launching `mvq train` chose, in a process a multi-device launcher started for it.
+
+    Trusted only there (a rank variable set, and not global rank 0 of node 0): anywhere else a
+    stray MVQ_RUN_DIR in the user's shell must not replace --run-dir, nor skip the refusal of an
+    existing run or the folder's lock.
+    """
+    folder = os.environ.get(RUN_DIR_ENV)
+    if folder and any(name in os.environ for name in RANK_VARIABLES) and not is_launcher():
+        return Path(folder)
+    return None
+
+
 @dataclass
 class PreparedRun:
+    """Everything `train` needs, resolved and validated before any work: where, what, and from which checkpoint."""
+
     folder: Path
     raw: dict  # the resolved config, saved as config.yaml once training starts
     config: TrainingConfig
@@ -51,8 +69,7 @@ def prepare_run(config_path: str | None, overrides: list[str], run_dir: str | No
     if not config_path:
         raise ConfigError("give a config file (mvq train CONFIG) or --resume RUN_DIR")
     raw, config = load_training_config(config_path, overrides, data_folder=data_path)
-    folder = check_run_dir(Path(os.environ.get(RUN_DIR_ENV) or run_dir or _default_run_dir(config_path)),
-                           "--run-dir")
+    folder = check_run_dir(launched_run_dir() or Path(run_dir or _default_run_dir(config_path)), "--run-dir")
     _refuse_existing_run(folder)
     return PreparedRun(folder, raw, config, None)
 
@@ -60,7 +77,7 @@ def prepare_run(config_path: str | None, overrides: list[str], run_dir: str | No
 def _refuse_existing_run(folder: Path) -> None:
     from mvq.training.checkpoints import checkpoint_path
 
-    if checkpoint_path(folder).exists() and RUN_DIR_ENV not in os.environ:
+    if checkpoint_path(folder).exists() and launched_run_dir() is None:  # a launched process: its launcher checked
         raise UserError(f"{folder} already holds a run; continue it with --resume {folder} "
                         "or choose another --run-dir")
 
@@ -69,23 +86,15 @@ def train(config_path: str | None = None, overrides: list[str] | None = None, ru
           resume: str | None = None, data_path: str | None = None) -> Path:
     """Train stage 1 or stage 2 (chosen by the config) and return the run folder."""
     run = prepare_run(config_path, overrides or [], run_dir, resume, data_path)
-    _check_accelerator(run.config.trainer)
-    if RUN_DIR_ENV in os.environ or not is_launcher():  # the launching process holds the folder's lock
+    accelerator = str(run.config.trainer.get("accelerator", "auto"))
+    check_accelerator(accelerator, f"trainer.accelerator={accelerator}", "trainer.accelerator=cpu (or auto)")
+    if not is_launcher():  # the launching process holds the folder's lock
         return _fit(run)
     with locked(run.folder):
         if not run.resume_from:
             _refuse_existing_run(run.folder)  # again: another run may have finished while we validated
         remove_interrupted_writes(run.folder)
         return _fit(run)
-
-
-def _check_accelerator(trainer: dict) -> None:
-    """A GPU asked for on a machine without one: one line, not Lightning's traceback."""
-    import torch
-
-    if str(trainer.get("accelerator", "auto")) in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.accelerator={trainer['accelerator']}: this machine has no usable GPU; "
-                        "train on the CPU with trainer.accelerator=cpu (or auto)")
 
 
 def _fit(run: PreparedRun) -> Path:
@@ -105,9 +114,9 @@ def _fit(run: PreparedRun) -> Path:
     if isinstance(config, Stage1Config):
         from mvq.training.callbacks import ReconstructionGrids
         from mvq.training.datamodule import ImageDataModule
-        from mvq.training.stage1 import MQVAETraining
+        from mvq.training.stage1 import TokenizerTraining
 
-        module = MQVAETraining(config)
+        module = TokenizerTraining(config)
         datamodule = ImageDataModule(config.data, seed=config.run.seed)
         extra = [ReconstructionGrids(config.run.image_every_n_steps, config.run.num_log_images, folder / "images")]
         monitor = "val/rec_loss"
@@ -139,7 +148,7 @@ def _fit(run: PreparedRun) -> Path:
         deterministic=config.run.deterministic,
         **trainer_args,
     )
-    launched_by_us = RUN_DIR_ENV not in os.environ
+    previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(folder)  # processes a multi-device launcher starts inherit it
     try:
         with CtrlCSavesCheckpoint() as signals:
@@ -147,8 +156,10 @@ def _fit(run: PreparedRun) -> Path:
     except SIGTERMException:
         raise TrainingInterrupted(folder, signals.received or "SIGTERM") from None
     finally:
-        if launched_by_us:
+        if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
     return folder
 
 

@@ -11,12 +11,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -25,6 +22,7 @@ from omegaconf import OmegaConf
 from mvq.atomic import atomic_write_text, remove_stale_temporaries
 from mvq.distributed import local_rank, rank_and_world_size
 from mvq.errors import UserError
+from mvq.locks import locked as hold_lock
 
 CONFIG_NAME = "config.yaml"
 LOCK_NAME = ".lock"
@@ -37,26 +35,14 @@ def check_run_dir(folder: Path, option: str) -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
+def locked(folder: Path) -> ContextManager[None]:
     """Hold an exclusive OS lock on the run folder for as long as the block runs.
 
     A second `mvq train` on the same folder is refused instead of mixing its config and
     checkpoints with this run's. The lock goes away with the process, even on kill -9.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_NAME, "a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UserError(f"{folder} is in use by another mvq train; wait for it to finish, "
-                                f"or choose another --run-dir") from exc
-            raise
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return hold_lock(folder / LOCK_NAME, f"{folder} is in use by another mvq train; wait for it to finish, "
+                                         f"or choose another --run-dir")
 
 
 def remove_interrupted_writes(folder: Path) -> None:

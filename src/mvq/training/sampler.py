@@ -16,6 +16,8 @@ from mvq.config import ConfigError
 
 
 class ResumableSampler(Sampler[int]):
+    """This rank's share of a (seed, epoch) permutation; `skip_batches` resumes in the middle of an epoch."""
+
     def __init__(self, length: int, batch_size: int, seed: int = 0, shuffle: bool = True,
                  rank: int = 0, world_size: int = 1):
         self.length, self.batch_size, self.seed, self.shuffle = length, batch_size, seed, shuffle

@@ -10,7 +10,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from mvq.config import ConfigError, _unknown_key_message, build_dataclass
+from mvq.config import ConfigError, build_dataclass, unknown_key_message
 
 
 @dataclass
@@ -73,8 +73,8 @@ def validate_trainer_section(trainer: dict[str, Any]) -> dict[str, Any]:
         if key in _TRAINER_RESERVED:
             raise ConfigError(f"trainer.{key} cannot be set here: {_TRAINER_RESERVED[key]}")
         if key not in valid:
-            raise ConfigError(_unknown_key_message(key, sorted(valid - set(_TRAINER_RESERVED)),
-                                                   "trainer (Lightning Trainer argument)"))
+            raise ConfigError(unknown_key_message(key, sorted(valid - set(_TRAINER_RESERVED)),
+                                                  "trainer (Lightning Trainer argument)"))
     for key in ("max_steps", "max_epochs"):
         value = trainer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
@@ -90,7 +90,7 @@ def check_sections(raw: dict, allowed: tuple[str, ...], stage: int) -> None:
     """Refuse top-level keys a stage's config does not have, suggesting the closest one."""
     for key in raw:
         if key not in allowed:
-            raise ConfigError(_unknown_key_message(key, list(allowed), f"a stage-{stage} config (its sections)"))
+            raise ConfigError(unknown_key_message(key, list(allowed), f"a stage-{stage} config (its sections)"))
 
 
 def common_sections(raw: dict) -> tuple[RunConfig, dict[str, Any]]:

@@ -17,7 +17,13 @@ from mvq.training.common import Throughput, optimizer_step, peak_lr, schedule_fo
 from mvq.training.stage1_config import Stage1Config
 
 
-class MQVAETraining(TrainingState, L.LightningModule):
+class TokenizerTraining(TrainingState, L.LightningModule):
+    """Trains a stage-1 tokenizer (an MQ-VAE, or the VQGAN baseline) against its PatchGAN discriminator.
+
+    `model` is the tokenizer `config.model` describes, `loss` holds L1 + LPIPS + GAN and the
+    discriminator; validation logs the reconstruction loss, PSNR, codebook use and keep scores.
+    """
+
     stage = 1
 
     def __init__(self, config: Stage1Config):

@@ -22,6 +22,8 @@ PATH_KEYS = (("data", "root"), ("run", "init_from"))
 
 @dataclass
 class Stage1Config:
+    """A stage-1 training config: the tokenizer, its images, its loss, and how the run optimises and records."""
+
     model: MQVAEConfig | VQGANConfig  # `model.architecture: vqgan` selects the VQGAN baseline
     data: DataConfig
     loss: Stage1LossConfig

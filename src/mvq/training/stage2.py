@@ -77,6 +77,12 @@ class TokenDataModule(ResumableDataModule):
 
 
 class StackformerTraining(TrainingState, L.LightningModule):
+    """Trains a Stackformer on token-store rows (teacher-forced code + position losses).
+
+    Records which tokenizer made the tokens (`tokenizer_record`), so checkpoints and exported
+    folders name it; the `SampleGrids` callback checks that tokenizer against the store.
+    """
+
     stage = 2
 
     def __init__(self, config: Stage2Config):
@@ -149,9 +155,9 @@ class StackformerTraining(TrainingState, L.LightningModule):
 
 
 def tokenizer_record(config: Stage2Config) -> dict:
-    """The MQ-VAE whose tokens the Stackformer learns: its weights fingerprint (as the token store
-    recorded it) and its config. Checkpoints carry it and `mvq export` writes it as tokenizer.json,
-    so samples are never decoded with another MQ-VAE of the same shapes.
+    """The tokenizer (MQ-VAE or VQGAN) whose tokens the Stackformer learns: its weights fingerprint (as
+    the token store recorded it) and its config. Checkpoints carry it and `mvq export` writes it as
+    tokenizer.json, so samples are never decoded with another tokenizer of the same shapes.
     """
     from mvq.config import dataclass_to_dict
     from mvq.data.token_store import read_header
@@ -160,7 +166,7 @@ def tokenizer_record(config: Stage2Config) -> dict:
     fingerprint = read_header(config.data.tokens).vae.get("weights_sha256")
     if fingerprint is None:  # a store that did not record it: the MQ-VAE it is checked against
         fingerprint = weights_fingerprint(load_tokenizer(config.vae))
-    return {"mqvae_fingerprint": fingerprint, "mqvae_config": dataclass_to_dict(read_vae_config(config.vae))}
+    return {"tokenizer_fingerprint": fingerprint, "tokenizer_config": dataclass_to_dict(read_vae_config(config.vae))}
 
 
 # ----------------------------------------------------------------------------- sample grids

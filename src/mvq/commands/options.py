@@ -1,0 +1,58 @@
+"""Command-line options that `mvq sample` and `mvq complete` share: sampling settings and speed."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mvq.models.sampling import SamplingConfig
+
+
+def _top_k(value: str) -> int | None:
+    k = int(value)
+    if k < 0:
+        raise argparse.ArgumentTypeError("top-k must be 0 (off) or positive")
+    return k or None
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Temperature, top-k and top-p per stream, guidance, raster constraint, cache."""
+    parser.add_argument("--temperature", type=float, default=1.0, help="code temperature (default: 1.0)")
+    parser.add_argument("--top-k", type=_top_k, default=100, help="code top-k, 0 = off (default: 100)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="code top-p, 1 = off (default: 0.95)")
+    parser.add_argument("--position-temperature", type=float, default=1.0, help="position temperature (default: 1.0)")
+    parser.add_argument("--position-top-k", type=_top_k, default=10, help="position top-k, 0 = off (default: 10)")
+    parser.add_argument("--position-top-p", type=float, default=0.95, help="position top-p, 1 = off (default: 0.95)")
+    parser.add_argument("--cfg-scale", type=float, default=1.0,
+                        help="classifier-free guidance scale; 1 = off (needs a model trained with class_dropout)")
+    parser.add_argument("--no-raster-constraint", dest="raster_constraint", action="store_false",
+                        help="let positions come in any order (only repeats are forbidden)")
+    parser.add_argument("--no-cache", dest="use_cache", action="store_false",
+                        help="recompute the whole prefix every step (slow; for checking)")
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--precision and --compile."""
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="autocast precision of the models (default: fp32; fp16 needs a CUDA GPU). Tokens are "
+                             "always drawn from fp32 probabilities")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer stacks (first batch slower; worth it for many images)")
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--overwrite as sample, complete and export mean it: the whole folder is replaced, once `what` is complete."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace a non-empty --out folder as a whole: everything in it goes, once the new "
+                             f"{what} are complete (until then it is untouched)")
+
+
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    """The validated sampling settings of the command line."""
+    from mvq.models.sampling import SamplingConfig
+
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          position_temperature=args.position_temperature, position_top_k=args.position_top_k,
+                          position_top_p=args.position_top_p, cfg_scale=args.cfg_scale,
+                          raster_constraint=args.raster_constraint, use_cache=args.use_cache)
