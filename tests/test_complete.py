@@ -105,12 +105,20 @@ def test_complete_command_end_to_end(pipe, tmp_path, capsys):
     figure = np.asarray(Image.open(out / "p0.png"))
     scale = 128 // 16
     assert figure.shape == (16 * scale + 4, 5 * (16 * scale + 2) + 2, 3)  # input, kept cells, 3 completions
+    shown = 16 * scale
+    pictures = [figure[2:2 + shown, 2 + i * (shown + 2):2 + i * (shown + 2) + shown] for i in range(5)]
+    from mvq.data.images import load_rgb
+    from mvq.data.transforms import eval_transform
+    from mvq.evaluation.image_metrics import to_uint8_hwc
+
+    model_input = to_uint8_hwc(eval_transform(16)(load_rgb(inputs / "p0.png"))[None])[0]
+    assert np.array_equal(pictures[0], model_input.repeat(scale, 0).repeat(scale, 1))  # the input, enlarged
+    last = np.asarray(Image.open(out / "completions" / "p0_2.png"))
+    assert np.array_equal(pictures[4], last.repeat(scale, 0).repeat(scale, 1))  # then the completions
     completions = sorted(p.name for p in (out / "completions").iterdir())
     assert completions == [f"p{i}_{j}.png" for i in range(2) for j in range(3)]
 
     # The same completions as the pipeline's, from the same resized input.
-    from mvq.data.images import load_rgb
-    from mvq.data.transforms import eval_transform
     from mvq.pipeline import MVQPipeline
 
     loaded = MVQPipeline.from_pretrained(sf_dir, vae_dir, device="cpu")
@@ -139,3 +147,14 @@ def test_demo_completion_figure(pipe, tmp_path):
     figure = np.asarray(Image.open(tmp_path / "completions.png"))
     scale = 64 // 16
     assert figure.shape == ((4 * 18 + 2) * scale, (5 * 18 + 2) * scale, 3)  # 4 images × (2 + 3) pictures, padded
+
+    def picture(row: int, column: int) -> np.ndarray:  # the figure's picture there, back at 16 px
+        top, left = (2 + row * 18) * scale, (2 + column * 18) * scale
+        return figure[top:top + 16 * scale:scale, left:left + 16 * scale:scale]
+
+    for row, image in enumerate(photos(5)[:4]):  # each row starts with its input image, enlarged
+        assert np.array_equal(picture(row, 0), image)
+        assert np.array_equal(figure[(2 + row * 18) * scale:(18 + row * 18) * scale, 2 * scale:18 * scale],
+                              image.repeat(scale, 0).repeat(scale, 1))
+    completions = pipe.complete(photos(5)[:4], keep_rows=4, labels=[0, 1, 2, 0], n=3, seed=0)
+    assert np.abs(picture(3, 4).astype(int) - completions[3, 2]).max() <= 1  # the last completion of the last row

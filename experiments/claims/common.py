@@ -15,10 +15,10 @@ SETTINGS = Path(__file__).with_name("settings.yaml")
 RESULTS = REPOSITORY / "experiments" / "results"
 
 
-def load_settings() -> dict[str, Any]:
+def load_settings(path: Path = SETTINGS) -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(SETTINGS.read_text())
+    return yaml.safe_load(Path(path).read_text())
 
 
 def use_threads(threads: int) -> None:
@@ -87,7 +87,7 @@ def write_json(path: Path, data: dict) -> None:
     from mvq.atomic import atomic_write_json
 
     atomic_write_json(path, data)
-    print(f"wrote {path.relative_to(REPOSITORY)}", flush=True)
+    print(f"wrote {path}", flush=True)
 
 
 def read_json(path: Path) -> dict:

@@ -12,11 +12,13 @@ Every setting comes from settings.yaml (`generation_fashion_mnist`). Per tokeniz
      class consistency by a small classifier trained on the training images (its test accuracy
      reported), and a sample grid per tokenizer (one row per class).
 Writes experiments/results/generation_fashion_mnist.json and generation_fashion_mnist_<tokenizer>.png.
-    python experiments/claims/generation_fashion_mnist.py
+    python experiments/claims/generation_fashion_mnist.py [--settings YAML] [--results DIR] [--work DIR]
+(`--settings` and the folders are for trying the script out with other settings; the study uses the defaults.)
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import shutil
 import sys
@@ -25,11 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (REPOSITORY, RESULTS, Stopwatch, environment, load_settings, stage1_config,  # noqa: E402
-                    train_and_export, use_threads, write_json)
+from common import (REPOSITORY, RESULTS, SETTINGS, Stopwatch, environment, load_settings,  # noqa: E402
+                    stage1_config, train_and_export, use_threads, write_json)
 
 WORK = REPOSITORY / "runs" / "claims" / "generation"
-OUT = RESULTS / "generation_fashion_mnist.json"
 PACKAGED = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -125,7 +126,15 @@ def main() -> None:
     from mvq.tokenizing import tokenize_dataset
     from mvq.visualize import image_grid, save_image
 
-    all_settings = load_settings()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", type=Path, default=SETTINGS)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=WORK)
+    args = parser.parse_args()
+    results_dir, work = args.results, args.work
+    out = results_dir / "generation_fashion_mnist.json"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    all_settings = load_settings(args.settings)
     settings = all_settings["generation_fashion_mnist"]
     use_threads(all_settings["threads"])
     clock = Stopwatch()
@@ -152,7 +161,7 @@ def main() -> None:
     for name, arm in settings["tokenizers"].items():
         print(f"== {name}", flush=True)
         arm_clock = Stopwatch()
-        folder = WORK / name
+        folder = work / name
         with arm_clock.part("stage1"):
             model = {**settings["stage1_model"], **arm}
             stage1 = stage1_config(model, data_section(root, resolution, settings["stage1_batch_size"]),
@@ -188,7 +197,7 @@ def main() -> None:
         consistency = float((predicted == torch.tensor(wanted)).float().mean())
         per_class = settings["samples_per_class"]
         grid = [sample_tensor[c * per_class: c * per_class + 10].float() / 127.5 - 1 for c in range(10)]
-        save_image(image_grid(grid), RESULTS / f"generation_fashion_mnist_{name}.png")
+        save_image(image_grid(grid), results_dir / f"generation_fashion_mnist_{name}.png")
         results[name] = {
             "tokenizer": model, "stackformer": stackformer.config.__dict__,
             "stackformer_parameters": sum(p.numel() for p in stackformer.parameters()),
@@ -198,8 +207,8 @@ def main() -> None:
         }
         np.savez_compressed(folder / "samples.npz", arr_0=samples)
         print(f"   {results[name]}", flush=True)
-        write_json(OUT, {"runs": results})
-    write_json(OUT, {
+        write_json(out, {"runs": results})
+    write_json(out, {
         "what": "class-conditional Fashion-MNIST (32 px, 16 tokens per image): MQ-VAE f4 (8x8, keep 25%) + "
                 "Stackformer vs VQGAN f8 (4x4) + plain GPT of equal width and total depth, same stage-2 steps",
         "settings": settings, "threads": all_settings["threads"],

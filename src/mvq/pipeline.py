@@ -154,7 +154,7 @@ class MVQPipeline:
 
     def __call__(self, n: int | None = None, labels: Sequence[int] | None = None, seed: int = 0,
                  batch_size: int = 16, sampling: SamplingConfig | None = None, **settings: Any) -> np.ndarray:
-        """Sample images: `n` of them (unconditional) or one per label → uint8 N×R×R×3."""
+        """Sample images: `n` of them, or one per label (one label with `n`: n of that class) → uint8 N×R×R×3."""
         parts = [images for _, images in self.batches(n, labels, seed, batch_size, sampling, **settings)]
         r = self.vae.config.resolution
         return np.concatenate(parts) if parts else np.zeros((0, r, r, 3), dtype=np.uint8)

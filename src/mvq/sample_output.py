@@ -89,9 +89,9 @@ def check_destination(out: str | os.PathLike, overwrite: bool) -> None:
 
 def locked(out: str | os.PathLike) -> ContextManager[None]:
     """Hold the lock of the output folder `out` while the block runs (process 0, for the whole run)."""
-    out = Path(out)
-    return hold_lock(out.parent / f".{out.name}.lock", f"{out} is in use by another mvq sample; wait for it to "
-                                                       "finish, or choose another --out", remove=True)
+    folder = Path(out).resolve()  # "." and "out/" name their folder too
+    return hold_lock(folder.parent / f".{folder.name}.lock", f"{out} is in use by another mvq sample; wait for it "
+                                                             "to finish, or choose another --out", remove=True)
 
 
 def _differences(recorded: dict, request: dict) -> list[str]:

@@ -108,7 +108,7 @@ def generate_handler(pipeline: MVQPipeline) -> Callable:
 
 
 def complete_handler(pipeline: MVQPipeline) -> Callable:
-    """Uploaded file + rows to keep → (input, kept rows and completions in one row, status)."""
+    """Uploaded file + rows to keep → (input, its kept cells and the completions in one row, status)."""
     def handle(path, keep_rows, label, seed, count, cfg_scale):
         if not path:
             return None, "Upload an image first."
@@ -142,7 +142,8 @@ def _guidance_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
 def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN) -> None:
     r = vae.config.resolution
     gr.Markdown(f"Upload an image of any size: it is resized (shorter side) and centre-cropped to the model's "
-                f"{r}×{r} pixels. The {vae.display_name} keeps {vae.config.num_tokens} of its {vae.config.num_cells} cells "
+                f"{r}×{r} pixels. The {vae.display_name} keeps {vae.config.num_tokens} of its "
+                f"{vae.config.num_cells} cells "
                 f"as tokens (darkened cells are masked) and decodes the image from them.")
     with gr.Row():
         upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="tokenize-upload")
@@ -210,8 +211,8 @@ def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
                 cfg_scale = _guidance_input(gr, pipeline, "complete-cfg")
     button = gr.Button("Complete", variant="primary", elem_id="complete-button")
     status = gr.Markdown(elem_id="complete-status")
-    grid = gr.Image(label="Input, its kept rows (the rest darkened), completions", type="numpy", format="png",
-                    interactive=False, elem_id="complete-grid")
+    grid = gr.Image(label="Input, the cells of its kept tokens (the rest darkened), completions", type="numpy",
+                    format="png", interactive=False, elem_id="complete-grid")
     button.click(complete_handler(pipeline), inputs=[upload, keep_rows, label, seed, count, cfg_scale],
                  outputs=[grid, status])
 

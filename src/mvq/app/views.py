@@ -82,7 +82,8 @@ def tokenize_view(vae: MQVAE | VQGAN, pixels: np.ndarray) -> TokenizeView:
                         num_cells=vae.config.num_cells, psnr=value)
 
 
-def sample_grid(pipeline: MVQPipeline, count: int, label: int | None, seed: int, sampling: SamplingConfig) -> np.ndarray:
+def sample_grid(pipeline: MVQPipeline, count: int, label: int | None, seed: int,
+                sampling: SamplingConfig) -> np.ndarray:
     """`count` samples (all of class `label` for class-conditional models) as one enlarged grid."""
     labels = None if label is None else [label] * count
     images = pipeline(n=count, labels=labels, seed=seed, batch_size=count, sampling=sampling)

@@ -71,7 +71,8 @@ def prepare_output_folder(out: str | Path, data: str | None = None) -> Path:
             elif path.exists():
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / MARKER, "written by mvq demo: its outputs in this folder are replaced by the next demo run\n")
+    atomic_write_text(out / MARKER,
+                      "written by mvq demo: its outputs in this folder are replaced by the next demo run\n")
     return out
 
 

@@ -31,7 +31,12 @@ def evaluation_indices(set_size: int, num_images: int | None, seed: int = 0) -> 
 
 
 def fit_resolution(image, resolution: int):
-    """PIL image → resolution×resolution: bicubic resize of the shorter side, then a centre crop."""
+    """PIL image → resolution×resolution: bicubic resize of the shorter side, then a centre crop.
+
+    The evaluation protocol's fitting of FID/IS image folders and arrays. What the models take in
+    (`mvq tokenize`, `reconstruct`, `complete`, the browser demo) is fitted by
+    `mvq.data.transforms.eval_transform` instead, as in training.
+    """
     from PIL import Image
 
     if image.size == (resolution, resolution):
