@@ -27,8 +27,10 @@ WIDTHS = {
     "small": (dict(resolution=64, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(8,), z_channels=64,
                    codebook_size=1024, codebook_dim=64), dict(keep_ratio=0.25, demask_layers=2), 8),
     "paper": (dict(), dict(), 1),  # the config defaults are the paper's ImageNet model (keep 25%, 8 de-mask blocks)
+    "tiny": (dict(resolution=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=16,
+                  codebook_size=16, codebook_dim=4), dict(keep_ratio=0.25, demask_layers=1), 2),  # checks the script
 }
-DEFAULT_REPEATS = {"small": 7, "paper": 3}
+DEFAULT_REPEATS = {"small": 7, "paper": 3, "tiny": 1}
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor):
@@ -89,7 +91,8 @@ def bench(name: str, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["small", "paper"], choices=list(WIDTHS))
+    parser.add_argument("--configs", nargs="+", default=["small", "paper"], choices=list(WIDTHS),
+                        help="small (64 px), paper (256 px, the paper's model), tiny (a seconds-long check of the script)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per arm (default: 7 small, 3 paper)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -181,24 +181,25 @@ def main() -> None:
             results.setdefault(arm, {})[str(seed)] = {"metrics": metrics, "seconds": arm_clock.seconds,
                                                      "model": {**settings["model"], **settings["arms"][arm]}}
             print(f"   {arm_clock.seconds} {({k: metrics.get(k) for k in METRICS})}", flush=True)
-            write_json(OUT, {**previous, "runs": results, "summary": summarize(results)})
-    with clock.part("figure"):
-        figure(settings, crops, seeds[0], list(settings["arms"]))
-    wall = {**previous.get("wall_seconds", {}), **clock.seconds,
-            "arms_total": round(sum(s["seconds"]["train"] + s["seconds"]["evaluate"]
-                                    for seeds_ in results.values() for s in seeds_.values()), 1)}
-    write_json(OUT, {
-        "what": "64 px tokenizers trained on the same fixed crops of 28 photographs (real LPIPS-VGG16 in the loss, "
-                "no discriminator), evaluated on the 72 fixed crops of the 9 validation photographs",
-        "settings": settings, "threads": all_settings["threads"],
-        "rfid_note": "rFID over N=72 reconstructions vs their 72 originals (2048-d Inception pool features, so the "
-                     "covariances are rank deficient): compare arms with each other only",
-        "command": "python experiments/claims/tokenizers_photos.py",
-        "environment": environment(), "wall_seconds": wall, "runs": results, "summary": summarize(results),
-        "figure": {"file": FIGURE.name, "rows": FIGURE.with_suffix(".rows.txt").read_text().split("\n")[:-1],
-                   "seed": seeds[0]},
-    })
-
+            if seed == settings["seeds"][0]:  # the figure shows the first seed's models
+                with clock.part("figure"):
+                    figure(settings, crops, seed, list(settings["arms"]))
+            # Written after every arm, so an interrupted study keeps (and reports) what ran.
+            wall = {**previous.get("wall_seconds", {}), **clock.seconds,
+                    "arms_total": round(sum(s["seconds"]["train"] + s["seconds"]["evaluate"]
+                                            for seeds_ in results.values() for s in seeds_.values()), 1)}
+            write_json(OUT, {
+                "what": "64 px tokenizers trained on the same fixed crops of 28 photographs (real LPIPS-VGG16 in "
+                        "the loss, no discriminator), evaluated on the 72 fixed crops of the 9 validation photographs",
+                "settings": settings, "threads": all_settings["threads"],
+                "rfid_note": "rFID over N=72 reconstructions vs their 72 originals (2048-d Inception pool features, "
+                             "so the covariances are rank deficient): compare arms with each other only",
+                "command": "python experiments/claims/tokenizers_photos.py",
+                "environment": environment(), "wall_seconds": wall, "runs": results, "summary": summarize(results),
+                "figure": {"file": FIGURE.name, "seed": settings["seeds"][0],
+                           "rows": FIGURE.with_suffix(".rows.txt").read_text().split("\n")[:-1]
+                           if FIGURE.with_suffix(".rows.txt").is_file() else []},
+            })
 
 if __name__ == "__main__":
     main()
