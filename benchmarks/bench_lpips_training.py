@@ -20,8 +20,8 @@ import dataclasses
 from pathlib import Path
 
 import torch
-
 from harness import REPOSITORY, emit, environment, interleaved, ratio, summary
+
 from mvq.losses.stage1 import Stage1Loss
 from mvq.models.mqvae import MQVAE
 from mvq.training.common import peak_lr
@@ -71,7 +71,9 @@ def main() -> None:
                         help=f"photo folder with train/ and val/ (default: {DEFAULT_PHOTOS} when it exists)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per arm (default: 7)")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per timed call (default: 3)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a 2-core machine shared with other jobs, 2 threads ran "
+                             "2x slower at best and 16x at the median, waiting on each other)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

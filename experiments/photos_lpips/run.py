@@ -16,6 +16,7 @@ Needs `mvq weights install` (VGG16, AlexNet, FID Inception) first.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -70,8 +71,7 @@ def loss_curves(log_dir: Path) -> dict:
 
 
 def metrics_of(path: Path) -> dict:
-    import json
-
+    """The metrics of an `mvq eval` results file."""
     return json.loads(path.read_text())["metrics"]
 
 
