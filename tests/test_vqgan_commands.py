@@ -100,6 +100,7 @@ def test_stage2_config_reads_a_vqgan_folder(vqgan_assets, tmp_path):
     assert (config.model.num_tokens, config.model.grid_size, config.model.position_layers) == (16, 4, 0)
 
 
+@pytest.mark.slow
 def test_plain_gpt_trains_on_vqgan_tokens_and_the_pipeline_decodes_its_samples(vqgan_assets, tmp_path):
     from mvq.pipeline import MVQPipeline
     from mvq.training.run import export, train

@@ -9,8 +9,9 @@ a folder, so that every arm sees exactly the same images in the same order (the 
 seeded by the run seed); evaluation is on the validation photos' fixed crops. Per arm and
 seed: train, export, then rFID (FID Inception), LPIPS (VGG16), PSNR, SSIM, codebook usage.
 Writes experiments/results/tokenizers_photos.json and tokenizers_photos.png.
-    python experiments/claims/tokenizers_photos.py [--arms A B ...] [--seeds 0 1]
-Arms already in the JSON are kept unless named again (a run can be continued).
+    python experiments/claims/tokenizers_photos.py [--arms A B ...] [--seeds 0 1] [--study NAME]
+Arms already in the JSON are kept unless named again (a run can be continued). `--study` picks another
+section of settings.yaml (e.g. tokenizers_photos_longer); its results are named after it.
 """
 
 from __future__ import annotations
@@ -151,9 +152,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=None, help="arms to run (default: all in settings.yaml)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: settings.yaml's)")
+    parser.add_argument("--study", default="tokenizers_photos", help="settings.yaml section (default: tokenizers_photos)")
     args = parser.parse_args()
     all_settings = load_settings()
-    settings = all_settings["tokenizers_photos"]
+    settings = all_settings[args.study]
+    global WORK, OUT, FIGURE
+    WORK, OUT, FIGURE = WORK.parent / args.study, RESULTS / f"{args.study}.json", RESULTS / f"{args.study}.png"
     use_threads(all_settings["threads"])
     from mvq.evaluation import InceptionV3
     from mvq.losses.perceptual import LPIPS
@@ -194,7 +198,8 @@ def main() -> None:
                 "settings": settings, "threads": all_settings["threads"],
                 "rfid_note": "rFID over N=72 reconstructions vs their 72 originals (2048-d Inception pool features, "
                              "so the covariances are rank deficient): compare arms with each other only",
-                "command": "python experiments/claims/tokenizers_photos.py",
+                "command": "python experiments/claims/tokenizers_photos.py"
+                           + ("" if args.study == "tokenizers_photos" else f" --study {args.study}"),
                 "environment": environment(), "wall_seconds": wall, "runs": results, "summary": summarize(results),
                 "figure": {"file": FIGURE.name, "seed": settings["seeds"][0],
                            "rows": FIGURE.with_suffix(".rows.txt").read_text().split("\n")[:-1]
