@@ -453,6 +453,18 @@ class Page:
 
 
 @pytest.mark.slow
+def shapes_photo(height: int, width: int) -> np.ndarray:
+    """An RGBA picture of the demo's shapes (what its models know), centred on a wider canvas of its background."""
+    from mvq.data.synthetic import SyntheticShapes
+
+    image = (SyntheticShapes(1, resolution=height, split="val").render(0)[0] * 255).round().astype(np.uint8)
+    photo = np.empty((height, width, 4), dtype=np.uint8)
+    photo[..., :3], photo[..., 3] = image[0, 0], 255
+    left = (width - height) // 2
+    photo[:, left:left + height, :3] = image
+    return photo
+
+
 def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
     screenshots = Path(os.environ.get("MVQ_APP_SCREENSHOTS") or tmp_path / "screenshots")
     page = Page(browser, screenshots)
@@ -466,8 +478,7 @@ def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
     not_image.write_text("not an image")
     page.upload("tokenize-upload", not_image)
     page.click_and_wait("tokenize-button", "tokenize-status", [], "not an image")
-    photo = np.random.default_rng(0).integers(0, 256, (48, 80, 4), dtype=np.uint8)
-    photo[..., 3] = 255
+    photo = shapes_photo(48, 80)
     photo[:10, :, 3] = 0
     page.upload("tokenize-upload", save(Image.fromarray(photo, "RGBA"), tmp_path, "photo.png"))
     outputs = ["tokenize-input", "tokenize-kept", "tokenize-scores", "tokenize-reconstruction"]

@@ -63,19 +63,56 @@ def test_convert_original_refuses_a_checkpoint_that_would_run_code(tmp_path, cap
         main(["convert-original", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "vae")])
     assert done.value.code == 1 and not marker.exists() and not (tmp_path / "vae").exists()
     err = capsys.readouterr().err
-    assert "--trust-checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert "posix.mkdir" in err and "refused" in err and len(err.strip().splitlines()) == 1
 
 
-def test_convert_original_reads_other_objects_only_when_trusted(tmp_path, capsys):
-    checkpoint, config = _reference_mqvae_files(tmp_path, hyper_parameters=argparse.Namespace(lr=4.5e-6))
-    command = ["convert-original", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "vae")]
+class _RecordsConstruction:
+    """A class whose construction or state restore, if it ever ran, leaves a file behind."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __setstate__(self, state):
+        Path(state["path"]).write_text("ran")
+
+
+def test_convert_original_converts_a_checkpoint_with_other_objects_without_running_them(tmp_path):
+    marker = tmp_path / "code_ran"
+    checkpoint, config = _reference_mqvae_files(
+        tmp_path, hyper_parameters=argparse.Namespace(lr=4.5e-6, note=_RecordsConstruction(str(marker))),
+        callbacks={"when": Path("/x")})
+    with pytest.raises(SystemExit) as done:
+        main(["convert-original", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "vae")])
+    assert done.value.code == 0 and not marker.exists()
+    model = MQVAE.from_pretrained(tmp_path / "vae")
+    reference = load_file(reference_path("mqvae_tiny_state_dict.safetensors"))
+    assert torch.equal(model.state_dict()["encoder.conv_in.weight"], reference["encoder.conv_in.weight"])
+
+
+def test_convert_original_refuses_an_old_format_pickle_in_one_line(tmp_path, capsys):
+    checkpoint, config = _reference_mqvae_files(tmp_path)
+    torch.save(torch.load(checkpoint, weights_only=True), checkpoint, _use_new_zipfile_serialization=False)
+    with pytest.raises(SystemExit) as done:
+        main(["convert-original", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "vae")])
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and "re-save" in err and len(err.strip().splitlines()) == 1
+
+
+def test_convert_original_replaces_the_output_folder_only_when_asked(tmp_path, capsys):
+    checkpoint, config = _reference_mqvae_files(tmp_path)
+    out = tmp_path / "vae"
+    out.mkdir()
+    (out / "discriminator.safetensors").write_text("from an earlier conversion")
+    command = ["convert-original", str(checkpoint), "--config", str(config), "--out", str(out)]
     with pytest.raises(SystemExit) as done:
         main(command)
-    assert done.value.code == 1 and "--trust-checkpoint" in capsys.readouterr().err
+    assert done.value.code == 1 and "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["discriminator.safetensors"]
     with pytest.raises(SystemExit) as done:
-        main([*command, "--trust-checkpoint"])
+        main([*command, "--overwrite"])
     assert done.value.code == 0
-    assert MQVAE.from_pretrained(tmp_path / "vae").config.num_tokens > 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_reconstruct_writes_overlays(tmp_path):
@@ -309,7 +346,7 @@ def test_only_input_errors_are_one_line_a_librarys_value_error_keeps_its_traceba
     with pytest.raises(SystemExit) as done:
         main(command)
     assert done.value.code == 1 and capsys.readouterr().err == "mvq export: error: the run is not usable; fix it\n"
-    # A plain ValueError that mvq's own code raises for bad input: still one line.
+    # Statistics that do not fit each other are the user's input (a reference file): one line.
     monkeypatch.setattr(export_command, "run", lambda args: frechet_distance([0.0, 0.0], np.eye(2), [0.0], np.eye(1)))
     with pytest.raises(SystemExit) as done:
         main(command)
@@ -320,4 +357,10 @@ def test_only_input_errors_are_one_line_a_librarys_value_error_keeps_its_traceba
         main(command)
     monkeypatch.setattr(export_command, "run", fails_with(FileNotFoundError("not mvq's message")))
     with pytest.raises(FileNotFoundError):
+        main(command)
+    # A plain ValueError from mvq's own code is a programming error too: only UserError is one line.
+    from mvq.data.token_store import shard_bounds
+
+    monkeypatch.setattr(export_command, "run", lambda args: shard_bounds(4, rank=2, world_size=2))
+    with pytest.raises(ValueError, match="outside world size"):
         main(command)

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mvq.config import ConfigError, build_dataclass
-from mvq.convert.losses import discriminator_from_original, load_original_discriminator, loss_config_from_original
+from mvq.convert.losses import discriminator_from_original, load_original_discriminator
 from mvq.losses.discriminator import PatchDiscriminator
 from mvq.losses.stage1 import Stage1Loss, Stage1LossConfig
 
@@ -120,6 +120,8 @@ def test_reference_mapping_infers_other_depths_and_rejects_unknown_layouts():
         discriminator_from_original({**state, "main.4.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="no reference discriminator"):
         discriminator_from_original({})
+    with pytest.raises(ValueError, match="do not form a PatchGAN"):
+        load_original_discriminator({**state, "main.2.weight": torch.zeros(32, 3, 4, 4)})
 
 
 # ------------------------------------------------------------------------ generator loss
@@ -333,15 +335,11 @@ def test_missing_vgg_weights_stop_before_training(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------ config
 
 
-def test_loss_config_validation_and_reference_names():
+def test_loss_config_validation_and_reference_defaults():
     with pytest.raises(ConfigError, match="disc_wieght"):
         build_dataclass(Stage1LossConfig, {"disc_wieght": 0.5}, "loss")
     with pytest.raises(ConfigError, match="disc_start"):
         Stage1LossConfig(disc_start=-1)
-    reference = {"disc_conditional": False, "disc_in_channels": 3, "disc_start": 0, "disc_weight": 0.75,
-                 "codebook_weight": 1.0, "disc_weight_max": 1.0}
-    assert loss_config_from_original(reference) == Stage1LossConfig()
-    renamed = loss_config_from_original({"disc_start": 100, "disc_num_layers": 2, "disc_ndf": 32})
-    assert (renamed.disc_start, renamed.disc_layers, renamed.disc_channels) == (100, 2, 32)
-    with pytest.raises(ConfigError, match="disc_conditional"):
-        loss_config_from_original({"disc_conditional": True})
+    reference = {"disc_start": 0, "disc_weight": 0.75, "codebook_weight": 1.0, "disc_weight_max": 1.0}
+    defaults = Stage1LossConfig()
+    assert {key: getattr(defaults, key) for key in reference} == reference  # the reference's defaults

@@ -7,6 +7,7 @@ skip, saying why, only where the packages cannot be fetched.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pickle
@@ -91,6 +92,33 @@ def test_torchscript_reader_takes_tensors_and_refuses_code(tmp_path):
     (tmp_path / "cut.pt").write_bytes((tmp_path / "net.pt").read_bytes()[:500])
     with pytest.raises(UserError, match="truncated"):
         load_torchscript_tensors(tmp_path / "cut.pt")
+
+
+def test_checkpoint_reader_rebuilds_tensors_and_keeps_other_objects_inert(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mvq.safe_pickle import InertObject, load_torch_checkpoint
+
+    base = torch.arange(12, dtype=torch.float32)
+    state = collections.OrderedDict(weight=torch.nn.Parameter(base.reshape(3, 4)), view=base[2:8:2],
+                                    flags=torch.tensor([True, False]), half=torch.ones(2, dtype=torch.bfloat16),
+                                    empty=torch.zeros(0, dtype=torch.int64))
+    torch.save({"state_dict": state, "epoch": 3, "name": b"raw",
+                "hyper_parameters": OmegaConf.create({"lr": 4.5e-6, "nested": {"k": [1, 2]}})}, tmp_path / "a.ckpt")
+    loaded = load_torch_checkpoint(tmp_path / "a.ckpt")
+    assert loaded["epoch"] == 3 and loaded["name"] == b"raw"
+    assert isinstance(loaded["hyper_parameters"], InertObject)
+    assert loaded["hyper_parameters"].class_name == "omegaconf.dictconfig.DictConfig"
+    for key, value in state.items():
+        assert type(loaded["state_dict"][key]) is torch.Tensor and torch.equal(loaded["state_dict"][key], value)
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": state, "callback": RunsCode(marker)}, tmp_path / "hostile.ckpt")
+    with pytest.raises(UnsafePickleError, match="refused to call"):
+        load_torch_checkpoint(tmp_path / "hostile.ckpt")
+    assert not marker.exists()
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "a.ckpt").read_bytes()[:-300])
+    with pytest.raises(UserError):
+        load_torch_checkpoint(tmp_path / "cut.ckpt")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,21 +37,6 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     return args
 
 
-def _raised_by_mvq(exc: BaseException) -> bool:
-    """Whether mvq's own code raised `exc` (its innermost frame is in an `mvq` module).
-
-    Some mvq modules still signal bad input with a plain ValueError or FileNotFoundError; those
-    messages are written for the user. The same types from torch, numpy or Python are bugs.
-    """
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "")
-    return module == "mvq" or module.startswith("mvq.")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parse_arguments(parser, argv)
@@ -62,10 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         result = args.func(args)
     except KeyboardInterrupt:
         raise SystemExit(130)
-    except (UserError, FileNotFoundError, ValueError) as exc:
-        if not isinstance(exc, UserError) and not _raised_by_mvq(exc):
-            raise  # a library's ValueError or a missing file mvq did not name: a bug, keep the traceback
-        # Bad input the user can fix: one clear line, no traceback.
+    except UserError as exc:  # bad input the user can fix: one clear line, no traceback; anything else is a bug
         print(f"mvq {args.command}: error: {exc}", file=sys.stderr)
         raise SystemExit(1)
     if isinstance(result, int):

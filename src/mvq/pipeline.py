@@ -62,11 +62,10 @@ class MVQPipeline:
     """Sampling pipeline of a Stackformer and the MQ-VAE whose tokens it was trained on."""
 
     def __init__(self, stackformer: Stackformer, vae: MQVAE | VQGAN, precision: str = "fp32"):
-        s, v = stackformer.config, vae.config
-        mismatches = [f"{name}: Stackformer {a} vs MQ-VAE {b}" for name, a, b in (
-            ("codebook_size", s.codebook_size, v.codebook_size),
-            ("grid_size", s.grid_size, v.grid_size),
-            ("num_tokens", s.num_tokens, v.num_tokens)) if a != b]
+        from mvq.data.token_store import vae_token_geometry
+
+        s, v = vae_token_geometry(stackformer.config), vae_token_geometry(vae.config)
+        mismatches = [f"{name}: Stackformer {s[name]} vs MQ-VAE {v[name]}" for name in s if s[name] != v[name]]
         if mismatches:
             raise SamplingError("the Stackformer was not trained on this MQ-VAE's tokens (" + "; ".join(mismatches) + ")")
         self.stackformer = stackformer.eval()

@@ -17,6 +17,7 @@ from mvq.config import dataclass_to_dict
 from mvq.data.token_store import (TokenPartWriter, TokenStoreHeader, create_store, part_name, shard_bounds,
                                   store_dtypes)
 from mvq.distributed import rank_and_world_size
+from mvq.errors import InvalidInputError
 from mvq.models.pretrained import weights_fingerprint
 
 
@@ -52,7 +53,7 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
     if rank is None or world_size is None:
         rank, world_size = rank_and_world_size()
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
     config = model.config
     copies = 2 if flip else 1
     num_images = len(dataset)
@@ -82,8 +83,9 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
             for batch in loader:
                 images, labels = batch["image"].to(device), torch.as_tensor(batch["label"])
                 if resolution is not None and tuple(images.shape[1:]) != (3, resolution, resolution):
-                    raise ValueError(f"the dataset gives images of shape {tuple(images.shape[1:])}, the tokenizer "
-                                     f"expects 3×{resolution}×{resolution}: set the data resolution to {resolution}")
+                    raise InvalidInputError(f"the dataset gives images of shape {tuple(images.shape[1:])}, "
+                                            f"the tokenizer expects 3×{resolution}×{resolution}: "
+                                            f"set the data resolution to {resolution}")
                 if flip:  # original and mirror of each image side by side: rows 2i, 2i + 1
                     images = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
                     labels = labels.repeat_interleave(2)

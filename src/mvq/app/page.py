@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mvq.pipeline import MVQPipeline
 
 # Errors a handler shows on the page; anything else is a bug and gets the framework's error report.
-SHOWN_ERRORS = (UserError, ValueError)
+SHOWN_ERRORS = (UserError,)
 
 
 def import_gradio() -> ModuleType:

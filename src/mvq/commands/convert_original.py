@@ -13,18 +13,21 @@ def register(subparsers) -> None:
                     "model.params.ddconfig; its keys quantize.embedding.weight and post_quant_conv.*) into an "
                     "mvq pretrained folder. For an MQ-VAE or a VQGAN the discriminator weights are written too "
                     "(discriminator.safetensors), so stage-1 training can continue from it with "
-                    "run.init_from=DIR; an MQ-VAE run can also start its encoder from a converted VQGAN.")
+                    "run.init_from=DIR; an MQ-VAE run can also start its encoder from a converted VQGAN. The "
+                    "checkpoint is read without running code stored in it: objects other than tensors and plain "
+                    "data are skipped, and a file that asks to call a function is refused. The folder is written "
+                    "as a whole or not at all.")
     p.add_argument("checkpoint", help="reference or taming .ckpt (or a file holding a plain state dict)")
     p.add_argument("--config", required=True, help="the YAML config of that checkpoint (reference or taming)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a checkpoint that holds Python objects besides tensors to be fully unpickled "
-                        "(this can run code stored in the file: only for files from a source you trust)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty output folder as a whole: everything in it goes, once the new folder "
+                        "is complete (until then it is untouched)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mvq.convert.checkpoint import convert_checkpoint
 
-    print(convert_checkpoint(args.checkpoint, args.config, args.out, trust_checkpoint=args.trust_checkpoint))
+    print(convert_checkpoint(args.checkpoint, args.config, args.out, overwrite=args.overwrite))
     return 0

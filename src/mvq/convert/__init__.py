@@ -1,11 +1,12 @@
 """Everything about the reference release's formats, translated into mvq's.
 
 - `mqvae`, `stackformer`: their model configs and state dicts → ours.
-- `losses`: their stage-1 loss parameters and discriminator weights → ours.
+- `losses`: their `loss.*` weights split off the model's, and their discriminator weights → ours.
 - `names`: their config key names that our configs accept too.
 - `checkpoint`: their Lightning checkpoint + YAML → an mvq pretrained folder (`mvq convert-original`).
 - `train_args`: their `train.py` command line → `mvq train` (the repository's `train.py`).
 - `layout`: telling their config layout from ours.
+- `weights`: loading converted weights, a mismatch told as the checkpoint's.
 - `taming`: taming-transformers' VQGAN (config and state dict) → `mvq.VQGAN`.
 
 Nothing outside this package knows the reference's names or layouts.

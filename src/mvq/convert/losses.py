@@ -1,4 +1,4 @@
-"""Map the reference release's stage-1 loss onto ours: its `lossconfig.params` and discriminator weights.
+"""The loss weights in the reference release's (and taming's) checkpoints: split off, and their discriminator → ours.
 
 Their discriminator keeps the PatchGAN's layers in one `nn.Sequential` called `main`
 (activations included), stored under `loss.discriminator.main.<index>.*` in their checkpoints.
@@ -7,40 +7,45 @@ Their discriminator keeps the PatchGAN's layers in one `nn.Sequential` called `m
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
-from mvq.config import ConfigError, build_dataclass
+from mvq.errors import InvalidInputError
 from mvq.losses.discriminator import PatchDiscriminator
-from mvq.losses.stage1 import Stage1LossConfig
 
-# Reference loss parameters that we name differently, and those whose only supported value
-# is the one given (anything else is a variant this package does not implement).
-_ORIGINAL_RENAMED = {"disc_num_layers": "disc_layers", "disc_ndf": "disc_channels"}
-_ORIGINAL_FIXED = {"disc_conditional": False, "disc_in_channels": 3, "use_actnorm": False,
-                   "disc_loss": "hinge", "pixelloss_weight": 1.0, "disc_adaptive_loss": True}
-
+LOSS_PREFIX = "loss."
 ORIGINAL_PREFIX = "loss.discriminator."
 _ORIGINAL_KEY = re.compile(r"main\.(\d+)\.(.+)")
 
 
-def loss_config_from_original(params: Mapping[str, Any]) -> Stage1LossConfig:
-    """Our loss config from the reference's `lossconfig.params` (its names accepted)."""
-    kwargs = {}
-    for key, value in params.items():
-        if key in _ORIGINAL_FIXED:
-            if value != _ORIGINAL_FIXED[key]:
-                raise ConfigError(f"reference loss option {key}={value!r} is not supported "
-                                  f"(only {_ORIGINAL_FIXED[key]!r})")
-            continue
-        kwargs[_ORIGINAL_RENAMED.get(key, key)] = value
-    return build_dataclass(Stage1LossConfig, kwargs, "loss")
+def split_loss_weights(state_dict: Mapping[str, torch.Tensor],
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the model's weights, the `loss.*` weights with the prefix removed) of a Lightning state dict.
+
+    Their training modules keep the loss (LPIPS, discriminator) beside the model, so both land in one state dict.
+    """
+    model: dict[str, torch.Tensor] = {}
+    loss: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith(LOSS_PREFIX):
+            loss[key[len(LOSS_PREFIX):]] = value
+        else:
+            model[key] = value
+    return model, loss
 
 
 def load_original_discriminator(state_dict: Mapping[str, torch.Tensor]) -> PatchDiscriminator:
-    """A discriminator holding the weights of a reference checkpoint (depth and widths inferred)."""
-    return PatchDiscriminator.from_state_dict(discriminator_from_original(state_dict))
+    """A discriminator holding the weights of a reference checkpoint (depth and widths inferred).
+
+    Loading them into a module checks that they form one PatchGAN before they are written.
+    """
+    ours = discriminator_from_original(state_dict)
+    try:
+        return PatchDiscriminator.from_state_dict(ours)
+    except (RuntimeError, KeyError, ValueError) as exc:  # a missing stem, no blocks, shapes that do not fit
+        raise InvalidInputError("the reference discriminator weights do not form a PatchGAN: "
+                                f"{' '.join(str(exc).split())}") from None
 
 
 def discriminator_from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -58,14 +63,14 @@ def discriminator_from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[
     for key, value in state_dict.items():
         match = _ORIGINAL_KEY.fullmatch(key)
         if match is None:
-            raise ValueError(f"unexpected reference discriminator key {key!r}: expected main.<index>.<name>")
+            raise InvalidInputError(f"unexpected reference discriminator key {key!r}: expected main.<index>.<name>")
         parsed[(int(match.group(1)), match.group(2))] = value
     if not parsed:
-        raise ValueError("no reference discriminator weights found (keys loss.discriminator.main.* or main.*)")
+        raise InvalidInputError("no reference discriminator weights found (keys loss.discriminator.main.* or main.*)")
     indices = sorted({index for index, _ in parsed})
     last = indices[-1]
     if last < 2 or (last - 2) % 3:
-        raise ValueError(f"reference discriminator layout not recognised: last layer index {last} "
+        raise InvalidInputError(f"reference discriminator layout not recognised: last layer index {last} "
                          "(a PatchGAN with n layers ends at index 2 + 3n)")
     n_layers = (last - 2) // 3
     ours = {}
@@ -78,10 +83,10 @@ def discriminator_from_original(state_dict: Mapping[str, torch.Tensor]) -> dict[
             ours[f"blocks.{(index - 2) // 3}.conv.{name}"] = value
         elif (index - 3) % 3 == 0 and (index - 3) // 3 < n_layers:
             if name in ("loc", "scale", "initialized"):
-                raise ValueError("the reference discriminator uses ActNorm (use_actnorm=True); "
+                raise InvalidInputError("the reference discriminator uses ActNorm (use_actnorm=True); "
                                  "only the BatchNorm variant is supported")
             ours[f"blocks.{(index - 3) // 3}.norm.{name}"] = value
         else:
-            raise ValueError(f"reference key main.{index}.{name} belongs to no layer of a "
+            raise InvalidInputError(f"reference key main.{index}.{name} belongs to no layer of a "
                              f"{n_layers}-layer PatchGAN (activations have no weights)")
     return ours

@@ -20,7 +20,9 @@ import torch
 
 from mvq.config import ConfigError
 from mvq.convert.layout import is_reference_model_section
+from mvq.convert.losses import split_loss_weights
 from mvq.convert.names import MQVAE_NAMES, rename_reference_keys
+from mvq.errors import InvalidInputError
 
 # (reference pattern, our replacement) applied in order to every key.
 _RENAMES = [
@@ -43,12 +45,9 @@ def from_original(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, tor
 
     Accepts a Lightning checkpoint's `state_dict` directly. Unknown keys are an error.
     """
+    model, loss = split_loss_weights(state_dict)
     ours: dict[str, torch.Tensor] = {}
-    loss: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("loss."):
-            loss[key[len("loss."):]] = value
-            continue
+    for key, value in model.items():
         if _DROPPED.search(key):
             continue
         if key == "quantize.codebook.weight":
@@ -61,7 +60,7 @@ def from_original(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, tor
         for pattern, replacement in _RENAMES:
             new = re.sub(pattern, replacement, new)
         if not new.startswith(("encoder.", "decoder.", "masker.", "demasker.", "quantizer.")) or new.startswith("quantize."):
-            raise ValueError(f"unexpected key {key!r} in the reference MQ-VAE state dict")
+            raise InvalidInputError(f"unexpected key {key!r} in the reference MQ-VAE state dict")
         ours[new] = value
     return ours, loss
 

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 import torch
 
 from mvq.convert.names import STACKFORMER_NAMES, rename_reference_keys
+from mvq.convert.weights import load_converted_weights
+from mvq.errors import InvalidInputError
 
 _BLOCK_RENAMES = {
     "ln1": "norm1",
@@ -60,32 +62,32 @@ def stackformer_config_from_original(reference_params: Mapping[str, Any]) -> dic
     missing = [k for k in ("vocab_size", "position_size", "n_embd", "n_head", "value_layer", "position_layer")
                if k not in p]
     if missing:
-        raise ValueError(f"reference transformer params lack {', '.join(missing)}")
+        raise InvalidInputError(f"reference transformer params lack {', '.join(missing)}")
     num_cells = int(p["position_size"]) - 1
     grid = _first(p, "grid_size", "grid", default=math.isqrt(num_cells))
     if grid * grid != num_cells:
-        raise ValueError(f"position_size {p['position_size']} is not H·W + 1 for a square grid of size {grid}")
+        raise InvalidInputError(f"position_size {p['position_size']} is not H·W + 1 for a square grid of size {grid}")
     vocab = int(p["vocab_size"])
     num_classes = _first(p, "n_classes", "num_classes")
     codebook_size = _first(p, "codebook_size")
     if num_classes is None:
         if codebook_size is None:
-            raise ValueError("cannot tell the codebook size from the class count: give n_classes (0 for an "
+            raise InvalidInputError("cannot tell the codebook size from the class count: give n_classes (0 for an "
                              "unconditional model) or codebook_size with the reference params")
         num_classes = vocab - codebook_size
         num_classes = 0 if num_classes == 1 else num_classes
     num_classes = int(num_classes)
     expected_codebook = vocab - (num_classes if num_classes else 1)
     if codebook_size is not None and codebook_size != expected_codebook:
-        raise ValueError(f"vocab_size {vocab} does not fit codebook_size {codebook_size} with "
+        raise InvalidInputError(f"vocab_size {vocab} does not fit codebook_size {codebook_size} with "
                          f"{num_classes or 'one start'} {'classes' if num_classes else 'token'}")
     num_tokens = _first(p, "num_tokens", "kept")
     if num_tokens is None:
-        raise ValueError("the reference params do not record K (the number of kept tokens; their block_size is "
+        raise InvalidInputError("the reference params do not record K (the number of kept tokens; their block_size is "
                          "only an upper bound): give num_tokens, e.g. int(keep_ratio · H · W) of the MQ-VAE")
     block_size = p.get("block_size")
     if block_size is not None and int(block_size) < int(num_tokens):
-        raise ValueError(f"block_size {block_size} is shorter than the {num_tokens} steps of a sequence")
+        raise InvalidInputError(f"block_size {block_size} is shorter than the {num_tokens} steps of a sequence")
     return {
         "codebook_size": expected_codebook,
         "grid_size": int(grid),
@@ -134,7 +136,7 @@ def stackformer_from_original(state_dict: Mapping[str, torch.Tensor], reference_
             continue  # their causal-mask buffer
         if key == "pos_emb":
             if value.shape[1] < k:
-                raise ValueError(f"pos_emb has {value.shape[1]} steps, fewer than K = {k}")
+                raise InvalidInputError(f"pos_emb has {value.shape[1]} steps, fewer than K = {k}")
             ours["step_embedding.weight"] = value[0, :k].clone()
         elif key == "value_pos_emb.weight":
             ours["position_embedding.weight"] = value.clone()
@@ -148,7 +150,7 @@ def stackformer_from_original(state_dict: Mapping[str, torch.Tensor], reference_
             elif index == "1" and name == "weight":
                 ours[f"{stream}_head.weight"] = _reorder_vocab(value, n_cls) if stream == "code" else value.clone()
             else:
-                raise ValueError(f"unexpected key {key!r} in the reference Stackformer state dict")
+                raise InvalidInputError(f"unexpected key {key!r} in the reference Stackformer state dict")
         elif match := _BLOCK_KEY.match(key):
             stack, index, inner, kind = match.groups()
             prefix = f"{_STACKS[stack]}.blocks.{index}"
@@ -157,12 +159,12 @@ def stackformer_from_original(state_dict: Mapping[str, torch.Tensor], reference_
             elif inner in _BLOCK_RENAMES:
                 ours[f"{prefix}.{_BLOCK_RENAMES[inner]}.{kind}"] = value.clone()
             else:
-                raise ValueError(f"unexpected key {key!r} in the reference Stackformer state dict")
+                raise InvalidInputError(f"unexpected key {key!r} in the reference Stackformer state dict")
         else:
-            raise ValueError(f"unexpected key {key!r} in the reference Stackformer state dict")
+            raise InvalidInputError(f"unexpected key {key!r} in the reference Stackformer state dict")
     for (prefix, kind, _), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
-            raise ValueError(f"{prefix}: the reference block lacks some of query/key/value {kind}")
+            raise InvalidInputError(f"{prefix}: the reference block lacks some of query/key/value {kind}")
         ours[f"{prefix}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
     if "step_embedding.weight" not in ours:  # add_absolute_position = false: no step embedding
         ours["step_embedding.weight"] = torch.zeros(k, dim)
@@ -180,7 +182,7 @@ def reference_params_from_yaml(config: Mapping[str, Any]) -> dict:
     params = dict(model.get("params", model))
     transformer = params.get("transformer_config")
     if transformer is None:
-        raise ValueError("the reference config has no model.params.transformer_config")
+        raise InvalidInputError("the reference config has no model.params.transformer_config")
     out = dict(transformer.get("params", transformer))
     is_class = "n_classes" in params or "ClassTransformer" in str(model.get("target", ""))
     out["n_classes"] = int(params.get("n_classes", 0)) if is_class else 0
@@ -212,5 +214,6 @@ def load_original_stackformer(state_dict: Mapping[str, torch.Tensor], config: Ma
 
     mapping, ours = stackformer_from_original(state_dict, reference_params_from_yaml(config))
     model = Stackformer.from_config(mapping)
-    model.load_state_dict(ours, strict=True)
+    load_converted_weights(model, ours, "reference Stackformer")
     return model.eval()
+

@@ -14,6 +14,9 @@ from typing import Any, Mapping
 import torch
 
 from mvq.config import ConfigError
+from mvq.convert.losses import split_loss_weights
+from mvq.convert.weights import load_converted_weights
+from mvq.errors import InvalidInputError
 from mvq.models.vqgan import VQGAN, VQGANConfig
 
 _SAME_NAME = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
@@ -30,17 +33,16 @@ def taming_state_dict(state_dict: Mapping[str, torch.Tensor],
 
     Accepts a Lightning checkpoint's `state_dict` directly. Unknown keys are an error.
     """
+    model, loss = split_loss_weights(state_dict)
     ours: dict[str, torch.Tensor] = {}
-    loss: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("loss."):
-            loss[key[len("loss."):]] = value
-        elif key == "quantize.embedding.weight":
+    for key, value in model.items():
+        if key == "quantize.embedding.weight":
             ours["quantizer.embedding.weight"] = value
         elif key.startswith(_SAME_NAME) and ".temb_proj." not in key:
             ours[key] = value
         else:
-            raise ValueError(f"unexpected key {key!r} in a taming-transformers VQGAN state dict (expected encoder.*, "
+            raise InvalidInputError(f"unexpected key {key!r} in a taming-transformers VQGAN state dict "
+                                    f"(expected encoder.*, "
                              f"decoder.*, quant_conv.*, post_quant_conv.*, quantize.embedding.weight, loss.*)")
     return ours, loss
 
@@ -81,8 +83,5 @@ def from_taming(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any
     """A `VQGAN` (eval mode) with the weights of a taming-transformers VQModel; `loss.*` weights are ignored."""
     model = VQGAN(VQGANConfig.from_mapping(vqgan_config_from_taming(config)))
     ours, _ = taming_state_dict(state_dict)
-    try:
-        model.load_state_dict(ours, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"the taming state dict does not match its config: {exc}") from exc
+    load_converted_weights(model, ours, "taming-transformers VQGAN")
     return model.eval()

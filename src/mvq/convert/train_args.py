@@ -12,26 +12,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mvq.convert.names import MQVAE_NAMES, STACKFORMER_NAMES
 from mvq.errors import UserError
 
-# Reference config keys users set on the command line (the authors' README), and ours.
+# Reference config keys users set on the command line (the authors' README), and ours: model keys
+# are renamed as the config loader renames them (`mvq.convert.names`).
+_MODEL_PARAMS = {"masker_config": ("topk_ratio",), "demasker_config": ("n_layer", "mask_init_value"),
+                 "vqconfig": ("codebook_size", "codebook_dim"), "transformer_config": ("value_layer", "position_layer")}
+_MODEL_NAMES = {**MQVAE_NAMES, **STACKFORMER_NAMES}
 REFERENCE_KEYS = {
-    "model.params.masker_config.params.topk_ratio": "model.keep_ratio",
-    "model.params.demasker_config.params.n_layer": "model.demask_layers",
-    "model.params.demasker_config.params.mask_init_value": "model.mask_init_value",
-    "model.params.vqconfig.params.codebook_size": "model.codebook_size",
-    "model.params.vqconfig.params.codebook_dim": "model.codebook_dim",
+    **{f"model.params.{section}.params.{key}": f"model.{_MODEL_NAMES.get(key, key)}"
+       for section, keys in _MODEL_PARAMS.items() for key in keys},
     "model.params.lossconfig.params.disc_start": "loss.disc_start",
     "model.params.lossconfig.params.disc_weight": "loss.disc_weight",
-    "model.params.transformer_config.params.value_layer": "model.code_layers",
-    "model.params.transformer_config.params.position_layer": "model.position_layers",
     "model.base_learning_rate": "optim.base_lr",
     "model.min_learning_rate": "optim.min_lr",
     "model.params.warmup_epochs": "optim.warmup_epochs",
     "data.params.batch_size": "data.batch_size",
     "data.params.num_workers": "data.num_workers",
 }
-
 
 def resolve_config(base: str) -> str:
     """`configs/stage1/x.yml` → the file itself if it exists, else `configs/stage1/x.yaml`."""

@@ -19,6 +19,7 @@ from mvq.data.files import ImageFileDataset
 from mvq.data.images import evenly_spaced, scan_images, warn_skipped
 from mvq.data.transforms import (ImageTransform, eval_transform, random_crop_transform,
                                  random_resized_crop_transform)
+from mvq.errors import MissingInputError
 
 SPLITS = ("train", "val")
 
@@ -38,7 +39,7 @@ def _finish(base: Path, files: list[Path], labels: list[int] | None, skipped: li
     skipped = skipped + bad
     warn_skipped(skipped, total, base)
     if not good:
-        raise FileNotFoundError(f"no readable images under {base}" +
+        raise MissingInputError(f"no readable images under {base}" +
                                 (f" ({len(skipped)} files skipped, see the warning above)" if skipped else ""))
     keep = evenly_spaced(len(good), max_images)
     good = [good[i] for i in keep]
@@ -62,13 +63,13 @@ def imagenet_dataset(root: str | os.PathLike, split: str, resolution: int, augme
     root = Path(root)
     split_dir = root / split
     if not split_dir.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"ImageNet {split} folder {split_dir} not found: the ImageNet layout is ROOT/train/<synset>/*.JPEG "
             f"and ROOT/val/<synset>/*.JPEG with data.root=ROOT")
     class_dir = root / "train" if (root / "train").is_dir() else split_dir
     synsets = subfolders(class_dir)
     if not synsets:
-        raise FileNotFoundError(f"no synset folders (e.g. n01440764/) in {class_dir}")
+        raise MissingInputError(f"no synset folders (e.g. n01440764/) in {class_dir}")
     index_of = {name: i for i, name in enumerate(synsets)}
     files, labels, skipped = [], [], []
     for path in list_files(split_dir):
@@ -81,7 +82,7 @@ def imagenet_dataset(root: str | os.PathLike, split: str, resolution: int, augme
             files.append(path)
             labels.append(index_of[top])
     if not files and skipped:
-        raise FileNotFoundError(f"no images inside synset folders of {split_dir}: ImageNet's {split} images must be "
+        raise MissingInputError(f"no images inside synset folders of {split_dir}: ImageNet's {split} images must be "
                                 f"sorted into one folder per synset (ROOT/{split}/n01440764/*.JPEG, ...)")
     return _finish(split_dir, files, labels, skipped, _transform(resolution, augment, "crop", horizontal_flip),
                    synsets, max_images, check, num_threads)
@@ -97,9 +98,9 @@ def ffhq_dataset(root: str | os.PathLike, split: str, resolution: int, augment: 
     image_dir = root / images
     list_file = root / (train_list if split == "train" else val_list)
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"FFHQ image folder {image_dir} not found (data.ffhq_images, relative to data.root)")
+        raise MissingInputError(f"FFHQ image folder {image_dir} not found (data.ffhq_images, relative to data.root)")
     if not list_file.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"FFHQ list file {list_file} not found: it holds one image name per line (e.g. 00000.png), "
             f"relative to {image_dir}; set data.ffhq_train_list / data.ffhq_val_list (relative to data.root)")
     names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
@@ -117,7 +118,7 @@ def folder_dataset(path: str | os.PathLike, resolution: int, train: bool, *, aug
     (default: `train`) the random crops and flips."""
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} not found")
+        raise MissingInputError(f"image folder {root} not found")
     split = "train" if train else "val"
     has_splits = (root / "train").is_dir() and (root / "val").is_dir()
     base = root / split if has_splits else root

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mvq.errors import InvalidInputError
+
 SHAPE_KINDS = ("circle", "square", "triangle", "cross")
 
 # Sizes as a fraction of the image side. A shape's "radius" r scales its outline; its area is
@@ -112,7 +114,7 @@ class SyntheticShapes(Dataset):
         if split not in SPLIT_STREAMS:
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if num_images < 1 or resolution < 8:
-            raise ValueError(f"need num_images >= 1 and resolution >= 8, got {num_images} and {resolution}")
+            raise InvalidInputError(f"need num_images >= 1 and resolution >= 8, got {num_images} and {resolution}")
         self.num_images = num_images
         self.resolution = resolution
         self.seed = seed

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mvq.atomic import atomic_write_json
+from mvq.errors import InvalidInputError, MissingInputError
 
 HEADER_NAME = "header.json"
 PROGRESS_NAME = "progress.json"
@@ -41,7 +42,7 @@ FORMAT_NAME = "mvq-token-store"
 FORMAT_VERSION = 1
 
 
-class IncompleteStoreError(ValueError):
+class IncompleteStoreError(InvalidInputError):
     """A store whose writing has not finished (some part has fewer rows than it should)."""
 
 
@@ -129,10 +130,10 @@ class TokenStoreHeader:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = "header") -> "TokenStoreHeader":
         if data.get("format") != FORMAT_NAME:
-            raise ValueError(f"{where} is not a token store header (format {data.get('format')!r})")
+            raise InvalidInputError(f"{where} is not a token store header (format {data.get('format')!r})")
         if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{where} has token store version {data.get('version')!r}; "
-                             f"this mvq reads version {FORMAT_VERSION}")
+            raise InvalidInputError(f"{where} has token store version {data.get('version')!r}; "
+                                             f"this mvq reads version {FORMAT_VERSION}")
         try:
             return cls(
                 codebook_size=int(data["codebook_size"]),
@@ -146,7 +147,7 @@ class TokenStoreHeader:
                 source=dict(data.get("source", {})),
             )
         except KeyError as exc:
-            raise ValueError(f"{where} lacks the field {exc.args[0]!r}") from exc
+            raise InvalidInputError(f"{where} lacks the field {exc.args[0]!r}") from exc
 
 
 def read_header(path: str | os.PathLike) -> TokenStoreHeader:
@@ -154,14 +155,14 @@ def read_header(path: str | os.PathLike) -> TokenStoreHeader:
     path = Path(path)
     header_path = path / HEADER_NAME
     if not path.is_dir():
-        raise FileNotFoundError(f"token store not found: {path} (create it with `mvq tokenize`)")
+        raise MissingInputError(f"token store not found: {path} (create it with `mvq tokenize`)")
     if not header_path.is_file():
-        raise FileNotFoundError(f"{path} is not a token store: {HEADER_NAME} is missing "
+        raise MissingInputError(f"{path} is not a token store: {HEADER_NAME} is missing "
                                 f"(create it with `mvq tokenize`)")
     try:
         data = json.loads(header_path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{header_path} is not valid JSON: {exc}") from exc
+        raise InvalidInputError(f"{header_path} is not valid JSON: {exc}") from exc
     return TokenStoreHeader.from_json(data, where=str(header_path))
 
 
@@ -179,20 +180,30 @@ def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- compatibility
 
 
-def vae_token_geometry(vae_config: Any) -> dict[str, int]:
-    """codebook_size, grid_size and num_tokens of a tokenizer's config (`MQVAEConfig` or `VQGANConfig`)."""
-    return {"codebook_size": int(vae_config.codebook_size), "grid_size": int(vae_config.grid_size),
-            "num_tokens": int(vae_config.num_tokens)}
+def vae_token_geometry(config: Any) -> dict[str, int]:
+    """codebook_size, grid_size and num_tokens: what tokens mean, for anything that records them.
+
+    A tokenizer's config (`MQVAEConfig`, `VQGANConfig`), a `StackformerConfig` or a store's header:
+    tokens pass between two of them only when these agree.
+    """
+    return {"codebook_size": int(config.codebook_size), "grid_size": int(config.grid_size),
+            "num_tokens": int(config.num_tokens)}
+
+
+# What messages call each tokenizer, by its `model_type`.
+TOKENIZER_NAMES = {"mqvae": "MQ-VAE", "vqgan": "VQGAN"}
 
 
 def tokenizer_name(vae_config: Any) -> str:
-    """"VQGAN" for a `VQGANConfig`, else "MQ-VAE": what messages call the model behind a store."""
-    return "VQGAN" if type(vae_config).__name__ == "VQGANConfig" else "MQ-VAE"
+    """"MQ-VAE" or "VQGAN": what messages call the model behind a store."""
+    from mvq.models.tokenizer import architecture_of
+
+    return TOKENIZER_NAMES[architecture_of(vae_config).model_type]
 
 
 def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: Any,
                      weights_sha256: str | None = None) -> None:
-    """Raise ValueError if a store's tokens cannot be decoded by the tokenizer (MQ-VAE or VQGAN) with `vae_config`.
+    """Raise InvalidInputError unless the tokenizer (MQ-VAE or VQGAN) with `vae_config` can decode a store's tokens.
 
     The codebook size, grid and K must agree. When `weights_sha256` (see
     `mvq.models.pretrained.weights_fingerprint`) is
@@ -201,19 +212,17 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
     """
     if isinstance(header, Mapping):
         header = TokenStoreHeader.from_json(header)
-    expected = vae_token_geometry(vae_config)
-    found = {"codebook_size": header.codebook_size, "grid_size": header.grid_size,
-             "num_tokens": header.num_tokens}
+    expected, found = vae_token_geometry(vae_config), vae_token_geometry(header)
     name = tokenizer_name(vae_config)
     diffs = [f"{k}: store {found[k]}, {name} {expected[k]}" for k in expected if found[k] != expected[k]]
     if diffs:
-        raise ValueError(f"token store does not match the {name} (" + "; ".join(diffs) + "). "
-                         f"Tokenize the data again with this {name} (`mvq tokenize`).")
+        raise InvalidInputError(f"token store does not match the {name} (" + "; ".join(diffs) + "). "
+                                         f"Tokenize the data again with this {name} (`mvq tokenize`).")
     stored = header.vae.get("weights_sha256")
     if weights_sha256 is not None and stored is not None and stored != weights_sha256:
-        raise ValueError(f"token store was written by a {name} with other weights "
-                         f"(fingerprint {stored[:12]}…, this one {weights_sha256[:12]}…). "
-                         f"Tokenize the data again with this {name} (`mvq tokenize`).")
+        raise InvalidInputError(f"token store was written by a {name} with other weights "
+                                         f"(fingerprint {stored[:12]}…, this one {weights_sha256[:12]}…). "
+                                         f"Tokenize the data again with this {name} (`mvq tokenize`).")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -233,8 +242,8 @@ def create_store(path: str | os.PathLike, header: TokenStoreHeader) -> Path:
         diffs = [k for k in wanted if existing.get(k) != wanted[k]]
         if diffs:
             details = "; ".join(f"{k}: store {existing.get(k)!r}, now {wanted[k]!r}" for k in diffs)
-            raise ValueError(f"{path} already holds a token store made with other settings ({details}). "
-                             f"Pass the same arguments to continue it, or choose another --out.")
+            raise InvalidInputError(f"{path} already holds a token store made with other settings ({details}). "
+                                             f"Pass the same arguments to continue it, or choose another --out.")
     else:
         atomic_write_json(path / HEADER_NAME, header.to_json())
     return path

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from mvq.errors import InvalidInputError
+
 
 def code_counts(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
     """How often each code occurs in `codes` (any shape): a (codebook_size,) int64 tensor."""
@@ -23,7 +25,7 @@ def codebook_usage_from_counts(counts: torch.Tensor) -> dict[str, float]:
     counts = counts.to(torch.float64)
     total = counts.sum()
     if total <= 0:
-        raise ValueError("no codes were counted")
+        raise InvalidInputError("no codes were counted")
     p = counts / total
     entropy = -(p * torch.log(p.clamp_min(1e-300))).sum()
     used = int((counts > 0).sum())

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvq.errors import InvalidInputError, MissingInputError
+
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """‖mu1 − mu2‖² + tr(Σ1) + tr(Σ2) − 2·tr((Σ1 Σ2)^½), in float64.
@@ -26,12 +28,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
     sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
     if mu1.ndim != 1 or mu1.shape != mu2.shape:
-        raise ValueError(f"means must be vectors of the same length, got shapes {mu1.shape} and {mu2.shape}")
+        raise InvalidInputError(f"means must be vectors of the same length, got shapes {mu1.shape} and {mu2.shape}")
     d = mu1.shape[0]
     if sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"covariances must be {d}×{d} to match the means, got {sigma1.shape} and {sigma2.shape}")
+        raise InvalidInputError(f"covariances must be {d}×{d} to match the means, "
+                                f"got {sigma1.shape} and {sigma2.shape}")
     if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
-        raise ValueError("statistics contain NaN or infinite values")
+        raise InvalidInputError("statistics contain NaN or infinite values")
     diff = mu1 - mu2
     s1, s2 = torch.from_numpy(sigma1), torch.from_numpy(sigma2)
     root1 = _psd_sqrt(s1)
@@ -89,7 +92,7 @@ class GaussianAccumulator:
         """Mean and unbiased covariance (as numpy's `np.cov`), as float64 numpy arrays."""
         n = self.num_samples
         if n < 2:
-            raise ValueError(f"need at least 2 images for a covariance, got {n}")
+            raise InvalidInputError(f"need at least 2 images for a covariance, got {n}")
         mean = self.sum / n
         covariance = (self.outer - n * torch.outer(mean, mean)) / (n - 1)
         return mean.cpu().numpy(), covariance.cpu().numpy()
@@ -99,7 +102,7 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
     """Write reference statistics as an .npz with `mu`, `sigma` and scalar metadata entries."""
     path = Path(path)
     if path.suffix != ".npz":
-        raise ValueError(f"statistics are written as .npz; got {path}")
+        raise InvalidInputError(f"statistics are written as .npz; got {path}")
     from mvq.atomic import atomic_write
 
     arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64),
@@ -121,20 +124,20 @@ def has_statistics(path: str | os.PathLike) -> bool:
         with np.load(path) as data:
             return {"mu", "sigma"} <= set(data.files)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a readable .npz file ({exc}); is it truncated?") from exc
+        raise InvalidInputError(f"{path} is not a readable .npz file ({exc}); is it truncated?") from exc
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read (mu, sigma, metadata) from an .npz written by `save_statistics` (or any npz with mu/sigma)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"statistics file not found: {path}")
+        raise MissingInputError(f"statistics file not found: {path}")
     with np.load(path) as data:
         if not {"mu", "sigma"} <= set(data.files):
-            raise ValueError(f"{path} holds {sorted(data.files)}, not reference statistics (mu, sigma); "
-                             "make them with `mvq eval stats`")
+            raise InvalidInputError(f"{path} holds {sorted(data.files)}, not reference statistics (mu, sigma); "
+                                    "make them with `mvq eval stats`")
         mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
         metadata = {k: data[k].item() for k in data.files if k not in ("mu", "sigma") and data[k].ndim == 0}
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+        raise InvalidInputError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
     return mu, sigma, metadata

@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from mvq.errors import InvalidInputError
 from mvq.evaluation.frechet import GaussianAccumulator, frechet_distance, has_statistics, load_statistics
 from mvq.evaluation.images import ImageSet, evaluation_indices
 from mvq.evaluation.inception import FEATURE_DIM, InceptionV3
@@ -110,7 +111,7 @@ def open_reference(reference: str | os.PathLike, sample_set: ImageSet, resolutio
         return precomputed, ImageSet(reference, resolution or _image_size(sample_set), num_workers)
     except ValueError as exc:
         if precomputed:
-            raise ValueError(f"KID needs reference images; {reference} has none ({exc})") from exc
+            raise InvalidInputError(f"KID needs reference images; {reference} has none ({exc})") from exc
         raise
 
 
@@ -159,8 +160,8 @@ def evaluate_generation(samples: str | os.PathLike, reference: str | os.PathLike
             result["kid_subset_size"] = size
 
     if ref_mu.shape != mu.shape:
-        raise ValueError(f"reference statistics have {ref_mu.shape[0]} dimensions, samples {mu.shape[0]}: "
-                         "they were not made with the same feature layer")
+        raise InvalidInputError(f"reference statistics have {ref_mu.shape[0]} dimensions, samples {mu.shape[0]}: "
+                                "they were not made with the same feature layer")
     result["fid"] = frechet_distance(mu, sigma, ref_mu, ref_sigma)
     if has_logits:
         splits = min(isc_splits, n)

@@ -16,6 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from mvq.errors import InvalidInputError, MissingInputError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -25,7 +27,7 @@ def evaluation_indices(set_size: int, num_images: int | None, seed: int = 0) -> 
     if num_images is None or num_images >= set_size:
         return list(range(set_size))
     if num_images < 1:
-        raise ValueError(f"number of images must be positive, got {num_images}")
+        raise InvalidInputError(f"number of images must be positive, got {num_images}")
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(set_size, generator=generator)[:num_images].tolist())
 
@@ -59,12 +61,12 @@ class ImageFolder(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, resolution: int | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.root}")
+            raise MissingInputError(f"image folder not found: {self.root}")
         from mvq.data.discovery import list_files  # the folder walk every command uses (links read once)
 
         self.files = sorted(p for p in list_files(self.root) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.files:
-            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
+            raise InvalidInputError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         self.resolution = resolution
 
     def __len__(self) -> int:
@@ -92,8 +94,8 @@ def collate_images(items: list[torch.Tensor | None]) -> torch.Tensor:
         return torch.empty(0, 3, 1, 1, dtype=torch.uint8)
     shapes = {tuple(x.shape) for x in items}
     if len(shapes) > 1:
-        raise ValueError(f"images of different sizes {sorted(shapes)[:3]} in one set; pass a resolution "
-                         "(--resolution R) to resize and centre-crop them all to R×R")
+        raise InvalidInputError(f"images of different sizes {sorted(shapes)[:3]} in one set; pass a resolution "
+                                "(--resolution R) to resize and centre-crop them all to R×R")
     return torch.stack(items)
 
 
@@ -103,12 +105,12 @@ class NumpyImages:
     def __init__(self, path: str | os.PathLike, resolution: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"image array file not found: {self.path}")
+            raise MissingInputError(f"image array file not found: {self.path}")
         self.resolution = resolution
         with self._open() as (shape, dtype, _stream):
             pass
         if len(shape) != 4 or shape[3] != 3 or dtype != np.uint8:
-            raise ValueError(f"{self.path}: expected uint8 images N×R×R×3, got {dtype} {shape}")
+            raise InvalidInputError(f"{self.path}: expected uint8 images N×R×R×3, got {dtype} {shape}")
         self.shape = shape
 
     def __len__(self) -> int:
@@ -170,22 +172,22 @@ class _ArrayStream:
             archive = zipfile.ZipFile(self.path)
             self._closers.append(archive)
             if "arr_0.npy" not in archive.namelist():
-                raise ValueError(f"{self.path} has no image array arr_0 (entries: "
-                                 f"{', '.join(n.removesuffix('.npy') for n in archive.namelist())})")
+                raise InvalidInputError(f"{self.path} has no image array arr_0 (entries: "
+                                        f"{', '.join(n.removesuffix('.npy') for n in archive.namelist())})")
             f = archive.open("arr_0.npy")
         else:
-            raise ValueError(f"{self.path}: image arrays are read from .npz or .npy files")
+            raise InvalidInputError(f"{self.path}: image arrays are read from .npz or .npy files")
         self._closers.append(f)
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(f)
         if fortran_order:
-            raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported; save with np.savez")
+            raise InvalidInputError(f"{self.path}: Fortran-ordered arrays are not supported; save with np.savez")
 
         def read(num_items: int) -> np.ndarray:
             data = f.read(num_items * dtype.itemsize)
             if len(data) != num_items * dtype.itemsize:
-                raise ValueError(f"{self.path} is truncated")
+                raise InvalidInputError(f"{self.path} is truncated")
             return np.frombuffer(data, dtype=dtype)
 
         return shape, dtype, read
@@ -215,9 +217,9 @@ class ImageSet:
         elif self.path.suffix in (".npz", ".npy"):
             self.source = NumpyImages(self.path, resolution)
         elif self.path.exists():
-            raise ValueError(f"{self.path}: expected a folder of images or an .npz/.npy image array")
+            raise InvalidInputError(f"{self.path}: expected a folder of images or an .npz/.npy image array")
         else:
-            raise FileNotFoundError(f"no such image folder or .npz file: {self.path}")
+            raise MissingInputError(f"no such image folder or .npz file: {self.path}")
 
     def __len__(self) -> int:
         return len(self.source)

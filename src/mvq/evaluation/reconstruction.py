@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mvq.distributed import all_reduce_sum, rank_and_world_size
+from mvq.errors import InvalidInputError
 from mvq.evaluation.frechet import GaussianAccumulator, frechet_distance
 from mvq.evaluation.image_metrics import from_uint8, ssim, to_uint8
 from mvq.evaluation.images import evaluation_indices
@@ -77,7 +78,7 @@ def evaluate_reconstruction(model: nn.Module, dataset: torch.utils.data.Dataset,
     ssim_sum, lpips_sum, l1_sum = all_reduce_sum(ssim_sum, lpips_sum, l1_sum)
     n = stats.num_images
     if n == 0:
-        raise ValueError("the dataset has no images to evaluate")
+        raise InvalidInputError("the dataset has no images to evaluate")
     summary = stats.summary()
     result: dict[str, Any] = {"num_images": n}
     if inception is not None:

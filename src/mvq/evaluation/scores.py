@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from mvq.errors import InvalidInputError
+
 
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 2020) -> tuple[float, float]:
     """(mean, std) over `splits` of exp(E KL(p(y|x) ‖ p(y))), from N×C Inception logits."""
@@ -15,8 +17,8 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 2020) ->
 
     logits = torch.as_tensor(logits).detach().cpu()
     if logits.dim() != 2 or logits.shape[0] < splits:
-        raise ValueError(f"Inception Score with {splits} splits needs at least {splits} images, "
-                         f"got logits of shape {tuple(logits.shape)}")
+        raise InvalidInputError(f"Inception Score with {splits} splits needs at least {splits} images, "
+                                f"got logits of shape {tuple(logits.shape)}")
     out = isc_features_to_metric(logits, splits=splits, shuffle=True, rng_seed=seed)
     return out["inception_score_mean"], out["inception_score_std"]
 
@@ -29,8 +31,8 @@ def kernel_inception_distance(features1: torch.Tensor, features2: torch.Tensor, 
     f1, f2 = (torch.as_tensor(f).detach().cpu() for f in (features1, features2))
     n = min(len(f1), len(f2))
     if subset_size > n:
-        raise ValueError(f"KID subset size {subset_size} is larger than the smaller image set ({n}); "
-                         "lower --kid-subset-size")
+        raise InvalidInputError(f"KID subset size {subset_size} is larger than the smaller image set ({n}); "
+                                "lower --kid-subset-size")
     out = kid_features_to_metric(f1, f2, kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=seed,
                                  verbose=False)
     return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]

@@ -34,6 +34,26 @@ class PretrainedFolderError(UserError, ValueError):
 M = TypeVar("M", bound="PretrainedMixin")
 
 
+def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The config.json of a pretrained folder (with its `model_type`), once both of its files are seen there."""
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not directory.is_dir():
+        raise PretrainedFolderMissing(f"pretrained folder not found: {directory}")
+    for p in (config_path, weights_path):
+        if not p.is_file():
+            raise PretrainedFolderMissing(
+                f"{p} is missing: a pretrained folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+                f"(written by save_pretrained or `mvq export`)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PretrainedFolderError(f"{config_path} is not valid JSON ({exc}); export the model again") from exc
+    if not isinstance(config, dict):
+        raise PretrainedFolderError(f"{config_path} is not a JSON object; export the model again")
+    return config
+
+
 class PretrainedMixin:
     """Adds pretrained-folder I/O to an nn.Module that has a `config` dataclass.
 
@@ -87,18 +107,8 @@ class PretrainedMixin:
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not directory.is_dir():
-            raise PretrainedFolderMissing(f"pretrained folder not found: {directory}")
-        for p in (config_path, weights_path):
-            if not p.is_file():
-                raise PretrainedFolderMissing(
-                    f"{p} is missing: a pretrained folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
-                    f"(written by save_pretrained or `mvq export`)")
-        try:
-            config: dict[str, Any] = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PretrainedFolderError(f"{config_path} is not valid JSON ({exc}); export the model again") from exc
+        weights_path = directory / WEIGHTS_NAME
+        config = read_pretrained_config(directory)
         found = config.pop("model_type", None)
         if found != cls.model_type:
             raise PretrainedFolderError(f"{directory} holds a {found!r} model, not a {cls.model_type!r} model")

@@ -8,14 +8,12 @@ that both are trained, saved and started from pretrained folders the same way.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 from mvq.config import ConfigError
 from mvq.models.mqvae import MQVAE, MQVAEConfig
-from mvq.models.pretrained import CONFIG_NAME, PretrainedFolderError, PretrainedFolderMissing
+from mvq.models.pretrained import PretrainedFolderError, read_pretrained_config
 from mvq.models.vqgan import VQGAN, VQGANConfig
 
 ARCHITECTURES = {"mqvae": MQVAE, "vqgan": VQGAN}
@@ -39,25 +37,32 @@ def tokenizer_config(section: Mapping[str, Any]) -> MQVAEConfig | VQGANConfig:
     return MQVAEConfig.from_mapping(section)
 
 
+def architecture_of(config: MQVAEConfig | VQGANConfig) -> type[MQVAE] | type[VQGAN]:
+    """The tokenizer class that `config` configures."""
+    for architecture in ARCHITECTURES.values():
+        if isinstance(config, architecture.config_class):
+            return architecture
+    raise TypeError(f"{type(config).__name__} is not a tokenizer config ({', '.join(ARCHITECTURES)})")
+
+
 def build_tokenizer(config: MQVAEConfig | VQGANConfig) -> MQVAE | VQGAN:
     """A new (randomly initialised) tokenizer for `config`."""
-    return VQGAN(config) if isinstance(config, VQGANConfig) else MQVAE(config)
+    return architecture_of(config)(config)
+
+
+def read_tokenizer_config(directory: str | os.PathLike) -> MQVAEConfig | VQGANConfig:
+    """The validated config of a pretrained MQ-VAE or VQGAN folder, by its config.json (weights not loaded)."""
+    mapping = read_pretrained_config(directory)
+    model_type = mapping.pop("model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise PretrainedFolderError(f"{directory} holds a {model_type!r} model, not a tokenizer "
+                                    f"({', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[model_type].config_class.from_mapping(mapping)
 
 
 def load_tokenizer(directory: str | os.PathLike, map_location: str = "cpu") -> MQVAE | VQGAN:
     """Load a pretrained MQ-VAE or VQGAN folder, whichever its config.json says it holds."""
-    config_path = Path(directory) / CONFIG_NAME
-    if not config_path.is_file():
-        raise PretrainedFolderMissing(f"{config_path} is missing: a pretrained folder holds {CONFIG_NAME} "
-                                      f"(written by save_pretrained or `mvq export`)")
-    try:
-        model_type = json.loads(config_path.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise PretrainedFolderError(f"{config_path} is not a JSON object ({exc}); export the model again") from exc
-    if model_type not in ARCHITECTURES:
-        raise PretrainedFolderError(f"{directory} holds a {model_type!r} model, not a tokenizer "
-                                    f"({', '.join(ARCHITECTURES)})")
-    return ARCHITECTURES[model_type].from_pretrained(directory, map_location)
+    return architecture_of(read_tokenizer_config(directory)).from_pretrained(directory, map_location)
 
 
 def initialize_from(model: MQVAE | VQGAN, pretrained: MQVAE | VQGAN, source: str) -> str:

@@ -9,17 +9,18 @@ config repeats anyway.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mvq.config import ConfigError, build_dataclass
 from mvq.convert.stackformer import stackformer_config_section
+from mvq.data.token_store import TokenStore, check_compatible, vae_token_geometry
+from mvq.errors import UserError
 from mvq.models.mqvae import MQVAEConfig
-from mvq.models.vqgan import VQGANConfig
-from mvq.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
 from mvq.models.stackformer import StackformerConfig
+from mvq.models.tokenizer import read_tokenizer_config
+from mvq.models.vqgan import VQGANConfig
 from mvq.training.sections import OptimConfig, RunConfig, check_sections, common_sections
 
 SECTIONS = ("stage", "model", "data", "vae", "optim", "trainer", "run")
@@ -39,9 +40,6 @@ class Stage2OptimConfig(OptimConfig):
     lr: float | None = 5.0e-4
     betas: tuple[float, ...] = (0.9, 0.95)
     weight_decay: float = 0.01
-
-# `model:` keys that describe the tokens, not the Stackformer: they come from the MQ-VAE.
-GEOMETRY_KEYS = ("codebook_size", "grid_size", "num_tokens")
 
 TOKENIZE_HINT = "make one with `mvq tokenize --vae VAE_DIR --data DATA --out STORE`"
 
@@ -72,6 +70,11 @@ class TokenDataConfig:
 
 @dataclass
 class Stage2Config:
+    """A validated stage-2 config: the Stackformer (its geometry taken from the tokenizer in `vae`) and its training.
+
+    `parse_stage2` builds it, after checking the tokenizer folder and the token stores against each other.
+    """
+
     model: StackformerConfig
     data: TokenDataConfig
     vae: str
@@ -80,31 +83,17 @@ class Stage2Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-# The tokenizers stage 2 trains over, by the `model_type` of their config.json.
-VAE_CONFIGS: dict[str, type[MQVAEConfig] | type[VQGANConfig]] = {"mqvae": MQVAEConfig, "vqgan": VQGANConfig}
-
-
 def read_vae_config(path: str | Path) -> MQVAEConfig | VQGANConfig:
-    """The config of a pretrained MQ-VAE or VQGAN folder, read from its config.json (weights not loaded)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ConfigError(f"vae: {folder} not found. It must be a pretrained MQ-VAE folder ({CONFIG_NAME} + "
-                          f"{WEIGHTS_NAME}), e.g. written by `mvq export STAGE1_RUN_DIR OUT_DIR`")
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not (folder / name).is_file():
-            raise ConfigError(f"vae: {folder} is not a pretrained MQ-VAE folder ({name} is missing); "
-                              f"write one with `mvq export STAGE1_RUN_DIR OUT_DIR`")
-    mapping = json.loads((folder / CONFIG_NAME).read_text())
-    model_type = mapping.pop("model_type", None)
-    if model_type not in VAE_CONFIGS:
-        raise ConfigError(f"vae: {folder} holds a {model_type!r} model, not an MQ-VAE or a VQGAN")
-    return VAE_CONFIGS[model_type].from_mapping(mapping)
+    """The config of the tokenizer folder that `vae:` names (weights not loaded); errors name the key."""
+    try:
+        return read_tokenizer_config(path)
+    except UserError as exc:
+        raise ConfigError(f"vae: {exc}. It must be a pretrained MQ-VAE or VQGAN folder, e.g. written by "
+                          f"`mvq export STAGE1_RUN_DIR OUT_DIR`") from exc
 
 
 def _open_store(path: str, key: str, vae_config: MQVAEConfig | VQGANConfig):
     """A complete token store whose tokens the MQ-VAE can decode; errors name the config key."""
-    from mvq.data.token_store import TokenStore, check_compatible
-
     try:
         store = TokenStore(path)
         check_compatible(store.header, vae_config)
@@ -122,13 +111,12 @@ def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_
     unknown = [key for key in section if key not in valid]
     if unknown:  # fails naming the key, the closest valid one and the list of valid ones
         build_dataclass(StackformerConfig, {unknown[0]: section[unknown[0]]}, "model")
-    geometry = {"codebook_size": vae_config.codebook_size, "grid_size": vae_config.grid_size,
-                "num_tokens": vae_config.num_tokens}
-    for key in GEOMETRY_KEYS:
+    geometry = vae_token_geometry(vae_config)
+    for key in geometry:
         given = section.get(key)
         if given is not None and given != geometry[key]:
             raise ConfigError(f"model.{key} is {given}, but the MQ-VAE (vae:) has {key} {geometry[key]}. "
-                              f"Stage 2 reads {', '.join(GEOMETRY_KEYS)} from the MQ-VAE: remove model.{key} "
+                              f"Stage 2 reads {', '.join(geometry)} from the MQ-VAE: remove model.{key} "
                               f"from the config or use the MQ-VAE it was meant for")
     section.update(geometry)
     num_classes = section.get("num_classes")
