@@ -142,7 +142,8 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
             first = forced_codes.shape[1]
             decoder.force(both(forced_codes), both(forced_positions))
             codes[:, :first], positions[:, :first] = forced_codes, forced_positions
-            used = used.scatter(1, forced_positions, True)
+            if not sampling.raster_constraint:
+                used = used.scatter(1, forced_positions, True)
             previous = forced_positions[:, -1:]
 
         def draw_position(code: torch.Tensor, t: int) -> torch.Tensor:
@@ -167,7 +168,8 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
 
             codes[:, t], positions[:, t] = code, position
             previous = position[:, None]
-            used = used.scatter(1, position[:, None], True)
+            if not sampling.raster_constraint:  # the raster constraint alone already forbids used cells
+                used = used.scatter(1, position[:, None], True)
     finally:
         model.train(was_training)
     return codes, positions
