@@ -106,7 +106,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.mark.timeout(120)
 def test_two_process_gloo_codebooks_identical(tmp_path):
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
-    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     for key in a:
         assert torch.equal(a[key], b[key]), key
     # And the codebook did move (the test is not trivially satisfied by an untouched buffer).
