@@ -240,3 +240,33 @@ def test_run_dir_variable_is_followed_by_processes_a_launcher_started(tmp_path, 
     assert prepare_run(config, [], str(tmp_path / "other"), None, None).folder == launched
     monkeypatch.setenv("LOCAL_RANK", "0")  # rank 0 of node 0 is the launcher itself: --run-dir counts
     assert prepare_run(config, [], str(tmp_path / "other"), None, None).folder == tmp_path / "other"
+
+
+def test_a_stop_signal_after_the_checkpoint_hook_still_writes_last_ckpt(tmp_path):
+    """A signal that lands after LastCheckpoint's batch-end hook is held until the next batch's end."""
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mvq.training.checkpoints import LastCheckpoint
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):  # runs after every callback's hook
+            if self.trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(max_steps=50, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[LastCheckpoint(tmp_path, every_n_steps=1000)])
+    with pytest.raises(SIGTERMException):
+        trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=2))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 3

@@ -109,15 +109,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """`last.ckpt` every N steps, at the end of every epoch and of training, and on SIGTERM / Ctrl-C."""
+    """`last.ckpt` every N steps, at the end of every epoch and of training, and on SIGTERM / Ctrl-C.
+
+    A stop signal is held back until the end of the training batch in progress: Lightning acts on
+    one as soon as it is set (in validation, at the end of a step or of an epoch), and a signal that
+    arrives after this callback's batch-end hook would otherwise stop the run with no last.ckpt.
+    Here it is handed to Lightning's handler only once the exact state has been written.
+    """
 
     def __init__(self, dirpath: Path, every_n_steps: int):
         super().__init__(dirpath=dirpath, filename=LAST, save_top_k=1, every_n_train_steps=every_n_steps,
                          save_on_train_epoch_end=True, enable_version_counter=False)
+        self._stop_signal: int | None = None
+        self._lightning_on_sigterm: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if threading.current_thread() is threading.main_thread():
+            self._lightning_on_sigterm = signal.getsignal(signal.SIGTERM)
+            if callable(self._lightning_on_sigterm):
+                signal.signal(signal.SIGTERM, self._hold_stop_signal)
+
+    def _hold_stop_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._stop_signal is not None and not trainer.received_sigterm:
+            self._lightning_on_sigterm(self._stop_signal, None)  # Lightning stops right after this hook
         if trainer.received_sigterm:
-            # Lightning stops right after this hook; save the exact state first.
             self._save_checkpoint(trainer, str(Path(self.dirpath) / f"{LAST}.ckpt"))
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
