@@ -3,9 +3,6 @@
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from mvq.models.mqvae import MQVAE
 from mvq.training.checkpoints import read_checkpoint
 from mvq.training.run import export, train
 from mvq.training.run_folder import locked
-from tests.train_helpers import tiny_stage1_config
+from tests.train_helpers import start_training_until, tiny_stage1_config
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +164,7 @@ def test_ctrl_c_saves_last_checkpoint_and_says_how_to_resume(tmp_path):
     path = tiny_stage1_config(tmp_path, trainer={"max_steps": 500, "val_check_interval": 500},
                               run={"image_every_n_steps": 2, "checkpoint_every_n_steps": 1000})
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "mvq.cli", "train", str(path), "--run-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 240
-    while not (run / "images" / "step_0000002.png").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be interrupted"
-        time.sleep(0.05)
+    proc = start_training_until(path, run, run / "images" / "step_0000002.png")
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output

@@ -2,7 +2,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch
 from mvq.config import ConfigError
 from mvq.models.mqvae import MQVAE
 from mvq.training.run import export, train
-from tests.train_helpers import tiny_stage1_config
+from tests.train_helpers import start_training_until, tiny_stage1_config
 
 
 def model_state(run_dir):
@@ -95,14 +94,8 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
     path = tiny_stage1_config(tmp_path, trainer={"max_steps": steps, "val_check_interval": 5})
     straight = train(str(path), [], run_dir=str(tmp_path / "straight"))
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "mvq.cli", "train", str(path), "--run-dir", str(interrupted)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.time() + 240
-    while not (interrupted / "checkpoints" / "last.ckpt").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be interrupted"
-        time.sleep(0.05)
+    proc = start_training_until(path, interrupted, interrupted / "checkpoints" / "last.ckpt")
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, output

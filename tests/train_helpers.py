@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -25,3 +29,15 @@ def tiny_stage1_config(tmp_path: Path, **sections) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def start_training_until(config: Path, run_dir: Path, marker: Path, timeout: float = 240) -> subprocess.Popen:
+    """`mvq train CONFIG --run-dir RUN` in a subprocess, returned once `marker` exists (to be interrupted)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mvq.cli", "train", str(config), "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + timeout
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be interrupted"
+        time.sleep(0.05)
+    return proc
