@@ -99,10 +99,11 @@ class MQVAE(Tokenizer):
                                             commitment_beta=c.commitment_beta,
                                             restart_unused_codes=c.restart_unused_codes)
         self.demasker = AdaptiveDemasker(c.codebook_dim, c.z_channels, c.grid_size, c.demask_layers, c.mask_init_value,
-                                         attention=c.demask_attention, mask_update=c.mask_update)
+                                         attention=c.demask_attention, mask_update=c.mask_update,
+                                         norm_groups=c.norm_groups)
         self.decoder = Decoder(out_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult,
                                num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
-                               resolution=c.resolution, dropout=c.dropout)
+                               resolution=c.resolution, dropout=c.dropout, norm_groups=c.norm_groups)
 
     def forward(self, images: torch.Tensor) -> MQVAEOutput:
         """Reconstruct `images` (B×C×R×R in [-1, 1]).

@@ -28,7 +28,7 @@ class TokenizerConfig:
     """
 
     POSITIVE_FIELDS: ClassVar[tuple[str, ...]] = ("resolution", "in_channels", "ch", "num_res_blocks", "z_channels",
-                                                  "codebook_size", "codebook_dim")
+                                                  "codebook_size", "codebook_dim", "norm_groups")
 
     resolution: int = 256
     in_channels: int = 3
@@ -38,6 +38,7 @@ class TokenizerConfig:
     attn_resolutions: tuple[int, ...] = (32,)
     z_channels: int = 256
     dropout: float = 0.0
+    norm_groups: int = 32  # GroupNorm groups per layer (the gcd with its channels); see mvq.nn.vqgan.group_norm
 
     def check_common_fields(self) -> None:
         """Raise ConfigError for a bad encoder or codebook field (called first by the subclasses' __post_init__)."""
@@ -85,7 +86,7 @@ class Tokenizer(nn.Module, PretrainedMixin):
         self.config = c = config
         self.encoder = Encoder(in_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks,
                                attn_resolutions=c.attn_resolutions, resolution=c.resolution,
-                               z_channels=c.z_channels, dropout=c.dropout)
+                               z_channels=c.z_channels, dropout=c.dropout, norm_groups=c.norm_groups)
 
     @property
     def last_layer(self) -> torch.Tensor:

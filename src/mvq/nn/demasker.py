@@ -33,10 +33,10 @@ class DirectionConstrainedAttention(SpatialSelfAttention):
 class DemaskBlock(nn.Module):
     """ResNet block followed by direction-constrained attention."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = 32):
         super().__init__()
-        self.res = ResnetBlock(channels)
-        self.attn = DirectionConstrainedAttention(channels)
+        self.res = ResnetBlock(channels, norm_groups=norm_groups)
+        self.attn = DirectionConstrainedAttention(channels, norm_groups)
 
     def forward(self, x: torch.Tensor, key_weights: torch.Tensor | None) -> torch.Tensor:
         return self.attn(self.res(x), key_weights)
@@ -47,11 +47,12 @@ class AdaptiveDemasker(nn.Module):
 
     `attention`: "direction_constrained" (masked keys weighted by m) or "plain" (all weights 1).
     `mask_update`: "sqrt" (m ← √m after each block) or "constant" (m stays `mask_init_value`).
+    `norm_groups`: GroupNorm groups, as in the decoder it feeds.
     """
 
     def __init__(self, codebook_dim: int, out_channels: int, grid_size: int, num_layers: int,
                  mask_init_value: float = 0.02, attention: str = "direction_constrained",
-                 mask_update: str = "sqrt"):
+                 mask_update: str = "sqrt", norm_groups: int = 32):
         super().__init__()
         if attention not in DEMASK_ATTENTIONS:
             raise ValueError(f"attention must be one of {DEMASK_ATTENTIONS}, got {attention!r}")
@@ -63,8 +64,8 @@ class AdaptiveDemasker(nn.Module):
         self.mask_token = nn.Parameter(torch.empty(codebook_dim).uniform_(-1.0 / codebook_dim, 1.0 / codebook_dim))
         self.project_in = nn.Conv2d(codebook_dim, out_channels, 1)
         self.conv_in = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.blocks = nn.ModuleList(DemaskBlock(out_channels) for _ in range(num_layers))
-        self.final_res = ResnetBlock(out_channels)
+        self.blocks = nn.ModuleList(DemaskBlock(out_channels, norm_groups) for _ in range(num_layers))
+        self.final_res = ResnetBlock(out_channels, norm_groups=norm_groups)
 
     def key_weights(self, keep_mask: torch.Tensor) -> torch.Tensor:
         """Initial per-key weights m: 1 for kept cells, `mask_init_value` for masked ones (B×N)."""

@@ -16,20 +16,26 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups (fewer when `channels` is not a multiple of 32, for tiny models)."""
-    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6, affine=True)
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with `groups` groups (fewer when `channels` is not a multiple of it, for tiny models).
+
+    32 is the VQGAN's value. With one channel per group it acts as instance norm, which removes every
+    image's mean colour at that layer; narrow models (`ch` ≤ 32) learn colour badly then and want fewer
+    groups (model.norm_groups).
+    """
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """GroupNorm → SiLU → 3×3 conv, twice, plus a (1×1-projected) skip connection."""
 
-    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0,
+                 norm_groups: int = 32):
         super().__init__()
         out_channels = out_channels or in_channels
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -50,9 +56,9 @@ class SpatialSelfAttention(nn.Module):
     the de-mask module — while still running the fused attention kernel.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = 32):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -138,7 +144,8 @@ class Encoder(nn.Module):
     """Image (B×3×R×R) → feature map (B×z_channels×R/f×R/f), f = 2^(len(ch_mult)-1)."""
 
     def __init__(self, *, in_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 attn_resolutions: Sequence[int], resolution: int, z_channels: int, dropout: float = 0.0):
+                 attn_resolutions: Sequence[int], resolution: int, z_channels: int, dropout: float = 0.0,
+                 norm_groups: int = 32):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         levels, block_in, res = [], ch, resolution
@@ -146,10 +153,10 @@ class Encoder(nn.Module):
             block_out = ch * mult
             blocks, attns = [], []
             for _ in range(num_res_blocks):
-                blocks.append(ResnetBlock(block_in, block_out, dropout))
+                blocks.append(ResnetBlock(block_in, block_out, dropout, norm_groups))
                 block_in = block_out
                 if res in attn_resolutions:
-                    attns.append(SpatialSelfAttention(block_in))
+                    attns.append(SpatialSelfAttention(block_in, norm_groups))
             stage = _Level(blocks, attns)
             if level != len(ch_mult) - 1:
                 stage.downsample = Downsample(block_in)
@@ -157,10 +164,10 @@ class Encoder(nn.Module):
             levels.append(stage)
         self.down = nn.ModuleList(levels)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = SpatialSelfAttention(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
-        self.norm_out = group_norm(block_in)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout, norm_groups)
+        self.mid.attn_1 = SpatialSelfAttention(block_in, norm_groups)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout, norm_groups)
+        self.norm_out = group_norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +190,7 @@ class Decoder(nn.Module):
 
     def __init__(self, *, out_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
                  attn_resolutions: Sequence[int], resolution: int, dropout: float = 0.0,
-                 z_channels: int | None = None):
+                 z_channels: int | None = None, norm_groups: int = 32):
         super().__init__()
         num_levels = len(ch_mult)
         block_in = ch * ch_mult[-1]
@@ -192,26 +199,26 @@ class Decoder(nn.Module):
         if z_channels is not None:
             self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
             self.mid = nn.Module()
-            self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-            self.mid.attn_1 = SpatialSelfAttention(block_in)
-            self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+            self.mid.block_1 = ResnetBlock(block_in, block_in, dropout, norm_groups)
+            self.mid.attn_1 = SpatialSelfAttention(block_in, norm_groups)
+            self.mid.block_2 = ResnetBlock(block_in, block_in, dropout, norm_groups)
         res = resolution // 2 ** (num_levels - 1)
         levels: list[_Level] = []
         for level in reversed(range(num_levels)):
             block_out = ch * ch_mult[level]
             blocks, attns = [], []
             for _ in range(num_res_blocks + 1):
-                blocks.append(ResnetBlock(block_in, block_out, dropout))
+                blocks.append(ResnetBlock(block_in, block_out, dropout, norm_groups))
                 block_in = block_out
                 if res in attn_resolutions:
-                    attns.append(SpatialSelfAttention(block_in))
+                    attns.append(SpatialSelfAttention(block_in, norm_groups))
             stage = _Level(blocks, attns)
             if level != 0:
                 stage.upsample = Upsample(block_in)
                 res *= 2
             levels.insert(0, stage)  # up[0] is the full-resolution level
         self.up = nn.ModuleList(levels)
-        self.norm_out = group_norm(block_in)
+        self.norm_out = group_norm(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
