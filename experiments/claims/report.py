@@ -1,4 +1,4 @@
-"""Markdown tables of the results JSON files (for experiments/README.md): mean over seeds, then each seed.
+"""Markdown tables of every study's results JSON (for experiments/README.md): mean over seeds, then each seed.
     python experiments/claims/report.py
 """
 
@@ -33,25 +33,32 @@ def tokenizer_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _mean_and_seeds(values: list[float], digits: int) -> str:
+    shown = " / ".join(f"{v:.{digits}f}" for v in values)
+    return f"{sum(values) / len(values):.{digits}f}" + (f" ({shown})" if len(values) > 1 else "")
+
+
 def generation_table(data: dict) -> str:
-    lines = ["| tokenizer + generator | params | FID ↓ | class consistency ↑ | val NLL / image (nats) ↓ | s / image |",
-             "|---|---|---|---|---|---|"]
-    for name, run in data["runs"].items():
-        lines.append(f"| {name} | {run['stackformer_parameters']:,} | {run['fid']:.1f} | "
-                     f"{run['class_consistency']:.3f} | {run['nll_per_image_nats']:.1f} | "
-                     f"{run['seconds_per_image']:.4f} |")
+    lines = ["| tokenizer + generator | params | seeds | N per seed | FID ↓ | class consistency ↑ | "
+             "val NLL / image (nats) ↓ | s / image |", "|---|---|---|---|---|---|---|---|"]
+    for name, runs in data["runs"].items():
+        seeds = {"0": runs} if "fid" in runs else runs  # the first study ran one seed and stored it flat
+        first = next(iter(seeds.values()))
+        cells = [_mean_and_seeds([r[key] for r in seeds.values()], digits)
+                 for key, digits in (("fid", 1), ("class_consistency", 3), ("nll_per_image_nats", 1),
+                                     ("seconds_per_image", 4))]
+        lines.append(f"| {name} | {first['stackformer_parameters']:,} | {', '.join(seeds)} | {first['num_samples']} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    tokenizers = RESULTS / "tokenizers_photos.json"
-    if tokenizers.is_file():
-        print("Mean over seeds (each seed in brackets):\n")
-        print(tokenizer_table(read_json(tokenizers)))
-    generation = RESULTS / "generation_fashion_mnist.json"
-    if generation.is_file():
-        print()
-        print(generation_table(read_json(generation)))
+    for path in sorted(RESULTS.glob("tokenizers_photos*.json")):
+        print(f"{path.name}: mean over seeds (each seed in brackets)\n")
+        print(tokenizer_table(read_json(path)) + "\n")
+    for path in sorted(RESULTS.glob("generation_fashion_mnist*.json")):
+        print(f"{path.name}: mean over seeds (each seed in brackets)\n")
+        print(generation_table(read_json(path)) + "\n")
 
 
 if __name__ == "__main__":
