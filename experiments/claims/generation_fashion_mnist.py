@@ -184,8 +184,8 @@ def main() -> None:
     inception = InceptionV3().eval()
     count = settings["fid_reference_images"]
     with clock.part("fid_reference"):
-        reference_stats = reference_statistics(inception, test_set, count,
-                                               args.work / f"fashion_mnist_test_{resolution}px_first{count}_inception.npz")
+        cache = args.work / f"fashion_mnist_test_{resolution}px_first{count}_inception.npz"
+        reference_stats = reference_statistics(inception, test_set, count, cache)
 
     results: dict = {}
     wanted = [c for c in range(10) for _ in range(settings["samples_per_class"])]
@@ -214,7 +214,8 @@ def main() -> None:
                                  progress=False)
         with arm_clock.part("stage2"):
             gpt_dir = train_and_export(stage2_config(settings, name, vae_dir, folder / "tokens_train",
-                                                     folder / "tokens_test", seed), folder / "stage2", folder / "stage2_export")
+                                                     folder / "tokens_test", seed),
+                                       folder / "stage2", folder / "stage2_export")
         stackformer = Stackformer.from_pretrained(gpt_dir).eval()
         nll = validation_nll(stackformer, TokenStore(folder / "tokens_test"))
         pipe = MVQPipeline(stackformer, vae)

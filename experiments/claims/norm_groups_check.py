@@ -76,7 +76,8 @@ def main() -> None:
     write_json(RESULTS / "norm_groups_check.json", {
         "what": "plain autoencoder (the VQGAN f4 arm without its quantizer), Adam on L1 only, fixed crops",
         "steps": args.steps, "batch_size": settings["batch_size"], "lr": settings["lr"], "study": STUDY,
-        "command": "python experiments/claims/norm_groups_check.py" + ("" if args.steps == 300 else f" --steps {args.steps}"),
+        "command": "python experiments/claims/norm_groups_check.py"
+                   + ("" if args.steps == 300 else f" --steps {args.steps}"),
         "environment": environment(), "results": results})
 
 

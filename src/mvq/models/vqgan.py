@@ -89,7 +89,8 @@ class VQGAN(Tokenizer):
         self.post_quant_conv = nn.Conv2d(c.codebook_dim, c.z_channels, 1)
         self.decoder = Decoder(out_channels=c.in_channels, ch=c.ch, ch_mult=c.ch_mult,
                                num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
-                               resolution=c.resolution, dropout=c.dropout, norm_groups=c.norm_groups, z_channels=c.z_channels)
+                               resolution=c.resolution, dropout=c.dropout, norm_groups=c.norm_groups,
+                               z_channels=c.z_channels)
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         """Images → pre-quantization vectors, B×H×W×codebook_dim (channels last, raster order)."""
