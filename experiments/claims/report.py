@@ -15,6 +15,11 @@ TOKENIZER_COLUMNS = (("rfid", "rFID ↓", 1), ("lpips", "LPIPS ↓", 3), ("psnr"
                      ("codebook_usage_percent", "usage % ↑", 1))
 
 
+def _mean_and_seeds(values: list[float], digits: int) -> str:
+    shown = " / ".join(f"{v:.{digits}f}" for v in values)
+    return f"{sum(values) / len(values):.{digits}f}" + (f" ({shown})" if len(values) > 1 else "")
+
+
 def tokenizer_table(data: dict) -> str:
     lines = ["| arm | tokens | seeds | " + " | ".join(title for _, title, _ in TOKENIZER_COLUMNS) + " | train s |",
              "|---|---|---|" + "---|" * len(TOKENIZER_COLUMNS) + "---|"]
@@ -25,17 +30,11 @@ def tokenizer_table(data: dict) -> str:
         cells = []
         for key, _, digits in TOKENIZER_COLUMNS:
             values = [s["metrics"][key] for s in seeds.values() if s["metrics"].get(key) is not None]
-            shown = " / ".join(f"{v:.{digits}f}" for v in values)
-            cells.append(f"{sum(values) / len(values):.{digits}f} ({shown})" if values else "n/a")
+            cells.append(_mean_and_seeds(values, digits) if values else "n/a")
         train = sum(s["seconds"]["train"] for s in seeds.values()) / len(seeds)
         lines.append(f"| {arm} | {tokens} ({grid}×{grid}) | {', '.join(seeds)} | " + " | ".join(cells)
                      + f" | {train:.0f} |")
     return "\n".join(lines)
-
-
-def _mean_and_seeds(values: list[float], digits: int) -> str:
-    shown = " / ".join(f"{v:.{digits}f}" for v in values)
-    return f"{sum(values) / len(values):.{digits}f}" + (f" ({shown})" if len(values) > 1 else "")
 
 
 def generation_table(data: dict) -> str:
