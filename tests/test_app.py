@@ -44,7 +44,7 @@ def tiny_models(folder: Path) -> tuple[Path, Path]:
     stackformer = Stackformer(StackformerConfig(
         codebook_size=c.codebook_size, grid_size=c.grid_size, num_tokens=c.num_tokens, num_classes=3,
         class_dropout=0.1, code_layers=1, position_layers=1, dim=32, heads=2))
-    return vae.save_pretrained(folder / "vae"), stackformer.save_pretrained(folder / "stackformer")
+    return vae.save_pretrained(folder / "vae"), stackformer.save_pretrained(folder / "stackformer", tokenizer=vae)
 
 
 def tiny_vqgan_models(folder: Path) -> tuple[Path, Path]:
@@ -58,7 +58,7 @@ def tiny_vqgan_models(folder: Path) -> tuple[Path, Path]:
     gpt = Stackformer(StackformerConfig(
         codebook_size=c.codebook_size, grid_size=c.grid_size, num_tokens=c.num_tokens, num_classes=3,
         class_dropout=0.1, code_layers=1, position_layers=0, dim=32, heads=2))
-    return vqgan.save_pretrained(folder / "vqgan"), gpt.save_pretrained(folder / "gpt")
+    return vqgan.save_pretrained(folder / "vqgan"), gpt.save_pretrained(folder / "gpt", tokenizer=vqgan)
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def test_complete_command_end_to_end(pipe, tmp_path, capsys):
 
     from mvq.cli import main
 
-    sf_dir = pipe.stackformer.float().save_pretrained(tmp_path / "sf")
+    sf_dir = pipe.stackformer.float().save_pretrained(tmp_path / "sf", tokenizer=pipe.vae)
     vae_dir = pipe.vae.save_pretrained(tmp_path / "vae")
     inputs = tmp_path / "photos"
     inputs.mkdir()

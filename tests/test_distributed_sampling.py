@@ -21,7 +21,7 @@ def models(tmp_path):
     vae = MQVAE.from_config(TINY_VAE)
     sf = tiny_model(num_classes=3, grid_size=vae.config.grid_size, num_tokens=vae.config.num_tokens,
                     codebook_size=vae.config.codebook_size)
-    return sf.save_pretrained(tmp_path / "sf"), vae.save_pretrained(tmp_path / "vae")
+    return sf.save_pretrained(tmp_path / "sf", tokenizer=vae), vae.save_pretrained(tmp_path / "vae")
 
 
 def sample_argv(models, out, *extra):

@@ -228,7 +228,7 @@ def pretrained_pair(tmp_path):
     sf = tiny_model(num_classes=3, grid_size=vae.config.grid_size, num_tokens=vae.config.num_tokens,
                     codebook_size=vae.config.codebook_size)
     vae.save_pretrained(tmp_path / "vae")
-    sf.save_pretrained(tmp_path / "sf")
+    sf.save_pretrained(tmp_path / "sf", tokenizer=vae)
     return tmp_path / "sf", tmp_path / "vae"
 
 
@@ -390,8 +390,8 @@ def test_stackformer_of_another_mqvae_is_refused(pretrained_pair, tmp_path, caps
         MVQPipeline.from_pretrained(sf_dir, tmp_path / "other_vae", device="cpu")
     argv = ["--stackformer", str(sf_dir), "--vae", str(tmp_path / "other_vae"), "--n", "1", "--labels", "0",
             "--device", "cpu", "--no-png"]
-    with pytest.raises(UserError, match="different MQ-VAE"):
+    with pytest.raises(UserError, match="different tokenizer"):
         run_sample_command([*argv, "--out", str(tmp_path / "refused")])
-    with pytest.warns(UserWarning, match="different MQ-VAE"):
+    with pytest.warns(UserWarning, match="different tokenizer"):
         run_sample_command([*argv, "--allow-tokenizer-mismatch", "--out", str(tmp_path / "allowed")])
     assert (tmp_path / "allowed" / "samples.npz").is_file()

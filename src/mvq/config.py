@@ -124,15 +124,31 @@ def build_dataclass(cls: type[T], mapping: Mapping[str, Any] | None, where: str)
         raise ConfigError(f"{where} is missing required keys: {', '.join(missing)}") from exc
 
 
+def _jsonable(value: Any) -> Any:
+    """Tuples become lists, recursively: the form a config takes once saved as JSON."""
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(x) for x in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(x) for k, x in value.items()}
+    return value
+
+
 def dataclass_to_dict(obj: Any) -> dict:
     """A JSON-friendly dict of a config dataclass (tuples become lists)."""
-    def convert(v):
-        if isinstance(v, tuple):
-            return [convert(x) for x in v]
-        if isinstance(v, list):
-            return [convert(x) for x in v]
-        if isinstance(v, dict):
-            return {k: convert(x) for k, x in v.items()}
-        return v
+    return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
 
-    return {k: convert(v) for k, v in dataclasses.asdict(obj).items()}
+
+def recorded_config_differences(config: Any, recorded: Mapping[str, Any]) -> list[str]:
+    """Fields in which the config dataclass `config` differs from a record of it (a dict saved as JSON).
+
+    A field the record lacks (added to mvq after it was written) counts as its default, which
+    is what a folder without it loads with.
+    """
+    current = dataclass_to_dict(config)
+    defaults = {field.name: _jsonable(field.default if field.default is not dataclasses.MISSING
+                                      else field.default_factory())
+                for field in dataclasses.fields(config)
+                if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING}
+    differ = [key for key, value in current.items() if recorded.get(key, defaults.get(key, dataclasses.MISSING)) != value]
+    extra = [key for key in recorded if key not in current and key not in ("model_type", "architecture")]
+    return sorted(differ + extra)

@@ -241,19 +241,35 @@ class MVQPipeline:
 
 def check_tokenizer(stackformer_dir: str | os.PathLike, vae_dir: str | os.PathLike, vae: MQVAE | VQGAN,
                     allow_mismatch: bool = False) -> None:
-    """Refuse (or, with `allow_mismatch`, warn about) an MQ-VAE other than the one the Stackformer learnt from."""
-    from mvq.models.pretrained import read_tokenizer_record, weights_fingerprint
+    """Refuse (or, with `allow_mismatch`, warn about) a tokenizer other than the one the Stackformer learnt from.
+
+    The Stackformer's tokenizer.json records that tokenizer's weights fingerprint and config;
+    both must match `vae` (same weights under an edited config decode differently). A folder
+    without the record cannot be verified, and is refused the same way.
+    """
+    from mvq.config import recorded_config_differences
+    from mvq.models.pretrained import TOKENIZER_NAME, read_tokenizer_record, weights_fingerprint
 
     record = read_tokenizer_record(stackformer_dir)
     if record is None:
-        return  # folders exported before fingerprints were recorded: nothing to compare
-    expected = record["tokenizer_fingerprint"]
-    if weights_fingerprint(vae) == expected:
-        return
-    message = (f"the Stackformer in {stackformer_dir} was trained on the tokens of a different MQ-VAE than {vae_dir} "
-               f"(weights fingerprint {expected[:12]}…, this one {weights_fingerprint(vae)[:12]}…): its samples "
-               "would decode into noise")
+        problem = (f"the Stackformer in {stackformer_dir} has no {TOKENIZER_NAME}, so the tokenizer it was trained "
+                   f"on cannot be checked against {vae_dir}; export it again from its run (`mvq export RUN OUT`, "
+                   f"which writes {TOKENIZER_NAME})")
+    else:
+        found = weights_fingerprint(vae)
+        recorded_config = record.get("tokenizer_config")
+        differ = [] if recorded_config is None else recorded_config_differences(vae.config, recorded_config)
+        if found != record["tokenizer_fingerprint"]:
+            problem = (f"the Stackformer in {stackformer_dir} was trained on the tokens of a different tokenizer "
+                       f"than {vae_dir} (weights fingerprint {record['tokenizer_fingerprint'][:12]}…, this one "
+                       f"{found[:12]}…): its samples would decode into noise")
+        elif differ:
+            problem = (f"{vae_dir} has the weights the Stackformer in {stackformer_dir} was trained with, but "
+                       f"another config (differs in: {', '.join(differ)}): was its config.json edited? Its tokens "
+                       "would decode differently")
+        else:
+            return
     if not allow_mismatch:
-        raise SamplingError(message + "; pass the MQ-VAE it was trained with, or --allow-tokenizer-mismatch "
-                                  "(allow_tokenizer_mismatch=True) to sample anyway")
-    warnings.warn(message, UserWarning, stacklevel=2)
+        raise SamplingError(problem + "; pass the tokenizer it was trained with, or --allow-tokenizer-mismatch "
+                                      "(allow_tokenizer_mismatch=True) to sample anyway")
+    warnings.warn(problem, UserWarning, stacklevel=2)

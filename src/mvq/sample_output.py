@@ -33,7 +33,8 @@ from typing import Any, ContextManager, Sequence
 
 import numpy as np
 
-from mvq.atomic import (atomic_write, atomic_write_json, check_writable_destination, remove_stale_temporaries,
+from mvq.atomic import (atomic_save_npy, atomic_write, atomic_write_json, check_writable_destination,
+                        npy_is_complete, refuse_inputs_inside, refuse_working_folder, remove_stale_temporaries,
                         replace_directory)
 from mvq.errors import UserError
 from mvq.locks import locked as hold_lock
@@ -81,10 +82,13 @@ def _recorded_request(folder: Path) -> dict | None:
         return {}  # unreadable: a different request
 
 
-def check_destination(out: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse, before any model is loaded, a file or a non-empty folder that is no unfinished run."""
+def check_destination(out: str | os.PathLike, overwrite: bool, inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Refuse, before any model is loaded, a file or a non-empty folder that is no unfinished run, and a
+    folder that holds the models (`inputs`)."""
     if _recorded_request(Path(out)) is None:
-        check_writable_destination(out, overwrite)
+        check_writable_destination(out, overwrite, inputs=inputs)
+    else:  # an unfinished run: resumed (or, with overwrite, replaced) rather than refused
+        refuse_inputs_inside(out, inputs)
 
 
 def locked(out: str | os.PathLike) -> ContextManager[None]:
@@ -100,7 +104,7 @@ def _differences(recorded: dict, request: dict) -> list[str]:
 
 def plan(out: str | os.PathLike, request: dict[str, Any], overwrite: bool) -> SampleFolder:
     """Decide, without writing anything, where this run writes and whether it resumes one."""
-    out = Path(out)
+    out = Path(out).absolute()  # "." has a parent to put a staging sibling in
     check_destination(out, overwrite)
     if not out.exists() or not any(out.iterdir()):
         return SampleFolder(out, out, resume=False)
@@ -111,6 +115,7 @@ def plan(out: str | os.PathLike, request: dict[str, Any], overwrite: bool) -> Sa
         raise UserError(f"{out} holds an unfinished sampling run of a different request (differs in: "
                         f"{', '.join(_differences(recorded, request))}): rerun that command to finish it, choose "
                         "another --out, or pass --overwrite to replace it")
+    refuse_working_folder(out)
     sibling = _staging_sibling(out)
     return SampleFolder(out, sibling, resume=_recorded_request(sibling) == request)
 
@@ -128,13 +133,17 @@ def prepare(folder: SampleFolder, request: dict[str, Any], png: bool) -> None:
 
 
 def finished_ranges(folder: SampleFolder, n: int) -> list[tuple[int, int]]:
-    """The sample ranges [start, stop) whose shards are on disk, in index order."""
+    """The sample ranges [start, stop) whose shards are on disk and whole, in index order.
+
+    A shard that does not hold its batch (cut short by a full disk, say) does not count: its
+    samples are drawn again, and the new shard replaces it.
+    """
     ranges = []
     for path in folder.shards.iterdir() if folder.shards.is_dir() else []:
         match = _SHARD_NAME.match(path.name)
         if match:
             start, stop = int(match[1]), int(match[2])
-            if 0 <= start < stop <= n:
+            if 0 <= start < stop <= n and npy_is_complete(path, rows=stop - start, dtype=np.uint8):
                 ranges.append((start, stop))
     return sorted(ranges)
 
@@ -171,12 +180,7 @@ def write_batch(folder: SampleFolder, start: int, images: np.ndarray, png: bool)
         for offset, image in enumerate(images):
             atomic_write(folder.images / f"{start + offset:06d}.png",
                          lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
-
-    def save(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, images, allow_pickle=False)
-
-    atomic_write(folder.shards / f"{start:08d}-{start + len(images):08d}.npy", save)
+    atomic_save_npy(folder.shards / f"{start:08d}-{start + len(images):08d}.npy", images)
 
 
 def finish(folder: SampleFolder, n: int, resolution: int, labels: Sequence[int] | None) -> Path:

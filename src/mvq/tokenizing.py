@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -18,6 +19,7 @@ from mvq.data.token_store import (TokenPartWriter, TokenStoreHeader, create_stor
                                   store_dtypes)
 from mvq.distributed import rank_and_world_size
 from mvq.errors import InvalidInputError
+from mvq.locks import locked
 from mvq.models.pretrained import weights_fingerprint
 
 
@@ -48,12 +50,12 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
     batch size the finished store is identical to one written without interruption.
     Without `rank`/`world_size` they come from `mvq.distributed.rank_and_world_size`.
     """
-    from tqdm.auto import tqdm
-
     if rank is None or world_size is None:
         rank, world_size = rank_and_world_size()
     if batch_size < 1:
         raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise InvalidInputError(f"the number of data loading workers must be 0 or more, got {num_workers}")
     config = model.config
     copies = 2 if flip else 1
     num_images = len(dataset)
@@ -69,8 +71,24 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
         source={"num_images": num_images, **(source or {})},
     )
     create_store(out, header)
+    # One writer per part: a second `mvq tokenize` into the same store is refused, not interleaved.
+    with locked(Path(out) / f".{part_name(rank, world_size)}.lock", f"{out} is being written by another mvq "
+                "tokenize; wait for it to finish, or choose another --out", remove=True):
+        _write_part(model, dataset, out, header, rank, bounds[rank], copies, flip, batch_size, num_workers, device,
+                    progress)
+    return header
+
+
+def _write_part(model: torch.nn.Module, dataset: Dataset, out: str | os.PathLike, header: TokenStoreHeader,
+                rank: int, bounds: tuple[int, int], copies: int, flip: bool, batch_size: int, num_workers: int,
+                device: str | torch.device, progress: bool) -> None:
+    """Encode this rank's block of the dataset into its part, continuing from the part's recorded progress."""
+    from tqdm.auto import tqdm
+
+    config = model.config
+    world_size = header.world_size
     writer = TokenPartWriter(out, header, rank)
-    start, stop = bounds[rank]
+    start, stop = bounds
     first = start + writer.done // copies
     bar = tqdm(total=stop - start, initial=first - start, unit="img", disable=not progress or rank != 0,
                desc=f"tokenize {part_name(rank, world_size)}" if world_size > 1 else "tokenize")
@@ -93,4 +111,3 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
                 writer.append(codes, positions, labels)
                 bar.update(len(batch["label"]))
     bar.close()
-    return header

@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
     add_overwrite_argument(parser, "figures")
     parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
-                        help="run even if the Stackformer records a different MQ-VAE than --vae (warns)")
+                        help="run even if the Stackformer records another tokenizer than --vae, or none (warns)")
     parser.set_defaults(func=run)
 
 
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> None:
     if args.n < 1 or args.batch_size < 1:
         raise SamplingError("--n and --batch-size must be at least 1")
     sampling = sampling_config(args)
-    check_writable_destination(args.out, args.overwrite)  # refuse before loading anything
+    inputs = [*args.images, args.vae, args.stackformer]
+    check_writable_destination(args.out, args.overwrite, inputs=inputs)  # refuse before loading anything
     pipe = MVQPipeline.from_pretrained(args.stackformer, args.vae, device=resolve_device(args.device),
                                        precision=args.precision,
                                        allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
     resolution = pipe.vae.config.resolution
     transform = eval_transform(resolution)
     resized = 0
-    with atomic_directory(args.out, overwrite=args.overwrite) as folder:
+    with atomic_directory(args.out, overwrite=args.overwrite, inputs=inputs) as folder:
         for start in range(0, len(paths), args.batch_size):
             pictures = [load_rgb(path) for path in paths[start:start + args.batch_size]]
             resized += sum(picture.size != (resolution, resolution) for picture in pictures)

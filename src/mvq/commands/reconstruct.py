@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from mvq.models.tokenizer import load_tokenizer
     from mvq.visualize import image_grid, reconstruction_rows, save_image
 
-    out = check_writable_destination(args.out, args.overwrite)
+    out = check_writable_destination(args.out, args.overwrite, inputs=[*args.images, args.vae])
     device = resolve_device(args.device)
     model = load_tokenizer(args.vae, map_location=device).eval()
     resolution = model.config.resolution

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="output folder: new, empty, or an unfinished run of the same command (resumed)")
     add_overwrite_argument(parser, "samples")
     parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
-                        help="sample even if the Stackformer records a different MQ-VAE than --vae (warns)")
+                        help="sample even if the Stackformer records another tokenizer than --vae, or none (warns)")
     parser.set_defaults(func=run)
 
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
     if args.n < 1 or args.batch_size < 1:
         raise SamplingError("--n and --batch-size must be at least 1")
     sampling = sampling_config(args)
-    sample_output.check_destination(args.out, args.overwrite)  # refuse before loading anything
+    sample_output.check_destination(args.out, args.overwrite, inputs=[args.vae, args.stackformer])  # before loading
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mvq.errors import UserError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -26,12 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mvq.atomic import check_can_create
     from mvq.data import build
     from mvq.data.token_store import part_name
     from mvq.distributed import rank_and_world_size, resolve_device
     from mvq.models.tokenizer import load_tokenizer
     from mvq.tokenizing import tokenize_dataset
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"{args.out} is a file, not a token store folder: give a folder path")
+    check_can_create(args.out)  # before any model or data is read
     rank, world_size = rank_and_world_size()
     device = resolve_device(args.device)
     model = load_tokenizer(args.vae, map_location=device)

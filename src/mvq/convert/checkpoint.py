@@ -41,7 +41,7 @@ def convert_checkpoint(checkpoint: str | Path, config_path: str | Path, out: str
     """Convert a reference MQ-VAE or Stackformer, or a taming VQGAN, checkpoint into `out`; returns a summary."""
     from mvq.atomic import atomic_directory
 
-    with atomic_directory(out, overwrite) as tmp:  # refuses a non-empty `out` before anything is read
+    with atomic_directory(out, overwrite, inputs=[checkpoint, config_path]) as tmp:  # refuses a non-empty `out` before anything is read
         what = _convert_into(checkpoint, config_path, tmp)
     return f"{what} → {out}"
 

@@ -23,6 +23,7 @@ be continued: the rows after the recorded count are simply written again.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
@@ -33,7 +34,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mvq.atomic import atomic_write_json
-from mvq.errors import InvalidInputError, MissingInputError
+from mvq.config import recorded_config_differences
+from mvq.errors import InvalidInputError, MissingInputError, UserError
 
 HEADER_NAME = "header.json"
 PROGRESS_NAME = "progress.json"
@@ -223,9 +225,33 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
         raise InvalidInputError(f"token store was written by a {name} with other weights "
                                          f"(fingerprint {stored[:12]}…, this one {weights_sha256[:12]}…). "
                                          f"Tokenize the data again with this {name} (`mvq tokenize`).")
+    recorded_config = header.vae.get("config")
+    differ = recorded_config_differences(vae_config, recorded_config) if isinstance(recorded_config, Mapping) else []
+    if differ:
+        raise InvalidInputError(f"token store was written by a {name} with another config (differs in: "
+                                f"{', '.join(differ)}); was the {name}'s config.json edited? Tokenize the data again "
+                                f"with this {name} (`mvq tokenize`), or use the {name} that wrote the store.")
 
 
 # ----------------------------------------------------------------------------- writing
+
+
+def part_shapes(header: TokenStoreHeader, rows: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each array of a part of `rows` rows."""
+    return {"codes": (rows, header.num_tokens), "positions": (rows, header.num_tokens), "labels": (rows,)}
+
+
+def _array_problem(path: Path, shape: tuple[int, ...], dtype: str) -> str | None:
+    """What is wrong with one array file of a part (None when it is whole and of the header's shape and dtype)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError, EOFError):
+        return f"{path.name} is truncated or not a .npy file"
+    if array.shape != shape or array.dtype != np.dtype(dtype):
+        return f"{path.name} holds {array.dtype} {array.shape}, the header says {dtype} {shape}"
+    return None
 
 
 def create_store(path: str | os.PathLike, header: TokenStoreHeader) -> Path:
@@ -263,24 +289,40 @@ class TokenPartWriter:
         self.size = header.part_sizes[rank]
         self.dir = Path(path) / part_name(rank, header.world_size)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._shapes = part_shapes(header, self.size)
         progress_path = self.dir / PROGRESS_NAME
-        if progress_path.is_file():
+        if progress_path.is_file() and self._arrays_whole():
             self.done = int(json.loads(progress_path.read_text())["done"])
             self._arrays = {n: np.load(self.dir / f"{n}.npy", mmap_mode="r+") for n in ARRAY_NAMES}
-        else:
+        else:  # new, or its arrays were cut short (a full disk): written again from its first row
             self._arrays = self._allocate()
             self.done = 0
             self._record_progress()
 
+    def _arrays_whole(self) -> bool:
+        return all(_array_problem(self.dir / f"{n}.npy", self._shapes[n], self.header.dtypes[n]) is None
+                   for n in ARRAY_NAMES)
+
     def _allocate(self) -> dict[str, np.ndarray]:
-        """Create the three arrays at full size (under temporary names first, then renamed)."""
-        shapes = {"codes": (self.size, self.header.num_tokens),
-                  "positions": (self.size, self.header.num_tokens), "labels": (self.size,)}
+        """Create the three arrays at full size (under temporary names first, then renamed).
+
+        Their disk space is reserved up front, so a full disk is one error here rather than a
+        crash (SIGBUS) when a memory-mapped page can later not be written.
+        """
         for name in ARRAY_NAMES:
             tmp = self.dir / f"{name}.npy.tmp"
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.header.dtypes[name], shape=shapes[name])
-            array.flush()
-            del array
+            try:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.header.dtypes[name],
+                                                  shape=self._shapes[name])
+                del array
+                with open(tmp, "rb+") as handle:
+                    os.posix_fallocate(handle.fileno(), 0, os.path.getsize(tmp))
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                if exc.errno == errno.ENOSPC:
+                    raise UserError(f"the disk is full: no room for the token store's {self.dir / name}.npy "
+                                    f"({self.size} rows); free some space and run the same command again") from exc
+                raise
             os.replace(tmp, self.dir / f"{name}.npy")
         return {n: np.load(self.dir / f"{n}.npy", mmap_mode="r+") for n in ARRAY_NAMES}
 
@@ -363,6 +405,28 @@ class TokenStore(Dataset):
             raise IncompleteStoreError(
                 f"token store {self.path} is incomplete: {', '.join(problems)}. Run the same "
                 f"`mvq tokenize` command again (with {header.world_size} rank(s)) to finish it.")
+        self._check_arrays(header)
+
+    def _check_arrays(self, header: TokenStoreHeader) -> None:
+        """Every array whole, of the header's shape and dtype, its values in range: a damaged store is one
+        error when it is opened, not a crash deep inside training."""
+        limits = {"codes": (0, header.codebook_size), "positions": (0, header.num_cells),
+                  "labels": (-1, header.num_classes if header.num_classes is not None else None)}
+        for part_dir, size in zip(self._part_dirs, header.part_sizes):
+            shapes = part_shapes(header, size)
+            for name in ARRAY_NAMES:
+                path = part_dir / f"{name}.npy"
+                problem = _array_problem(path, shapes[name], header.dtypes[name])
+                if problem is None and size:
+                    low, high = limits[name]
+                    values = np.load(path, mmap_mode="r")
+                    found = int(values.min()), int(values.max())
+                    if found[0] < low or (high is not None and found[1] >= high):
+                        problem = (f"{name}.npy holds values in [{found[0]}, {found[1]}], outside "
+                                   f"[{low}, {high if high is not None else 'any'})")
+                if problem is not None:
+                    raise InvalidInputError(f"token store {self.path} is damaged: {part_dir.name}/{problem}. "
+                                            "Tokenize the data again into a new folder (`mvq tokenize`).")
 
     def _open(self) -> list[dict[str, np.ndarray]]:
         """Memory-map the arrays on first use (per process, so DataLoader workers map their own)."""

@@ -34,6 +34,18 @@ class PretrainedFolderError(UserError, ValueError):
 M = TypeVar("M", bound="PretrainedMixin")
 
 
+def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
+    return [name for name, tensor in state.items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
+
+def describe_names(names: list[str], limit: int = 3) -> str:
+    """`a, b, c and 5 more`: a list of tensor names short enough for one line."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The config.json of a pretrained folder (with its `model_type`), once both of its files are seen there."""
     directory = Path(directory)
@@ -43,8 +55,8 @@ def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
     for p in (config_path, weights_path):
         if not p.is_file():
             raise PretrainedFolderMissing(
-                f"{p} is missing: a pretrained folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
-                f"(written by save_pretrained or `mvq export`)")
+                f"{p} is missing: a pretrained folder holds {CONFIG_NAME} and {WEIGHTS_NAME}, and a Stackformer's "
+                f"also {TOKENIZER_NAME} (written by save_pretrained or `mvq export`)")
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
@@ -125,6 +137,11 @@ class PretrainedMixin:
         if missing or unexpected:
             raise PretrainedFolderError(f"{weights_path} does not match its config: missing {missing[:5]}, "
                                         f"unexpected {unexpected[:5]}")
+        broken = non_finite_tensors(state)
+        if broken:
+            raise PretrainedFolderError(f"{weights_path} holds NaN or infinite values in {len(broken)} of "
+                                        f"{len(state)} tensors ({describe_names(broken)}): the model diverged "
+                                        "in training; export an earlier checkpoint")
         return model.to(map_location).eval()
 
 
@@ -142,6 +159,11 @@ def write_tokenizer_record(directory: str | os.PathLike, record: Mapping[str, An
     """Write tokenizer.json: `{"tokenizer_fingerprint": sha256, "tokenizer_config": {...}}` of the tokenizer
     (MQ-VAE or VQGAN) whose tokens a Stackformer learnt. A record under the earlier keys is written under these."""
     return atomic_write_json(Path(directory) / TOKENIZER_NAME, tokenizer_record_keys(record))
+
+
+def tokenizer_record_of(tokenizer: torch.nn.Module) -> dict[str, Any]:
+    """The tokenizer.json record of a loaded MQ-VAE or VQGAN: its weights fingerprint and its config."""
+    return {"tokenizer_fingerprint": weights_fingerprint(tokenizer), "tokenizer_config": dataclass_to_dict(tokenizer.config)}
 
 
 def read_tokenizer_record(directory: str | os.PathLike) -> dict | None:

@@ -17,7 +17,9 @@ is the start position. The sampling loop and the KV-cached step-by-step decoder 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.config import ConfigError, build_dataclass
-from mvq.models.pretrained import PretrainedMixin
+from mvq.models.pretrained import PretrainedMixin, tokenizer_record_of, write_tokenizer_record
 from mvq.models.sampling import IncrementalDecoder, SamplingConfig, generate
 from mvq.nn.transformer import TransformerStack
 
@@ -121,6 +123,14 @@ class Stackformer(nn.Module, PretrainedMixin):
 
     model_type = "stackformer"
     config_class = StackformerConfig
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: nn.Module | None = None) -> Path:
+        """Write config.json and model.safetensors and, given the MQ-VAE or VQGAN whose tokens this model
+        learnt, tokenizer.json: sampling checks the tokenizer it is paired with against that record."""
+        directory = super().save_pretrained(directory)
+        if tokenizer is not None:
+            write_tokenizer_record(directory, tokenizer_record_of(tokenizer))
+        return directory
 
     def __init__(self, config: StackformerConfig):
         super().__init__()

@@ -1,4 +1,7 @@
-"""Stage 1's image-grid callback (checkpoint callbacks live in `mvq.training.checkpoints`)."""
+"""Callbacks of every run: stage 1's image grids, and the stop on a non-finite loss.
+
+Checkpoint callbacks live in `mvq.training.checkpoints`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,34 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from mvq.errors import UserError
+
+
+class NonFiniteLoss(UserError):
+    """Training stopped because a loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stop the run before a NaN or infinite loss reaches the weights, naming the step and the last good checkpoint.
+
+    Runs before every backward pass (both of stage 1's, stage 2's one), so the weights in memory
+    and every checkpoint written so far are finite.
+    """
+
+    def __init__(self, checkpoints: Path):
+        self.checkpoints = checkpoints
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        last = self.checkpoints / "last.ckpt"
+        saved = (f"the last good checkpoint is {last}: resume from it with `mvq train --resume "
+                 f"{self.checkpoints.parent}` and a lower optim.lr") if last.is_file() else \
+            "no checkpoint was written yet: start again with a lower optim.lr"
+        raise NonFiniteLoss(f"the training loss became {float(loss.detach().float().flatten()[0])} at step "
+                            f"{trainer.global_step} (learning rate too high, or bad data?); the run stopped before "
+                            f"it changed the weights, and {saved}")
 
 
 class ReconstructionGrids(Callback):

@@ -52,6 +52,16 @@ from mvq.errors import UserError
 LAST, BEST = "last", "best"
 
 
+def _check_archive(path: str) -> None:
+    """A checkpoint cut short on disk has no readable archive directory at its end: never give it a final name."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"the checkpoint {path} was not written completely ({exc}); is the disk full? free some "
+                        "space and resume the run") from exc
+
+
 def checkpoint_path(run_dir: str | Path, which: str = LAST) -> Path:
     return Path(run_dir) / "checkpoints" / f"{which}.ckpt"
 
@@ -99,7 +109,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), verify=_check_archive)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint(path, map_location="cpu" if map_location is None else map_location)

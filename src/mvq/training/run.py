@@ -103,6 +103,7 @@ def _fit(run: PreparedRun) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from mvq.training.callbacks import StopOnNonFiniteLoss
     from mvq.training.checkpoints import AtomicCheckpointIO, CtrlCSavesCheckpoint, LastCheckpoint, best_checkpoint
     from mvq.training.run_folder import SaveConfigAtStart
 
@@ -141,7 +142,7 @@ def _fit(run: PreparedRun) -> Path:
         logger=TensorBoardLogger(save_dir=str(folder), name="logs", version=""),
         callbacks=[SaveConfigAtStart(folder, run.raw),
                    LastCheckpoint(checkpoints, config.run.checkpoint_every_n_steps),
-                   best_checkpoint(checkpoints, monitor), *extra,
+                   best_checkpoint(checkpoints, monitor), StopOnNonFiniteLoss(checkpoints), *extra,
                    *([TQDMProgressBar(refresh_rate=1)] if config.trainer.get("enable_progress_bar", True) else [])],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
@@ -195,14 +196,14 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "last", overri
     A non-empty `out_dir` is refused unless `overwrite`.
     """
     from mvq.atomic import atomic_directory, check_writable_destination
-    from mvq.models.pretrained import write_tokenizer_record
+    from mvq.models.pretrained import describe_names, non_finite_tensors, write_tokenizer_record
     from mvq.training.checkpoints import check_stage, checkpoint_path, model_weights, read_checkpoint
 
     run_dir = check_run_dir(Path(run_dir), "run folder")
     path = checkpoint_path(run_dir, which)
     if not path.is_file():
         raise UserError(f"{path} not found (is {run_dir} a run folder? checkpoints are 'last' and 'best')")
-    check_writable_destination(out_dir, overwrite)
+    check_writable_destination(out_dir, overwrite, inputs=[run_dir])
     _, config = load_training_config(run_dir / CONFIG_NAME, overrides)
     checkpoint = read_checkpoint(path)
     stage = 1 if isinstance(config, Stage1Config) else 2
@@ -222,8 +223,13 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "last", overri
     if missing or unexpected:
         raise UserError(f"{path} does not match {run_dir / CONFIG_NAME} (missing {missing[:3]}, unexpected "
                         f"{unexpected[:3]}); export with the overrides the run was trained with")
+    broken = non_finite_tensors(model.state_dict())
+    if broken:
+        raise UserError(f"{path} holds NaN or infinite weights in {len(broken)} of {len(model.state_dict())} "
+                        f"tensors ({describe_names(broken)}): the run diverged; export an earlier checkpoint "
+                        "(--checkpoint best) or train again with a lower optim.lr")
     tokenizer = checkpoint["mvq_state"].get("tokenizer")
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite, inputs=[run_dir]) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             write_tokenizer_record(tmp, tokenizer)

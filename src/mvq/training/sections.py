@@ -31,10 +31,23 @@ class OptimConfig:
     accumulate_grad_batches: int = 1
 
     def __post_init__(self) -> None:
+        for key in ("base_lr", "lr"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < float("inf"):
+                raise ConfigError(f"optim.{key} must be a positive number, got {value!r}")
+        for key in ("min_lr", "weight_decay", "warmup_epochs"):
+            if not 0 <= getattr(self, key) < float("inf"):
+                raise ConfigError(f"optim.{key} must be 0 or more, got {getattr(self, key)!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be 0 or more, got {self.warmup_steps!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip must be positive (or null for none), got {self.grad_clip!r}")
         if self.accumulate_grad_batches < 1:
             raise ConfigError("optim.accumulate_grad_batches must be at least 1")
         if len(self.betas) != 2:
             raise ConfigError(f"optim.betas must have two values, got {list(self.betas)}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ConfigError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
 
 
 @dataclass
@@ -77,7 +90,7 @@ def validate_trainer_section(trainer: dict[str, Any]) -> dict[str, Any]:
                                                   "trainer (Lightning Trainer argument)"))
     for key in ("max_steps", "max_epochs"):
         value = trainer.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1 or value == 0):
             raise ConfigError(f"trainer.{key} must be a whole number of at least 1, or -1 for no limit, "
                               f"got {value!r}")
     if str(trainer.get("precision", "32")) in ("16", "16-mixed", "16-true"):
