@@ -169,6 +169,29 @@ def test_a_second_run_on_an_out_in_use_is_refused(models, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "sf", "vae"]  # no lock file left beside it
 
 
+@pytest.mark.slow
+def test_every_process_of_a_refused_distributed_run_says_one_line(models, tmp_path):
+    import socket
+
+    from mvq import sample_output
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "out"
+    with sample_output.locked(out):  # another `mvq sample` is writing there
+        processes = [subprocess.Popen(
+            [sys.executable, "-m", "mvq.cli", "sample", *sample_argv(models, out)],
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path), "RANK": str(rank),
+                 "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+        results = [p.communicate(timeout=120) for p in processes]
+    for process, (_, err) in zip(processes, results):
+        assert process.returncode == 1, err[-2000:]
+        assert "in use by another mvq sample" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_finish_reads_overlapping_shards_once(tmp_path):
     from mvq import sample_output
     from mvq.errors import UserError

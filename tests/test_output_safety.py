@@ -158,3 +158,18 @@ def test_a_checkpoint_cut_short_never_takes_its_name(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not written completely"):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, tmp_path / "last.ckpt")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_while_a_folder_is_built_is_one_line(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    (tmp_path / "ref.ckpt").write_bytes(b"x")
+    (tmp_path / "ref.yml").write_text("model: {}\n")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    err = _cli(["convert-original", str(tmp_path / "ref.ckpt"), "--config", str(tmp_path / "ref.yml"), "--out",
+                str(tmp_path / "out")], capsys)
+    assert "disk is full" in err and not (tmp_path / "out").exists()

@@ -395,3 +395,20 @@ def test_stackformer_of_another_mqvae_is_refused(pretrained_pair, tmp_path, caps
     with pytest.warns(UserWarning, match="different tokenizer"):
         run_sample_command([*argv, "--allow-tokenizer-mismatch", "--out", str(tmp_path / "allowed")])
     assert (tmp_path / "allowed" / "samples.npz").is_file()
+
+
+def test_decoded_pixels_do_not_depend_on_the_batch_they_were_sampled_in():
+    from mvq.models.mqvae import MQVAE
+    from mvq.pipeline import MVQPipeline
+
+    torch.manual_seed(0)
+    vae = MQVAE.from_config(TINY_VAE).eval()
+    sf = tiny_model(num_classes=3, grid_size=vae.config.grid_size, num_tokens=vae.config.num_tokens,
+                    codebook_size=vae.config.codebook_size)
+    pipe = MVQPipeline(sf, vae)
+    with torch.no_grad():
+        codes, positions = vae.tokenize(torch.rand(11, 3, 16, 16) * 2 - 1)
+    together = pipe.decode(codes, positions)
+    alone = torch.cat([pipe.decode(codes[i:i + 1], positions[i:i + 1]) for i in range(11)])
+    in_threes = torch.cat([pipe.decode(codes[i:i + 3], positions[i:i + 3]) for i in range(0, 11, 3)])
+    assert torch.equal(together, alone) and torch.equal(together, in_threes)  # bit for bit, not just close

@@ -192,14 +192,20 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False,
     """
     path = check_writable_destination(path, overwrite, inputs=inputs).absolute()  # "." has no sibling to build beside
     refuse_working_folder(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
         yield tmp
         os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp creates 0700
         replace_directory(tmp, path)
+    except OSError as exc:  # a full disk or a read-only place while the folder is built: one line
+        line = _os_error_line(path, exc)
+        if line is not None:
+            raise line from exc
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp)
 
 

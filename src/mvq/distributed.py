@@ -102,6 +102,19 @@ def init_from_environment(device_type: str) -> bool:
     return True
 
 
+def raise_on_every_rank(error: str | None, source: int = 0) -> None:
+    """Make a refusal found on rank `source` (its message, or None) a one-line UserError on every rank.
+
+    Without it the other ranks would go on to the next collective and die there with a traceback.
+    """
+    if is_distributed():
+        message = [error]
+        dist.broadcast_object_list(message, src=source)
+        error = message[0]
+    if error is not None:
+        raise UserError(error)
+
+
 def barrier() -> None:
     """Wait until every process of the group gets here (nothing to wait for in a single process)."""
     if is_distributed():

@@ -42,6 +42,9 @@ def balanced_labels(n: int, num_classes: int) -> list[int]:
     return [i % num_classes for i in range(n)]
 
 
+# Images are decoded in batches of this many (padded): their pixels then never depend on the sampling batch size.
+DECODE_BATCH = 8
+
 # --precision: the dtype the models run in under autocast (None: plain fp32).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -149,7 +152,7 @@ class MVQPipeline:
         with self.precision_context():
             codes, positions = self.stackformer.generate(stop - start, labels=batch_labels, sampling=sampling,
                                                          generator=generators)
-            return to_uint8_hwc(self.vae.detokenize(codes, positions))
+            return to_uint8_hwc(self.decode(codes, positions))
 
     def __call__(self, n: int | None = None, labels: Sequence[int] | None = None, seed: int = 0,
                  batch_size: int = 16, sampling: SamplingConfig | None = None, **settings: Any) -> np.ndarray:
@@ -157,6 +160,22 @@ class MVQPipeline:
         parts = [images for _, images in self.batches(n, labels, seed, batch_size, sampling, **settings)]
         r = self.vae.config.resolution
         return np.concatenate(parts) if parts else np.zeros((0, r, r, 3), dtype=np.uint8)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Tokens → images, always in batches of `DECODE_BATCH` (the last one padded with repeats).
+
+        Convolution kernels pick their algorithm by batch size, and another algorithm rounds
+        differently: decoding at one fixed batch shape makes every image's pixels the same
+        whatever batch it was sampled in, so a run resumed with another batch size is
+        byte-identical to an uninterrupted one.
+        """
+        n = codes.shape[0]
+        pieces = []
+        for start in range(0, n, DECODE_BATCH):
+            rows = torch.arange(start, start + DECODE_BATCH, device=codes.device).clamp(max=n - 1)
+            pieces.append(self.vae.detokenize(codes[rows], positions[rows])[:n - start])
+        return torch.cat(pieces) if pieces else self.vae.detokenize(codes, positions)
 
     # ------------------------------------------------------------------------- completion and editing
 
@@ -235,7 +254,7 @@ class MVQPipeline:
                                                    **settings)
         b, n, k = codes.shape
         with self.precision_context():
-            pixels = to_uint8_hwc(self.vae.detokenize(codes.view(b * n, k), positions.view(b * n, k)))
+            pixels = to_uint8_hwc(self.decode(codes.view(b * n, k), positions.view(b * n, k)))
         return pixels.reshape(b, n, *pixels.shape[1:])
 
 

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from mvq import sample_output
-    from mvq.distributed import init_from_environment, rank_and_world_size, resolve_device
+    from mvq.distributed import init_from_environment, raise_on_every_rank, rank_and_world_size, resolve_device
+    from mvq.errors import UserError
     from mvq.models.sampling import SamplingError
 
     if args.n < 1 or args.batch_size < 1:
@@ -98,8 +99,15 @@ def run(args: argparse.Namespace) -> None:
         torch.cuda.set_device(device)
     created = init_from_environment(device.type)
     try:
-        # Process 0 holds the folder's lock for the whole run: a second command on it is refused.
-        with sample_output.locked(args.out) if rank_and_world_size()[0] == 0 else contextlib.nullcontext():
+        # Process 0 holds the folder's lock for the whole run: a second command on it is refused, on every process.
+        with contextlib.ExitStack() as lock:
+            refused = None
+            if rank_and_world_size()[0] == 0:
+                try:
+                    lock.enter_context(sample_output.locked(args.out))
+                except UserError as error:
+                    refused = str(error)
+            raise_on_every_rank(refused)
             _sample(args, sampling, device)
     finally:
         if created:
