@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--samples", required=True, metavar="DIR_OR_NPZ", help="generated images")
     gen.add_argument("--ref", required=True, metavar="DIR_OR_NPZ_OR_STATS",
                      help="reference images (folder, .npz) or statistics (.npz with mu, sigma)")
-    gen.add_argument("--n", type=int, default=None, metavar="N", help="use the first N samples (default: all)")
+    gen.add_argument("--n", type=int, default=None, metavar="N",
+                     help="use a seeded random subset of N ≥ 2 samples (default: all)")
     gen.add_argument("--resolution", type=int, default=None, metavar="R",
                      help="resize and centre-crop images to R×R (default: reference images take the samples' size)")
     gen.add_argument("--kid", action="store_true", help="also compute KID (needs reference images)")
@@ -78,11 +79,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--out", required=True, metavar="STATS.npz", help="statistics file to write")
     stats.add_argument("--split", choices=["train", "val"], default="train",
                        help="dataset split when --data is a config (default: train)")
-    stats.add_argument("--n", type=int, default=None, metavar="N", help="use at most N images (default: all)")
+    stats.add_argument("--n", type=int, default=None, metavar="N",
+                       help="use a seeded random subset of N ≥ 2 images (default: all)")
     stats.add_argument("--resolution", type=int, default=None, metavar="R",
                        help="resize and centre-crop to R×R (default: the config's resolution, or the images' own)")
     _add_common(stats, None)
     stats.set_defaults(func=run_stats)
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    """Counts and sizes of the command line, before anything is loaded: 0 must not quietly mean "all"."""
+    from mvq.errors import UserError
+
+    needs_covariance = args.eval_command != "recon" or not args.no_fid
+    limits = [("n", "--n", 2 if needs_covariance else 1,
+               " (FID needs two images for a covariance)" if needs_covariance else "", ", or left out for all images"),
+              ("batch_size", "--batch-size", 1, "", ""), ("num_workers", "--num-workers", 0, "", ""),
+              ("resolution", "--resolution", 1, "", ""), ("isc_splits", "--isc-splits", 1, "", ""),
+              ("kid_subset_size", "--kid-subset-size", 2, " (KID compares pairs of images)", "")]
+    for name, flag, minimum, reason, alternative in limits:
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            raise UserError(f"{flag} must be at least {minimum}{reason}{alternative}; got {flag} {value}")
+
+
+def _check_output_file(path: str, inputs: list[str], suffix: str | None = None) -> None:
+    """Refuse, before any work, an --out that cannot take the result: a folder, a wrong suffix, one of the
+    command's inputs (it would be overwritten), or a place that cannot be written (its folder is made later)."""
+    from pathlib import Path
+
+    from mvq.atomic import check_can_create
+    from mvq.errors import UserError
+
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file path, such as {out / ('results' + (suffix or '.json'))}")
+    if suffix is not None and out.suffix != suffix:
+        raise UserError(f"--out {out}: the file must end in {suffix}")
+    for source in inputs:
+        if Path(source).exists() and out.exists() and out.resolve() == Path(source).resolve():
+            raise UserError(f"--out {out} is this command's input {source}: writing the results there would "
+                            "destroy it; choose another file")
+    check_can_create(out.absolute().parent)
 
 
 def _report(path: str, command: str, metrics: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -110,6 +148,8 @@ def run_recon(args: argparse.Namespace) -> int:
     from mvq.losses.perceptual import LPIPS
     from mvq.models.tokenizer import load_tokenizer
 
+    _check_settings(args)
+    _check_output_file(args.out, [args.vae, args.data])
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -139,17 +179,19 @@ def run_recon(args: argparse.Namespace) -> int:
 
 def run_gen(args: argparse.Namespace) -> int:
     from mvq.distributed import resolve_device
-    from mvq.evaluation import ImageSet, InceptionV3, evaluate_generation
-    from mvq.evaluation.generation import open_reference
+    from mvq.evaluation import InceptionV3
+    from mvq.evaluation.generation import open_generation_inputs, score_generation
 
+    # Every input is checked before the network is loaded, let alone run over the samples.
+    _check_settings(args)
+    _check_output_file(args.out, [args.samples, args.ref])
     device = resolve_device(args.device)
-    # Wrong --samples or --ref: say so now, not after Inception has gone over every sample.
-    open_reference(args.ref, ImageSet(args.samples, args.resolution), args.resolution, args.kid)
+    inputs = open_generation_inputs(args.samples, args.ref, feature_dim=InceptionV3.feature_dim, num_samples=args.n,
+                                    resolution=args.resolution, kid=args.kid, num_workers=args.num_workers)
     inception = InceptionV3(args.inception_weights).to(device)
-    metrics = evaluate_generation(args.samples, args.ref, inception, batch_size=args.batch_size, device=device,
-                                  num_samples=args.n, resolution=args.resolution, isc_splits=args.isc_splits,
-                                  kid=args.kid, kid_subset_size=args.kid_subset_size, num_workers=args.num_workers,
-                                  progress=not args.no_progress)
+    metrics = score_generation(inputs, inception, batch_size=args.batch_size, device=device,
+                               isc_splits=args.isc_splits, kid_subset_size=args.kid_subset_size,
+                               progress=not args.no_progress)
     if metrics.get("inception_score_unavailable"):
         print(metrics["inception_score_unavailable"], file=sys.stderr)
     settings = {"samples": metrics.pop("samples"), "reference": metrics.pop("reference"),
@@ -161,13 +203,17 @@ def run_gen(args: argparse.Namespace) -> int:
 
 def run_stats(args: argparse.Namespace) -> int:
     from mvq.distributed import resolve_device
-    from mvq.evaluation import FID_IMAGE_COUNT, InceptionV3, reference_statistics, save_statistics
+    from mvq.evaluation import FID_IMAGE_COUNT, InceptionV3, save_statistics
+    from mvq.evaluation.generation import ReferenceImages, image_statistics
 
+    _check_settings(args)
+    _check_output_file(args.out, [args.data], suffix=".npz")
     device = resolve_device(args.device)
+    images = ReferenceImages(args.data, resolution=args.resolution, split=args.split, num_images=args.n,
+                             num_workers=args.num_workers)
     inception = InceptionV3(args.inception_weights).to(device)
-    mu, sigma, n = reference_statistics(args.data, inception, resolution=args.resolution, split=args.split,
-                                        batch_size=args.batch_size, device=device, num_images=args.n,
-                                        num_workers=args.num_workers, progress=not args.no_progress)
+    mu, sigma, n = image_statistics(images, inception, batch_size=args.batch_size, device=device,
+                                    progress=not args.no_progress)
     save_statistics(args.out, mu, sigma, num_images=n, source=str(args.data),
                     resolution=args.resolution if args.resolution else -1,
                     feature_extractor="torch-fidelity inception-v3-compat, 2048-d pool features")

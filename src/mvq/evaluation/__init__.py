@@ -5,9 +5,11 @@ uses the `lpips` package with a VGG16 trunk. Weights are found offline (`mvq.wei
 """
 
 from mvq.evaluation.codebook import code_counts, codebook_usage, codebook_usage_from_counts
-from mvq.evaluation.frechet import (GaussianAccumulator, frechet_distance, has_statistics, load_statistics,
-                                    save_statistics)
-from mvq.evaluation.generation import FID_IMAGE_COUNT, evaluate_generation, reference_statistics, run_inception
+from mvq.evaluation.frechet import (GaussianAccumulator, check_statistics, frechet_distance, has_statistics,
+                                    load_statistics, save_statistics)
+from mvq.evaluation.generation import (FID_IMAGE_COUNT, GenerationInputs, ReferenceImages, evaluate_generation,
+                                       image_statistics, open_generation_inputs, reference_statistics, run_inception,
+                                       score_generation)
 from mvq.evaluation.image_metrics import from_uint8, lpips_distance, psnr, ssim, to_uint8
 from mvq.evaluation.images import ImageFolder, ImageSet, NumpyImages, evaluation_indices, fit_resolution
 from mvq.evaluation.inception import InceptionV3
@@ -17,9 +19,11 @@ from mvq.evaluation.tokenizer_stats import TokenizerStatistics
 
 
 __all__ = [
-    "FID_IMAGE_COUNT", "GaussianAccumulator", "ImageFolder", "ImageSet", "InceptionV3", "NumpyImages",
-    "TokenizerStatistics", "code_counts", "codebook_usage", "codebook_usage_from_counts", "evaluate_generation",
+    "FID_IMAGE_COUNT", "GaussianAccumulator", "GenerationInputs", "ImageFolder", "ImageSet", "InceptionV3",
+    "NumpyImages", "ReferenceImages", "TokenizerStatistics", "check_statistics", "code_counts", "codebook_usage",
+    "codebook_usage_from_counts", "evaluate_generation",
     "evaluate_reconstruction", "evaluation_indices", "fit_resolution", "frechet_distance",
-    "from_uint8", "inception_score", "has_statistics", "kernel_inception_distance", "load_statistics",
-    "lpips_distance", "psnr", "reference_statistics", "run_inception", "save_statistics", "ssim", "to_uint8",
+    "from_uint8", "inception_score", "has_statistics", "image_statistics", "kernel_inception_distance",
+    "load_statistics", "lpips_distance", "open_generation_inputs", "psnr", "reference_statistics", "run_inception",
+    "save_statistics", "score_generation", "ssim", "to_uint8",
 ]

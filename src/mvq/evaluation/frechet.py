@@ -6,14 +6,25 @@ on several ranks add up exactly, and the result equals mean/covariance of all fe
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mvq.errors import InvalidInputError, MissingInputError
+
+# Relative tolerance of the symmetry and positive semi-definiteness checks. Covariances of float32
+# features have round-off eigenvalues near −1e-7·largest (two-pass or float64 sums) and down to
+# about −3e-4·largest (the one-pass float32 formula on features whose mean is five times their
+# spread); a matrix that is not a covariance (−I, a sign error) is off by order 1.
+PSD_TOLERANCE = 1e-3
+# A Fréchet distance below −NEGATIVE_TOLERANCE·(1 + traces) is no round-off: the inputs were not covariances.
+NEGATIVE_TOLERANCE = 1e-6
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -24,6 +35,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     gives them without the complex round-off a general matrix square root produces on
     rank-deficient covariances (fewer images than feature dimensions). The linear algebra runs
     in torch (CPU), so it follows `torch.set_num_threads` like the rest of the evaluation.
+
+    Arguments that cannot be covariances (asymmetric, a negative variance) are refused; the
+    full eigenvalue check of statistics read from a file is `check_statistics`. A result below
+    zero beyond round-off is refused too (it means the inputs were not covariances); round-off
+    below zero is returned as 0.
     """
     mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
     sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
@@ -35,13 +51,68 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                                 f"got {sigma1.shape} and {sigma2.shape}")
     if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
         raise InvalidInputError("statistics contain NaN or infinite values")
+    for name, sigma in (("first", sigma1), ("second", sigma2)):
+        _check_symmetric(sigma, f"the {name} covariance")
+        diagonal = np.diag(sigma)
+        if diagonal.size and diagonal.min() < -PSD_TOLERANCE * max(1.0, float(np.abs(diagonal).max())):
+            raise InvalidInputError(f"the {name} covariance has a negative variance ({diagonal.min():.3g}): it is "
+                                    "not a covariance matrix; recompute the statistics with `mvq eval stats`")
     diff = mu1 - mu2
     s1, s2 = torch.from_numpy(sigma1), torch.from_numpy(sigma2)
     root1 = _psd_sqrt(s1)
     inner = root1 @ s2 @ root1
     eigenvalues = _drop_round_off(torch.linalg.eigvalsh((inner + inner.T) / 2))
     trace_sqrt_product = float(eigenvalues.sqrt().sum())
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product)
+    traces = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2))
+    distance = traces - 2.0 * trace_sqrt_product
+    if distance < -NEGATIVE_TOLERANCE * (1.0 + abs(traces)):
+        raise InvalidInputError(f"the Fréchet distance came out negative ({distance:.6g}): the statistics are not "
+                                "those of a Gaussian (a covariance with negative eigenvalues); recompute them "
+                                "with `mvq eval stats`")
+    return max(distance, 0.0)
+
+
+def _check_symmetric(sigma: np.ndarray, what: str) -> None:
+    """A covariance is symmetric; beyond float32 round-off, the matrix is something else."""
+    if sigma.size == 0:
+        return
+    asymmetry = float(np.abs(sigma - sigma.T).max())
+    if asymmetry > PSD_TOLERANCE * max(1.0, float(np.abs(sigma).max())):
+        raise InvalidInputError(f"{what} is not symmetric (entries differ from their transposes by up to "
+                                f"{asymmetry:.3g}): it is not a covariance matrix")
+
+
+def check_statistics(mu: np.ndarray, sigma: np.ndarray, source: str = "the statistics",
+                     feature_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) as float64 once they are a Gaussian's: a finite real vector and a finite, symmetric,
+    positive semi-definite matrix of its size (within `PSD_TOLERANCE`), of `feature_dim` features when given.
+
+    Statistics from a file can be anything; a matrix with negative eigenvalues still gives a
+    number (even a negative "FID"), so it is refused here, before it is used.
+    """
+    mu, sigma = np.asarray(mu), np.asarray(sigma)
+    for name, array in (("mu", mu), ("sigma", sigma)):
+        if array.dtype.kind not in "biuf":
+            raise InvalidInputError(f"{source}: {name} must hold real numbers, got dtype {array.dtype}")
+    mu, sigma = mu.astype(np.float64), sigma.astype(np.float64)
+    if mu.ndim != 1 or mu.size == 0:
+        raise InvalidInputError(f"{source}: mu must be a non-empty vector, got shape {mu.shape}")
+    d = mu.shape[0]
+    if sigma.shape != (d, d):
+        raise InvalidInputError(f"{source}: sigma must be {d}×{d} to match mu, got shape {sigma.shape}")
+    if feature_dim is not None and d != feature_dim:
+        raise InvalidInputError(f"{source} holds {d}-dimensional statistics, but the feature network gives "
+                                f"{feature_dim} features: make them with `mvq eval stats` (the same network)")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise InvalidInputError(f"{source} contains NaN or infinite values: recompute it with `mvq eval stats`")
+    _check_symmetric(sigma, f"{source}: sigma")
+    eigenvalues = torch.linalg.eigvalsh(torch.from_numpy((sigma + sigma.T) / 2))
+    smallest, largest = float(eigenvalues.min()), float(eigenvalues.abs().max())
+    if smallest < -PSD_TOLERANCE * max(1.0, largest):
+        raise InvalidInputError(f"{source}: sigma is not positive semi-definite (eigenvalue {smallest:.3g}, largest "
+                                f"magnitude {largest:.3g}), so it is not a covariance matrix; recompute it with "
+                                "`mvq eval stats`")
+    return mu, sigma
 
 
 def _drop_round_off(eigenvalues: torch.Tensor) -> torch.Tensor:
@@ -123,21 +194,53 @@ def has_statistics(path: str | os.PathLike) -> bool:
     try:
         with np.load(path) as data:
             return {"mu", "sigma"} <= set(data.files)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise InvalidInputError(f"{path} is not a readable .npz file ({exc}); is it truncated?") from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable_npz(path, exc) from exc
 
 
-def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Read (mu, sigma, metadata) from an .npz written by `save_statistics` (or any npz with mu/sigma)."""
+def _unreadable_npz(path: Path, exc: BaseException) -> InvalidInputError:
+    """The one line for an .npz that numpy or zipfile cannot read (most often a partly copied file)."""
+    return InvalidInputError(f"{path} is not a readable {path.suffix or '.npz'} file ({exc}); is it truncated? "
+                             "Copy or write it again")
+
+
+def load_statistics(path: str | os.PathLike, feature_dim: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Read (mu, sigma, metadata) from an .npz written by `save_statistics` (or any npz with mu/sigma).
+
+    The statistics are checked as they are read (`check_statistics`, against `feature_dim`
+    when given), so a broken file is refused before any image goes through a network.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"statistics file not found: {path}")
-    with np.load(path) as data:
-        if not {"mu", "sigma"} <= set(data.files):
-            raise InvalidInputError(f"{path} holds {sorted(data.files)}, not reference statistics (mu, sigma); "
-                                    "make them with `mvq eval stats`")
-        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-        metadata = {k: data[k].item() for k in data.files if k not in ("mu", "sigma") and data[k].ndim == 0}
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise InvalidInputError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+    try:
+        data = np.load(path)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy: one bare array
+            raise InvalidInputError(f"{path} is not an .npz of reference statistics (mu, sigma); make one "
+                                    "with `mvq eval stats`")
+        with data:
+            if not {"mu", "sigma"} <= set(data.files):
+                raise InvalidInputError(f"{path} holds {sorted(data.files)}, not reference statistics (mu, sigma); "
+                                        "make them with `mvq eval stats`")
+            mu, sigma = data["mu"], data["sigma"]
+            metadata = {}
+            for key in data.files:
+                if key not in ("mu", "sigma") and data[key].ndim == 0:
+                    metadata[key] = data[key].item()
+    except InvalidInputError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _unreadable_npz(path, exc) from exc
+    mu, sigma = check_statistics(mu, sigma, str(path), feature_dim)
+    if "num_images" in metadata:
+        metadata["num_images"] = _image_count(metadata["num_images"], path)
     return mu, sigma, metadata
+
+
+def _image_count(value: object, path: Path) -> int:
+    """The `num_images` entry as a whole number ≥ 2 (a covariance needs two images); it is reported with FID."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value != int(value) or value < 2:
+        raise InvalidInputError(f"{path}: num_images must be a whole number of at least 2, got {value!r}; "
+                                "recompute the statistics with `mvq eval stats`")
+    return int(value)

@@ -10,15 +10,23 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from mvq.errors import InvalidInputError, MissingInputError
+from mvq.errors import InvalidInputError, MissingInputError, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def check_count(name: str, value: int | None, minimum: int, hint: str = "") -> None:
+    """Refuse a count below `minimum` (None means "all" and passes): 0 must not quietly mean everything."""
+    if value is not None and value < minimum:
+        raise InvalidInputError(f"{name} must be at least {minimum}{hint}, got {value}")
 
 
 def evaluation_indices(set_size: int, num_images: int | None, seed: int = 0) -> list[int]:
@@ -161,19 +169,24 @@ class _ArrayStream:
     def __enter__(self):
         try:
             return self._open()
-        except BaseException:
+        except BaseException as exc:
             self.__exit__()
+            if isinstance(exc, _READ_ERRORS) and not isinstance(exc, UserError):
+                raise InvalidInputError(f"{self.path} is not a readable {self.path.suffix} file ({exc}); is it "
+                                        "truncated? Copy or write it again") from exc
             raise
 
     def _open(self):
         if self.path.suffix == ".npy":
             f = open(self.path, "rb")
+            size = os.fstat(f.fileno()).st_size
         elif self.path.suffix == ".npz":
             archive = zipfile.ZipFile(self.path)
             self._closers.append(archive)
             if "arr_0.npy" not in archive.namelist():
                 raise InvalidInputError(f"{self.path} has no image array arr_0 (entries: "
                                         f"{', '.join(n.removesuffix('.npy') for n in archive.namelist())})")
+            size = archive.getinfo("arr_0.npy").file_size
             f = archive.open("arr_0.npy")
         else:
             raise InvalidInputError(f"{self.path}: image arrays are read from .npz or .npy files")
@@ -183,9 +196,18 @@ class _ArrayStream:
         shape, fortran_order, dtype = read_header(f)
         if fortran_order:
             raise InvalidInputError(f"{self.path}: Fortran-ordered arrays are not supported; save with np.savez")
+        # The header promises the array's size: a file cut short is found now, not after a network ran on half of it.
+        expected = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if size < expected and not dtype.hasobject:  # object arrays are pickled: no fixed size (and refused later)
+            raise InvalidInputError(f"{self.path} is truncated: its array {dtype} {shape} needs {expected} bytes, the "
+                                    f"file holds {size}; copy or write it again")
 
         def read(num_items: int) -> np.ndarray:
-            data = f.read(num_items * dtype.itemsize)
+            try:
+                data = f.read(num_items * dtype.itemsize)
+            except _READ_ERRORS as exc:  # e.g. a CRC mismatch: the bytes on disk are damaged
+                raise InvalidInputError(f"{self.path} could not be read ({exc}); is it truncated or damaged? "
+                                        "Copy or write it again") from exc
             if len(data) != num_items * dtype.itemsize:
                 raise InvalidInputError(f"{self.path} is truncated")
             return np.frombuffer(data, dtype=dtype)

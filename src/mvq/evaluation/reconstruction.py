@@ -17,7 +17,7 @@ from mvq.distributed import all_reduce_sum, rank_and_world_size
 from mvq.errors import InvalidInputError
 from mvq.evaluation.frechet import GaussianAccumulator, frechet_distance
 from mvq.evaluation.image_metrics import from_uint8, ssim, to_uint8
-from mvq.evaluation.images import evaluation_indices
+from mvq.evaluation.images import check_count, evaluation_indices
 from mvq.evaluation.inception import FEATURE_DIM
 from mvq.evaluation.tokenizer_stats import TokenizerStatistics
 
@@ -45,6 +45,9 @@ def evaluate_reconstruction(model: nn.Module, dataset: torch.utils.data.Dataset,
     """
     from tqdm import tqdm
 
+    check_count("num_images", num_images, 2 if inception is not None else 1)
+    check_count("batch_size", batch_size, 1)
+    check_count("num_workers", num_workers, 0)
     device = torch.device(device)
     rank, world_size = rank_and_world_size()
     indices = evaluation_indices(len(dataset), num_images, seed)
