@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -122,6 +124,21 @@ def test_training_crops_are_random_and_n_per_photo(photos_root):
     assert all(c.shape == (3, 16, 16) and c.min() >= -1 and c.max() <= 1 for c in crops)
     assert any(not torch.equal(crops[0], c) for c in crops[1:])
     assert train[0]["label"] == -1
+
+
+def test_several_photo_folders_are_used_together(photos_root, tmp_path):
+    from mvq.config import ConfigError
+
+    other = tmp_path / "more"
+    for split in ("train", "val"):
+        (other / split).mkdir(parents=True)
+        gradient_photo(100, 90, seed=7).save(other / split / "z.png")
+    both = dataclasses.replace(photo_config(photos_root), root=[str(photos_root), str(other)])
+    train, val = build_dataset(both, "train"), build_dataset(both, "val")
+    assert [train.path(i).name for i in range(3)] == ["a.png", "b.png", "z.png"] and len(val) == 2 * 4
+    assert torch.equal(val[0]["image"], build_dataset(photo_config(photos_root), "val")[0]["image"])
+    with pytest.raises(ConfigError, match="only 'photos' takes a list"):
+        build_dataclass(DataConfig, {"dataset": "folder", "root": [str(photos_root), str(other)]}, "data")
 
 
 def test_validation_crops_are_the_same_every_time(photos_root):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from mvq.commands.options import add_overwrite_argument, add_sampling_arguments, add_speed_arguments
+from mvq.commands.options import MODEL_FORMS, add_overwrite_argument, add_sampling_arguments, add_speed_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and each completion as OUT/completions/<name>_<j>.png. Images of another size are resized "
                     "(shorter side) and centre-cropped to the MQ-VAE's resolution.")
     parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--vae", required=True, metavar="DIR", help="pretrained MQ-VAE folder")
-    parser.add_argument("--stackformer", required=True, metavar="DIR", help="pretrained Stackformer folder")
+    parser.add_argument("--vae", required=True, metavar="MODEL", help="pretrained MQ-VAE or VQGAN: " + MODEL_FORMS)
+    parser.add_argument("--stackformer", required=True, metavar="MODEL", help="pretrained Stackformer: " + MODEL_FORMS)
     parser.add_argument("--keep-rows", type=int, required=True, metavar="R",
                         help="rows of the token grid whose tokens are kept (0 = none, the grid height = all)")
     parser.add_argument("--labels", type=int, nargs="+", metavar="L",

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from mvq.commands.options import MODEL_FORMS
+
 WEIGHTS_HELP = (": the file {name} (default: look in the torch hub cache, $TORCH_HOME/hub/checkpoints/); "
                 "nothing is downloaded")
 
@@ -36,8 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="rFID (reconstructions against their originals), PSNR, SSIM, LPIPS, codebook usage and "
                     "perplexity, and the mean keep-score of kept and masked cells. Under torchrun each rank "
                     "evaluates its share of the images and the results are combined.")
-    recon.add_argument("--vae", required=True, metavar="DIR",
-                       help="pretrained MQ-VAE or VQGAN folder (save_pretrained)")
+    recon.add_argument("--vae", required=True, metavar="MODEL", help="pretrained MQ-VAE or VQGAN: " + MODEL_FORMS)
     recon.add_argument("--data", required=True, metavar="CONFIG_OR_FOLDER",
                        help="a YAML config (its data: section) or a folder of images")
     recon.add_argument("--split", choices=["train", "val"], default="val", help="dataset split (default: val)")

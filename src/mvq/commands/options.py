@@ -9,6 +9,10 @@ if TYPE_CHECKING:
     from mvq.models.sampling import SamplingConfig
 
 
+# How --vae / --stackformer name a model, for their help.
+MODEL_FORMS = "a folder, a zoo model's name, or a Hugging Face Hub id (org/name)"
+
+
 def _top_k(value: str) -> int | None:
     k = int(value)
     if k < 0:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mvq.commands.options import MODEL_FORMS
+
 OUTPUT_KINDS = ("reconstruction", "keep_mask", "scores")
 
 
@@ -21,7 +23,8 @@ def register(subparsers) -> None:
                     "of another size are resized (shorter side) and centre-cropped to the model's resolution. "
                     "A VQGAN keeps every cell: its keep-mask is all kept and its score map flat.")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--vae", required=True, help="pretrained MQ-VAE or VQGAN folder (a VQGAN keeps every cell)")
+    p.add_argument("--vae", required=True, metavar="MODEL",
+                   help="pretrained MQ-VAE or VQGAN (a VQGAN keeps every cell): " + MODEL_FORMS)
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out folder: its files of the same names as this run's outputs "

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from mvq.commands.options import add_overwrite_argument, add_sampling_arguments, add_speed_arguments, sampling_config
+from mvq.commands.options import (MODEL_FORMS, add_overwrite_argument, add_sampling_arguments, add_speed_arguments,
+                                  sampling_config)
 
 if TYPE_CHECKING:
     import torch
@@ -28,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "whatever the batch size and number of processes (torchrun --nproc_per_node G -m mvq.cli "
                     "sample ...). Rerunning an interrupted command resumes it; a second command on an --out "
                     "in use is refused.")
-    parser.add_argument("--stackformer", required=True, metavar="DIR", help="pretrained Stackformer folder")
-    parser.add_argument("--vae", required=True, metavar="DIR", help="pretrained MQ-VAE folder it was trained on")
+    parser.add_argument("--stackformer", required=True, metavar="MODEL", help="pretrained Stackformer: " + MODEL_FORMS)
+    parser.add_argument("--vae", required=True, metavar="MODEL",
+                        help="the pretrained MQ-VAE or VQGAN it was trained on: " + MODEL_FORMS)
     parser.add_argument("--n", "--num-images", dest="n", type=int, required=True,
                         help="number of images (under torchrun write --num-images: torchrun takes --n for its own "
                              "--nnodes/--nproc-per-node)")

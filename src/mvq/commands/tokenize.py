@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mvq.commands.options import MODEL_FORMS
 from mvq.errors import UserError
 
 
@@ -15,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "order) into a token store (codes, positions, labels) that stage-2 training reads. Resumable: rerun the same command after an "
                     "interruption. Under torchrun (or with RANK/WORLD_SIZE set) each rank writes its own "
                     "part of the store; the parts read as one.")
-    parser.add_argument("--vae", required=True, metavar="DIR", help="pretrained MQ-VAE or VQGAN folder (save_pretrained)")
+    parser.add_argument("--vae", required=True, metavar="MODEL",
+                        help="pretrained MQ-VAE or VQGAN: " + MODEL_FORMS)
     parser.add_argument("--data", required=True, metavar="CONFIG_OR_FOLDER",
                         help="a YAML config (its data: section is used) or a folder of images")
     parser.add_argument("--out", required=True, metavar="STORE", help="token store folder to write")

@@ -26,7 +26,8 @@ class DataConfig:
       optionally one subfolder per class; ROOT/train and ROOT/val are used when both exist),
       "torchvision" (one of torchvision's dataset classes over files already under ROOT) or
       "photos" (random square crops of large photographs; ROOT/train and ROOT/val when both exist).
-    root: the dataset folder; required for every dataset except "synthetic".
+    root: the dataset folder; required for every dataset except "synthetic". "photos" also takes a list
+      of folders, whose photos are used together.
     torchvision_class: for "torchvision": CIFAR10, CIFAR100, FashionMNIST, MNIST, STL10, CelebA
       or Flowers102. Its train split is mvq's "train"; its held-out split (test, or valid/val
       where it has one) is mvq's "val".
@@ -48,7 +49,7 @@ class DataConfig:
     """
 
     dataset: str = "synthetic"
-    root: str | None = None
+    root: str | list[str] | None = None
     resolution: int = 256
     batch_size: int = 4
     num_workers: int = 4
@@ -74,6 +75,9 @@ class DataConfig:
             raise ConfigError(
                 f"data.root is required for dataset {self.dataset!r}: set data.root=/path/to/images "
                 "in the config or on the command line, or pass --data PATH")
+        if isinstance(self.root, (list, tuple)) and self.dataset != "photos":
+            raise ConfigError(f"data.root names one folder for dataset {self.dataset!r}; only 'photos' takes a list "
+                              "of folders")
         if self.resolution < 8:
             raise ConfigError(f"data.resolution must be at least 8 pixels, got {self.resolution}")
         if self.batch_size < 1:

@@ -80,16 +80,23 @@ def _size(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def photo_crops_dataset(root: str | os.PathLike, split: str, resolution: int, augment: bool, *,
-                        crops_per_image: int, scale: tuple[float, float], horizontal_flip: bool = True,
-                        seed: int = 0, check: str = "decode", num_threads: int = 1) -> PhotoCrops:
-    """Crops of the photos of `split` (see the module docstring); `augment` makes them random."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingInputError(f"photo folder {root} not found; set data.root to a folder of photos")
-    has_splits = (root / "train").is_dir() and (root / "val").is_dir()
-    base = root / split if has_splits else root
-    files = list_files(base)
+def photo_crops_dataset(root: str | os.PathLike | Sequence[str | os.PathLike], split: str, resolution: int,
+                        augment: bool, *, crops_per_image: int, scale: tuple[float, float],
+                        horizontal_flip: bool = True, seed: int = 0, check: str = "decode",
+                        num_threads: int = 1) -> PhotoCrops:
+    """Crops of the photos of `split` (see the module docstring); `augment` makes them random.
+
+    `root` may name several photo folders (a list): their photos are used together, in order.
+    """
+    roots = [Path(r).absolute() for r in ([root] if isinstance(root, (str, os.PathLike)) else root)]
+    bases, files = [], []
+    for folder in roots:
+        if not folder.is_dir():
+            raise MissingInputError(f"photo folder {folder} not found; set data.root to a folder of photos")
+        has_splits = (folder / "train").is_dir() and (folder / "val").is_dir()
+        bases.append(folder / split if has_splits else folder)
+        files += list_files(bases[-1])
+    base = Path(os.path.commonpath(bases)) if len(bases) > 1 else bases[0]
     good, skipped = scan_images(files, check, num_threads)
     warn_skipped(skipped, len(files), base)
     if not good:

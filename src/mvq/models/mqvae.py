@@ -1,6 +1,6 @@
 """MQ-VAE: encoder → adaptive mask → EMA quantizer → adaptive de-mask → decoder.
 
-An image becomes K (code, position) pairs instead of H×W codes (design §2.1–2.4).
+An image becomes K (code, position) pairs instead of H×W codes (docs/method.md §1–4).
 The config uses mvq's names only; `mvq.convert` translates the reference release's.
 """
 
@@ -35,7 +35,7 @@ class MQVAEConfig(TokenizerConfig):
     commitment_beta: float = 0.25
     ema_decay: float = 0.99
     restart_unused_codes: bool = True
-    # Ablations (design §2.7); the defaults are the paper's method.
+    # Ablations (docs/method.md §8); the defaults are the paper's method.
     mask_choice: str = "adaptive"                   # "adaptive" (score network) | "random" (random ranking, same K)
     demask_attention: str = "direction_constrained"  # | "plain": ordinary attention, every key weight 1
     mask_update: str = "sqrt"                       # masked keys' weight m ← √m per block | "constant"

@@ -17,6 +17,7 @@ import torch
 from mvq.atomic import atomic_write, atomic_write_json
 from mvq.config import dataclass_to_dict
 from mvq.errors import UserError
+from mvq.models.hub import push_folder, push_model, resolve_pretrained
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -47,8 +48,11 @@ def describe_names(names: list[str], limit: int = 3) -> str:
 
 
 def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The config.json of a pretrained folder (with its `model_type`), once both of its files are seen there."""
-    directory = Path(directory)
+    """The config.json of a pretrained folder (with its `model_type`), once both of its files are seen there.
+
+    `directory` may also be a zoo model's name or a Hub id (see `mvq.models.hub.resolve_pretrained`).
+    """
+    directory = resolve_pretrained(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not directory.is_dir():
         raise PretrainedFolderMissing(f"pretrained folder not found: {directory}")
@@ -92,8 +96,10 @@ class PretrainedMixin:
             source = source["model"]
         return cls(cls.config_class.from_mapping(source))
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json and model.safetensors (parameters and buffers) into `directory`.
+    def save_pretrained(self, directory: str | os.PathLike, push_to_hub: bool = False,
+                        repo_id: str | None = None) -> Path:
+        """Write config.json and model.safetensors (parameters and buffers) into `directory`; with
+        `push_to_hub`, also upload the folder to the Hub repository `repo_id` (default: the folder's name).
 
         Never leaves a loadable folder whose config and weights disagree: the old config.json
         goes first and the new one comes last, so a write that fails midway leaves a folder
@@ -110,15 +116,24 @@ class PretrainedMixin:
         atomic_write(directory / WEIGHTS_NAME,
                      lambda tmp: save_file(state, tmp, metadata={"format": "pt", "model_type": self.model_type}))
         atomic_write_json(directory / CONFIG_NAME, config)
+        if push_to_hub:
+            push_folder(directory, repo_id or directory.name)
         return directory
 
+    def push_to_hub(self, repo_id: str, private: bool = False, commit_message: str | None = None,
+                    **save_kwargs: Any) -> str:
+        """Upload this model as a pretrained folder to the Hugging Face Hub repository `repo_id`."""
+        return push_model(self, repo_id, private, commit_message, **save_kwargs)
+
     @classmethod
-    def from_pretrained(cls: type[M], directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> M:
-        """Load a folder written by `save_pretrained`; the weights must match the config exactly."""
+    def from_pretrained(cls: type[M], directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        revision: str | None = None, local_files_only: bool | None = None) -> M:
+        """Load a folder written by `save_pretrained` (or a zoo model by name, or a Hub id `org/name` at
+        `revision`); the weights must match the config exactly and be finite."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        directory = Path(directory)
+        directory = resolve_pretrained(directory, revision, local_files_only)
         weights_path = directory / WEIGHTS_NAME
         config = read_pretrained_config(directory)
         found = config.pop("model_type", None)
@@ -169,7 +184,7 @@ def tokenizer_record_of(tokenizer: torch.nn.Module) -> dict[str, Any]:
 def read_tokenizer_record(directory: str | os.PathLike) -> dict | None:
     """The tokenizer a Stackformer folder was trained with, from its tokenizer.json (current or earlier keys),
     as `{"tokenizer_fingerprint": ..., "tokenizer_config": ... or None}`; None when the folder records none."""
-    path = Path(directory) / TOKENIZER_NAME
+    path = resolve_pretrained(directory) / TOKENIZER_NAME
     if not path.is_file():
         return None
     try:

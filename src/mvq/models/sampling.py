@@ -2,7 +2,7 @@
 
 This is where a token is sampled: `sample_from_logits`, called from `generate` once for the
 code and once for the position of every step. Each step draws a code, then that code's
-position (design §2.6):
+position (docs/method.md §7):
 
     code logits     → temperature → top-k → top-p → draw a code
     position logits → temperature → forbid the start position and used cells (raster order:

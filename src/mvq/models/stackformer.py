@@ -1,4 +1,4 @@
-"""Stackformer: autoregressive model over the MQ-VAE's K (code, position) pairs (design §2.6).
+"""Stackformer: autoregressive model over the MQ-VAE's K (code, position) pairs (docs/method.md §6).
 
 The sequence is the kept pairs in raster order, preceded by a start token (the class, or
 one start-of-sequence token) at the start position N. At step t:
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvq.config import ConfigError, build_dataclass
+from mvq.models.hub import push_folder
 from mvq.models.pretrained import PretrainedMixin, tokenizer_record_of, write_tokenizer_record
 from mvq.models.sampling import IncrementalDecoder, SamplingConfig, generate
 from mvq.nn.transformer import TransformerStack
@@ -124,12 +125,15 @@ class Stackformer(nn.Module, PretrainedMixin):
     model_type = "stackformer"
     config_class = StackformerConfig
 
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: nn.Module | None = None) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, push_to_hub: bool = False, repo_id: str | None = None,
+                        tokenizer: nn.Module | None = None) -> Path:
         """Write config.json and model.safetensors and, given the MQ-VAE or VQGAN whose tokens this model
         learnt, tokenizer.json: sampling checks the tokenizer it is paired with against that record."""
         directory = super().save_pretrained(directory)
         if tokenizer is not None:
             write_tokenizer_record(directory, tokenizer_record_of(tokenizer))
+        if push_to_hub:
+            push_folder(directory, repo_id or Path(directory).name)
         return directory
 
     def __init__(self, config: StackformerConfig):

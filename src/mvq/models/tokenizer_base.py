@@ -1,6 +1,6 @@
 """What the stage-1 tokenizers (MQ-VAE, VQGAN) share: encoder fields and their checks, the grid, the image check.
 
-`TokenizerConfig` holds the VQGAN-style encoder/decoder fields (design §2.1) that come first in
+`TokenizerConfig` holds the VQGAN-style encoder/decoder fields (docs/method.md §1) that come first in
 both configs, so their config.json keys keep their order; `Tokenizer` builds the encoder and
 checks input images. Each architecture adds its own fields, modules and forward pass.
 """

@@ -1,4 +1,4 @@
-"""VQGAN baseline: encoder → 1×1 quant_conv → quantizer → 1×1 post_quant_conv → decoder (design §2.7).
+"""VQGAN baseline: encoder → 1×1 quant_conv → quantizer → 1×1 post_quant_conv → decoder (docs/method.md §8).
 
 taming-transformers' `VQModel` architecture: every cell of the H×W grid is a token, so an
 image becomes N = H·W codes in raster order. It is what the MQ-VAE is compared against, and

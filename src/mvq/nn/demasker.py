@@ -1,10 +1,10 @@
-"""Adaptive de-mask module (design §2.4): rebuild the full H×W feature map from the K kept codes.
+"""Adaptive de-mask module (docs/method.md §4): rebuild the full H×W feature map from the K kept codes.
 
 Masked cells start as one shared learnable mask token. Direction-constrained attention lets
 information flow from kept to masked cells first: the weight of every masked key starts at
 `mask_init_value` and grows (its square root is taken) after each block.
 
-Two ablations (design §2.7) switch parts of this off: `attention="plain"` gives every key
+Two ablations (docs/method.md §8) switch parts of this off: `attention="plain"` gives every key
 weight 1 (ordinary attention), and `mask_update="constant"` keeps the masked keys' weight at
 `mask_init_value` in every block.
 """

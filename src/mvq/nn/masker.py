@@ -1,4 +1,4 @@
-"""Mask modules (design §2.2, §2.7): choose the K cells of the encoder map that become tokens.
+"""Mask modules (docs/method.md §2, §8): choose the K cells of the encoder map that become tokens.
 
 This is where the mask is chosen: `AdaptiveMasker.forward`. It ranks the cells by a learned
 score network and keeps the K best, the same number for every image. `RandomMasker` is its

@@ -1,4 +1,4 @@
-"""Vector quantizers: an EMA codebook with restarts of unused codes (design §2.3), and a learned one.
+"""Vector quantizers: an EMA codebook with restarts of unused codes (docs/method.md §3), and a learned one.
 
 Self-contained: `EMAVectorQuantizer(codebook_size, dim)(z)` with z of shape (..., dim)
 returns straight-through quantized vectors, the codebook loss and the code indices.

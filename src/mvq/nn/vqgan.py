@@ -1,4 +1,4 @@
-"""VQGAN-style convolutional encoder and decoder (design §2.1).
+"""VQGAN-style convolutional encoder and decoder (docs/method.md §1).
 
 The state-dict layout (`down.{level}.block.{i}`, `mid.block_1`, `up.{level}.attn.{i}`, ...)
 is the usual VQGAN one, so weights from VQGAN-family checkpoints map one to one. The MQ-VAE's

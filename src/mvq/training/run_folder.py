@@ -1,4 +1,4 @@
-"""The run folder (design §3.5): its layout, its lock, and what may be written into it when.
+"""The run folder: its layout, its lock, and what may be written into it when.
 
     RUN/
       config.yaml          the resolved config (overrides applied, paths absolute), written when

@@ -17,7 +17,7 @@ from mvq.config import ConfigError, build_dataclass, unknown_key_message
 class OptimConfig:
     """Optimiser and schedule. lr = base_lr × batch × devices × accumulation unless `lr` is set.
 
-    The defaults are stage 1's (design §2.5); stage 2 has its own (`Stage2OptimConfig`).
+    The defaults are stage 1's (docs/method.md §5); stage 2 has its own (`Stage2OptimConfig`).
     """
 
     base_lr: float = 4.5e-6

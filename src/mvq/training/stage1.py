@@ -1,4 +1,4 @@
-"""Stage 1: the Lightning module that trains an MQ-VAE (or the VQGAN baseline) with its GAN (design §2.5).
+"""Stage 1: the Lightning module that trains an MQ-VAE (or the VQGAN baseline) with its GAN (docs/method.md §5).
 
 Two optimizers, manual optimisation: per batch the generator (encoder, masker, quantizer,
 de-masker, decoder) takes a step on L1 + LPIPS + codebook + adaptive GAN loss, then the

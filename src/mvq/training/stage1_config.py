@@ -1,4 +1,4 @@
-"""The stage-1 config: an MQ-VAE trained on images with its GAN (design §2.5)."""
+"""The stage-1 config: an MQ-VAE trained on images with its GAN (docs/method.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 2: the Lightning module that trains a Stackformer on a token store (design §2.6).
+"""Stage 2: the Lightning module that trains a Stackformer on a token store (docs/method.md §6).
 
 Batches are (codes, positions, label) rows read from a store that `mvq tokenize` wrote once;
 the MQ-VAE is only loaded to check that it made the store and to decode sample grids.
