@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 
 TINY_MQVAE = dict(resolution=32, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[8],
                   z_channels=64, keep_ratio=0.25, codebook_size=64, codebook_dim=16, demask_layers=2)
@@ -25,10 +25,11 @@ def one_thread():
 
 
 def reference_path(name: str) -> Path:
-    """A file of the reference fixtures beside the project (shared/reference)."""
+    """A file of the reference fixtures (kept in the repository: tests/fixtures/reference)."""
     path = REFERENCE / name
     if not path.exists():
-        pytest.skip(f"reference fixture {path} not present")
+        raise FileNotFoundError(f"reference fixture {path} is missing: restore it with "
+                                "`python tests/fixtures/reference/sync.py --copy` (or from git)")
     return path
 
 
