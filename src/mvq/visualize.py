@@ -67,10 +67,11 @@ def save_image(grid: torch.Tensor, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def reconstruction_rows(model, images: torch.Tensor) -> list[torch.Tensor]:
-    """Inputs, reconstructions, keep-mask overlays and score heat-maps for a batch (model in eval mode)."""
+def reconstruction_rows(model, images: torch.Tensor, keep: int | float | None = None) -> list[torch.Tensor]:
+    """Inputs, reconstructions, keep-mask overlays and score heat-maps for a batch (model in eval mode),
+    keeping the model's K cells or `keep` (an MQ-VAE only)."""
     with torch.no_grad():
-        out = model(images)
+        out = model(images) if keep is None else model(images, keep=keep)
     return [images, out.reconstruction.float().clamp(-1, 1), keep_mask_overlay(images, out.keep_mask),
             score_heatmap(images, out.scores)]
 

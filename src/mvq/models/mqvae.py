@@ -18,6 +18,10 @@ from mvq.nn import (DEMASK_ATTENTIONS, MASK_CHOICES, MASK_UPDATES, AdaptiveDemas
                     build_masker)
 
 
+# How an any-K run draws the keep count of each training batch (`MQVAEConfig.train_keep_schedule`).
+KEEP_SCHEDULES = ("uniform", "pow2")
+
+
 @dataclass
 class MQVAEConfig(TokenizerConfig):
     """Architecture of an MQ-VAE. Defaults are the paper's ImageNet model (f8, keep 25%).
@@ -39,6 +43,12 @@ class MQVAEConfig(TokenizerConfig):
     mask_choice: str = "adaptive"                   # "adaptive" (score network) | "random" (random ranking, same K)
     demask_attention: str = "direction_constrained"  # | "plain": ordinary attention, every key weight 1
     mask_update: str = "sqrt"                       # masked keys' weight m ← √m per block | "constant"
+    # Any-K training (None: every step keeps K cells, the paper's fixed budget). Each training batch
+    # keeps a K drawn from [train_keep_min · N, K] by `train_keep_schedule`; with `train_full_keep_pass`
+    # the step also reconstructs at the full K and adds that loss.
+    train_keep_min: float | None = None
+    train_keep_schedule: str = "uniform"            # every count equally likely | "pow2": K_min·2^i and K
+    train_full_keep_pass: bool = False
 
     def __post_init__(self) -> None:
         for name, choices in (("mask_choice", MASK_CHOICES), ("demask_attention", DEMASK_ATTENTIONS),
@@ -58,6 +68,39 @@ class MQVAEConfig(TokenizerConfig):
                               f"({self.ch * self.ch_mult[-1]}): the decoder has no conv_in of its own")
         if self.num_tokens < 1:
             raise ConfigError(f"model.keep_ratio {self.keep_ratio} keeps no cell of the {self.num_cells}-cell grid")
+        if self.train_keep_schedule not in KEEP_SCHEDULES:
+            raise ConfigError(f"model.train_keep_schedule must be one of {', '.join(KEEP_SCHEDULES)}; got "
+                              f"{self.train_keep_schedule!r}")
+        if self.train_keep_min is not None and not (0 < self.train_keep_min <= self.keep_ratio
+                                                    and int(self.train_keep_min * self.num_cells) >= 1):
+            raise ConfigError(f"model.train_keep_min must keep at least one cell and at most keep_ratio "
+                              f"({self.keep_ratio}); got {self.train_keep_min}")
+
+    @property
+    def any_k(self) -> bool:
+        """Trained to keep any number of cells up to K (its tokens at a smaller K are a prefix)."""
+        return self.train_keep_min is not None
+
+    def keep_count(self, keep: int | float | None) -> int:
+        """A budget as a cell count: None → K; a float in (0, 1] → that share of the N cells; an int → itself."""
+        if keep is None:
+            return self.num_tokens
+        if isinstance(keep, float):
+            if not 0 < keep <= 1 or int(keep * self.num_cells) < 1:
+                raise InvalidInputError(f"a keep ratio must be in (0, 1] and keep a cell of the {self.num_cells}, "
+                                        f"got {keep}")
+            return int(keep * self.num_cells)
+        if isinstance(keep, bool) or int(keep) != keep or not 1 <= keep <= self.num_cells:
+            raise InvalidInputError(f"keep must be a count in 1..{self.num_cells} or a ratio in (0, 1], got {keep!r}")
+        return int(keep)
+
+    def draw_train_keep(self) -> int:
+        """The keep count of one any-K training batch, from torch's global generator (restored on resume)."""
+        low, high = max(1, int(self.train_keep_min * self.num_cells)), self.num_tokens
+        if self.train_keep_schedule == "pow2":
+            choices = sorted({min(low * 2 ** i, high) for i in range((high // low).bit_length() + 1)})
+            return choices[int(torch.randint(len(choices), ()))]
+        return int(torch.randint(low, high + 1, ()))
 
     @property
     def num_tokens(self) -> int:
@@ -105,14 +148,14 @@ class MQVAE(Tokenizer):
                                num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
                                resolution=c.resolution, dropout=c.dropout, norm_groups=c.norm_groups)
 
-    def forward(self, images: torch.Tensor) -> MQVAEOutput:
-        """Reconstruct `images` (B×C×R×R in [-1, 1]).
+    def forward(self, images: torch.Tensor, keep: int | float | None = None) -> MQVAEOutput:
+        """Reconstruct `images` (B×C×R×R in [-1, 1]) from K kept cells, or from `keep` (a count or a ratio).
 
         Only the shape is checked (no host sync in training or evaluation steps); call
         `check_images` first on images that may hold NaN or values outside [-1, 1].
         """
         self.check_image_shape(images)
-        masked = self.masker(self.encoder(images))
+        masked = self.masker(self.encoder(images), None if keep is None else self.config.keep_count(keep))
         quantized, codebook_loss, codes = self.quantizer(masked.features)
         reconstruction = self.decoder(self.demasker(quantized, masked.positions, masked.keep_mask))
         g = self.config.grid_size
@@ -120,10 +163,11 @@ class MQVAE(Tokenizer):
                            masked.keep_mask.view(-1, g, g), masked.scores.view(-1, g, g))
 
     @torch.no_grad()
-    def tokenize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images → (codes, positions), each B×K long, positions ascending. Refuses bad pixels (`check_images`)."""
+    def tokenize(self, images: torch.Tensor, keep: int | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images → (codes, positions), each B×K long (or B×keep: a count or a ratio of the cells), positions
+        ascending. The cells kept at a budget are a subset of those kept at any larger one. Refuses bad pixels."""
         self.check_images(images)
-        masked = self.masker(self.encoder(images))
+        masked = self.masker(self.encoder(images), None if keep is None else self.config.keep_count(keep))
         return self.quantizer.nearest_codes(masked.features), masked.positions
 
     @torch.no_grad()

@@ -1,7 +1,9 @@
 """Mask modules (docs/method.md §2, §8): choose the K cells of the encoder map that become tokens.
 
 This is where the mask is chosen: `AdaptiveMasker.forward`. It ranks the cells by a learned
-score network and keeps the K best, the same number for every image. `RandomMasker` is its
+score network and keeps the K best, the same number for every image of a call. A call may ask
+for another K than the model's (`keep`): the kept cells are then a prefix of one ranking of all
+cells, so the tokens at any budget are a subset of those at every larger budget (any-K). `RandomMasker` is its
 ablation: a random ranking per image, same K, no score network — what the adaptive choice is
 measured against. The switch between them is `build_masker`, set by `model.mask_choice`
 (`adaptive` | `random`).
@@ -41,6 +43,19 @@ class MaskerOutput:
     scores: torch.Tensor     # B×N in (0, 1)
 
 
+def ranked_prefix(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """The `keep` highest-scoring cells (B×keep indices, best first), a prefix of one stable ranking of all
+    cells: ties go to the lower cell index, so a smaller budget always keeps a subset of a larger one."""
+    return scores.argsort(dim=1, descending=True, stable=True)[:, :keep]
+
+
+def check_keep(keep: int, num_cells: int) -> int:
+    """A keep count as an int in 1..num_cells, or ValueError."""
+    if isinstance(keep, bool) or int(keep) != keep or not 1 <= keep <= num_cells:
+        raise ValueError(f"keep must be a whole number of cells in 1..{num_cells}, got {keep!r}")
+    return int(keep)
+
+
 def keep_mask_from_positions(positions: torch.Tensor, num_cells: int) -> torch.Tensor:
     """B×N boolean mask that is True at the B×K `positions`."""
     keep_mask = torch.zeros(positions.shape[0], num_cells, dtype=torch.bool, device=positions.device)
@@ -56,12 +71,16 @@ class AdaptiveMasker(nn.Module):
         self.score_net = ScoreNetwork(channels)
         self.project = nn.Linear(channels, codebook_dim, bias=False)
 
-    def forward(self, h: torch.Tensor) -> MaskerOutput:
+    def forward(self, h: torch.Tensor, keep: int | None = None) -> MaskerOutput:
+        """Keep the model's K cells, or the best `keep` (a prefix of the ranking of every cell)."""
         b, c = h.shape[:2]
         scores = self.score_net(h)
         # Ranking uses detached scores; the kept features are multiplied by the live scores below,
         # which is the only path by which the score network receives gradient.
-        top = scores.detach().topk(self.num_tokens, dim=1).indices
+        if keep is None:
+            top = scores.detach().topk(self.num_tokens, dim=1).indices
+        else:
+            top = ranked_prefix(scores.detach(), check_keep(keep, scores.shape[1]))
         positions = top.sort(dim=1).values
         tokens = h.flatten(2).transpose(1, 2)  # B×N×C
         kept = tokens.gather(1, positions.unsqueeze(-1).expand(-1, -1, c))
@@ -84,10 +103,12 @@ class RandomMasker(nn.Module):
         self.num_tokens = num_tokens
         self.project = nn.Linear(channels, codebook_dim, bias=False)
 
-    def forward(self, h: torch.Tensor) -> MaskerOutput:
+    def forward(self, h: torch.Tensor, keep: int | None = None) -> MaskerOutput:
         b, c = h.shape[:2]
         scores = torch.rand(b, h.shape[2] * h.shape[3], device=h.device)
-        positions = scores.topk(self.num_tokens, dim=1).indices.sort(dim=1).values
+        top = (scores.topk(self.num_tokens, dim=1).indices if keep is None
+               else ranked_prefix(scores, check_keep(keep, scores.shape[1])))
+        positions = top.sort(dim=1).values
         tokens = h.flatten(2).transpose(1, 2)  # B×N×C
         kept = F.layer_norm(tokens.gather(1, positions.unsqueeze(-1).expand(-1, -1, c)), (c,))
         return MaskerOutput(self.project(kept), positions, keep_mask_from_positions(positions, scores.shape[1]),

@@ -72,10 +72,8 @@ class TokenizerTraining(TrainingState, L.LightningModule):
         accumulate = self.config.optim.accumulate_grad_batches
         stepping = (self.batches_trained + 1) % accumulate == 0
 
-        out = self.model(images)
         self.toggle_optimizer(opt_g)
-        g_loss, g_logs = self.loss.generator_loss(images, out.reconstruction, out.codebook_loss,
-                                                  self.global_step, self.model.last_layer)
+        out, g_loss, g_logs = self._generator_loss(images)
         self.manual_backward(g_loss / accumulate)
         self.untoggle_optimizer(opt_g)
 
@@ -101,6 +99,24 @@ class TokenizerTraining(TrainingState, L.LightningModule):
         rate = self._throughput.update(images.shape[0] * self.trainer.world_size)
         if rate is not None:
             self.log("img/s", rate, prog_bar=True, logger=True)
+
+    def _generator_loss(self, images: torch.Tensor):
+        """(output, loss, logs) of the generator on a batch. An any-K model keeps a drawn K cells (and, with
+        `train_full_keep_pass`, adds the loss at its full K); a fixed-K model keeps its K."""
+        model = self.config.model
+        keep = model.draw_train_keep() if getattr(model, "any_k", False) else None
+        out = self.model(images) if keep is None else self.model(images, keep=keep)
+        loss, logs = self.loss.generator_loss(images, out.reconstruction, out.codebook_loss, self.global_step,
+                                              self.model.last_layer)
+        if keep is not None:
+            logs["train_keep"] = torch.tensor(float(keep))
+            if model.train_full_keep_pass:
+                full = self.model(images)
+                full_loss, _ = self.loss.generator_loss(images, full.reconstruction, full.codebook_loss,
+                                                        self.global_step, self.model.last_layer)
+                loss = loss + full_loss
+                out = full
+        return out, loss, logs
 
     # ----------------------------------------------------------------- validation
     def _reset_validation_stats(self) -> None:
