@@ -28,9 +28,12 @@ def _hub_cache(cache, repo_id, folder):
 
 
 def test_a_hub_id_loads_offline_from_the_cache(saved_vae, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     model, folder = saved_vae
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # As HF_HUB_CACHE=… HF_HUB_OFFLINE=1 set before the process starts (huggingface_hub reads them on import).
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     _hub_cache(tmp_path / "hub", "someone/tiny-mqvae", folder)
     loaded = MQVAE.from_pretrained("someone/tiny-mqvae")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

@@ -302,9 +302,9 @@ class StubLPIPS(nn.Module):
 
 
 def test_perceptual_term_is_weighted_and_kept_out_of_checkpoints(monkeypatch):
-    import mvq.losses.perceptual as perceptual
+    import mvq.losses.stage1 as stage1
 
-    monkeypatch.setattr(perceptual, "LPIPS", StubLPIPS)
+    monkeypatch.setattr(stage1, "LPIPS", StubLPIPS)
     loss_fn = Stage1Loss(Stage1LossConfig(**{**SMALL_DISC, "perceptual_weight": 0.5}, vgg_weights="/x/vgg.pth",
                                           disc_start=10))
     assert StubLPIPS.made_with[-1] == "/x/vgg.pth"

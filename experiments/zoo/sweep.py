@@ -63,9 +63,9 @@ def main() -> None:
             if name in finished:
                 continue
             curves = validation_curves(REPOSITORY / args.runs / name)
-            done = any(step >= args.steps for step in curves.get("val/rec_loss", {}))
+            done = any(step + 1 >= args.steps for step in curves.get("val/rec_loss", {}))  # logged at step - 1
             if done or process.poll() is not None:
-                if process.poll() is None:
+                if process.poll() is None:  # the training process only, never its data-loading workers
                     process.send_signal(signal.SIGTERM)  # writes last.ckpt: the arm can be resumed
                     process.wait()
                 finished[name] = {"command": "mvq " + " ".join(command[3:]), "wall_seconds": round(time.time() - start),

@@ -21,10 +21,14 @@ from typing import Any, ContextManager, Iterator, Sequence
 import numpy as np
 import torch
 
+from mvq.config import recorded_config_differences
+from mvq.data.token_store import vae_token_geometry
+from mvq.distributed import resolve_device
 from mvq.errors import UserError
 from mvq.evaluation.image_metrics import from_uint8_hwc, to_uint8_hwc
 from mvq.models.labels import labels_list, labels_tensor
 from mvq.models.mqvae import MQVAE
+from mvq.models.pretrained import TOKENIZER_NAME, read_tokenizer_record, weights_fingerprint
 from mvq.models.sampling import SamplingConfig, SamplingError
 from mvq.models.stackformer import Stackformer
 from mvq.models.tokenizer import load_tokenizer
@@ -65,8 +69,6 @@ class MVQPipeline:
     """Sampling pipeline of a Stackformer and the MQ-VAE whose tokens it was trained on."""
 
     def __init__(self, stackformer: Stackformer, vae: MQVAE | VQGAN, precision: str = "fp32"):
-        from mvq.data.token_store import vae_token_geometry
-
         s, v = vae_token_geometry(stackformer.config), vae_token_geometry(vae.config)
         mismatches = [f"{name}: Stackformer {s[name]} vs MQ-VAE {v[name]}" for name in s if s[name] != v[name]]
         if mismatches:
@@ -86,8 +88,6 @@ class MVQPipeline:
         refused with any other MQ-VAE — same shapes, other weights decode its tokens into
         garbage — unless `allow_tokenizer_mismatch`, which only warns.
         """
-        from mvq.distributed import resolve_device
-
         device = resolve_device("auto" if device is None else str(device))
         pipe = cls(Stackformer.from_pretrained(stackformer_dir, map_location=device),
                    load_tokenizer(vae_dir, map_location=device), precision=precision)
@@ -266,9 +266,6 @@ def check_tokenizer(stackformer_dir: str | os.PathLike, vae_dir: str | os.PathLi
     both must match `vae` (same weights under an edited config decode differently). A folder
     without the record cannot be verified, and is refused the same way.
     """
-    from mvq.config import recorded_config_differences
-    from mvq.models.pretrained import TOKENIZER_NAME, read_tokenizer_record, weights_fingerprint
-
     record = read_tokenizer_record(stackformer_dir)
     if record is None:
         problem = (f"the Stackformer in {stackformer_dir} has no {TOKENIZER_NAME}, so the tokenizer it was trained "

@@ -33,10 +33,10 @@ from typing import Any, ContextManager, Sequence
 
 import numpy as np
 
-from mvq.atomic import (atomic_save_npy, atomic_write, atomic_write_json, check_writable_destination,
-                        npy_is_complete, refuse_inputs_inside, refuse_working_folder, remove_stale_temporaries,
-                        replace_directory)
+from mvq.atomic import (atomic_save_npy, atomic_write, atomic_write_json, check_writable_destination, npy_is_complete,
+                        refuse_inputs_inside, refuse_working_folder, remove_stale_temporaries, replace_directory)
 from mvq.errors import UserError
+from mvq.evaluation.npz_writer import NpzImageWriter
 from mvq.locks import locked as hold_lock
 
 STATE = ".sampling"
@@ -185,8 +185,6 @@ def write_batch(folder: SampleFolder, start: int, images: np.ndarray, png: bool)
 
 def finish(folder: SampleFolder, n: int, resolution: int, labels: Sequence[int] | None) -> Path:
     """Stream the shards in index order into `samples.npz`, drop the state, put the result in place."""
-    from mvq.evaluation.npz_writer import NpzImageWriter
-
     pieces = cover(finished_ranges(folder, n), n, folder.shards)
     partial = folder.state / "samples.npz"
     with NpzImageWriter(partial, n, resolution) as npz:

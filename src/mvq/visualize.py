@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
+from mvq.atomic import atomic_write
+from mvq.nn.masker import keep_mask_from_positions
+
 if TYPE_CHECKING:
     from mvq.models.sampling import SamplingConfig
     from mvq.pipeline import MVQPipeline
@@ -61,8 +64,6 @@ def save_image(grid: torch.Tensor, path: str | Path) -> Path:
     """Save a 3×H×W grid in [0, 1] as PNG, atomically (never half a file under `path`)."""
     from PIL import Image
 
-    from mvq.atomic import atomic_write
-
     array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
@@ -88,8 +89,6 @@ def completion_pictures(pipe: MVQPipeline, images: torch.Tensor, keep_rows: int,
                         n: int, seed: int, sampling: SamplingConfig | None = None, first_image: int = 0
                         ) -> CompletionPictures:
     """Complete images B×3×R×R in [-1, 1] from their first `keep_rows` grid rows, as pictures."""
-    from mvq.nn.masker import keep_mask_from_positions
-
     codes, positions, lengths = pipe.complete_tokens(images, keep_rows, labels, n, seed, sampling, first_image)
     b, n, k = codes.shape
     g = pipe.vae.config.grid_size

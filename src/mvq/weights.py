@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mvq.atomic import atomic_write_json
 from mvq.errors import UserError
 
 WEIGHTS_DIR_ENV = "MVQ_WEIGHTS_DIR"
@@ -182,8 +183,6 @@ def check_file(path: Path, thorough: bool = True) -> tuple[str | None, str | Non
 
 def _add_size(path: Path, record: dict, size: int) -> None:
     """Record the size of a file just verified by hash, so that later loads need not hash it (best effort)."""
-    from mvq.atomic import atomic_write_json
-
     try:
         atomic_write_json(provenance_path(path), {**record, "size": size})
     except (OSError, UserError):  # a read-only folder: the file is hashed again next time

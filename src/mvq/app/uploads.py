@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mvq.data.images import to_rgb
+from mvq.data.transforms import eval_transform
 from mvq.errors import UserError
+from mvq.evaluation.image_metrics import to_uint8_hwc
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -70,10 +73,6 @@ def prepare_upload(path: str | os.PathLike, resolution: int) -> PreparedImage:
     the same tokens in the demo as on the command line.
     """
     from PIL import ImageOps
-
-    from mvq.data.images import to_rgb
-    from mvq.data.transforms import eval_transform
-    from mvq.evaluation.image_metrics import to_uint8_hwc
 
     notes = []
     try:

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mvq.atomic import atomic_directory
+from mvq.config import ConfigError, load_yaml
+from mvq.convert.losses import load_original_discriminator
+from mvq.convert.mqvae import config_from_original, from_original
+from mvq.convert.stackformer import is_original_stackformer_config, load_original_stackformer
+from mvq.convert.taming import from_taming, taming_state_dict
+from mvq.convert.weights import load_converted_weights
 from mvq.errors import UserError
+from mvq.models.mqvae import MQVAE
+from mvq.safe_pickle import load_torch_checkpoint
 
 
 def load_reference_state_dict(path: str | Path) -> dict:
     """The state dict inside a reference checkpoint (Lightning's `state_dict`, or the file itself)."""
-    from mvq.safe_pickle import load_torch_checkpoint
-
     if not Path(path).is_file():
         raise UserError(f"checkpoint not found: {path}")
     checkpoint = load_torch_checkpoint(path)
@@ -39,8 +46,6 @@ TAMING_KEYS = ("quantize.embedding.weight", "post_quant_conv.weight")
 def convert_checkpoint(checkpoint: str | Path, config_path: str | Path, out: str | Path,
                        overwrite: bool = False) -> str:
     """Convert a reference MQ-VAE or Stackformer, or a taming VQGAN, checkpoint into `out`; returns a summary."""
-    from mvq.atomic import atomic_directory
-
     with atomic_directory(out, overwrite, inputs=[checkpoint, config_path]) as tmp:  # refuses a non-empty `out` before anything is read
         what = _convert_into(checkpoint, config_path, tmp)
     return f"{what} → {out}"
@@ -48,9 +53,6 @@ def convert_checkpoint(checkpoint: str | Path, config_path: str | Path, out: str
 
 def _convert_into(checkpoint: str | Path, config_path: str | Path, out: Path) -> str:
     """Write the converted folder's files into the (new, empty) folder `out`; returns what was written."""
-    from mvq.config import ConfigError, load_yaml
-    from mvq.convert.stackformer import is_original_stackformer_config, load_original_stackformer
-
     raw = load_yaml(config_path)
     params = (raw.get("model") or {}).get("params")
     if not isinstance(params, dict):
@@ -70,10 +72,6 @@ def _convert_into(checkpoint: str | Path, config_path: str | Path, out: Path) ->
 
 def _convert_mqvae(state: dict, model_section: dict, out: Path) -> str:
     """The MQ-VAE, and its discriminator beside it (discriminator.safetensors) when the checkpoint has one."""
-    from mvq.convert.mqvae import config_from_original, from_original
-    from mvq.convert.weights import load_converted_weights
-    from mvq.models.mqvae import MQVAE
-
     model = MQVAE.from_config(config_from_original(model_section))
     ours, loss = from_original(state)
     load_converted_weights(model, ours, "reference MQ-VAE")
@@ -85,8 +83,6 @@ def _convert_mqvae(state: dict, model_section: dict, out: Path) -> str:
 
 def _convert_vqgan(state: dict, raw: dict, out: Path) -> str:
     """A taming-transformers VQGAN (`mvq.VQGAN`, learned codebook), and its discriminator when the checkpoint has one."""
-    from mvq.convert.taming import from_taming, taming_state_dict
-
     model = from_taming(state, raw)
     model.save_pretrained(out)
     _, loss = taming_state_dict(state)
@@ -98,8 +94,6 @@ def _convert_vqgan(state: dict, raw: dict, out: Path) -> str:
 def _save_discriminator(loss: dict, out: Path) -> bool:
     """Write `loss.discriminator.*` weights (prefix `loss.` removed) as out/discriminator.safetensors, if any."""
     from safetensors.torch import save_file
-
-    from mvq.convert.losses import load_original_discriminator
 
     disc = {k[len("discriminator."):]: v for k, v in loss.items() if k.startswith("discriminator.")}
     if not disc:

@@ -24,6 +24,7 @@ import torch
 from mvq.convert.names import STACKFORMER_NAMES, rename_reference_keys
 from mvq.convert.weights import load_converted_weights
 from mvq.errors import InvalidInputError
+from mvq.models.stackformer import Stackformer
 
 _BLOCK_RENAMES = {
     "ln1": "norm1",
@@ -210,8 +211,6 @@ def is_original_stackformer_config(config: Mapping[str, Any]) -> bool:
 
 def load_original_stackformer(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]):
     """Their checkpoint state dict + their whole stage-2 YAML (as parsed) → our `Stackformer` (eval mode)."""
-    from mvq.models.stackformer import Stackformer
-
     mapping, ours = stackformer_from_original(state_dict, reference_params_from_yaml(config))
     model = Stackformer.from_config(mapping)
     load_converted_weights(model, ours, "reference Stackformer")

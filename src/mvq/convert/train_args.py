@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from mvq.convert.names import MQVAE_NAMES, STACKFORMER_NAMES
+from mvq.distributed import check_accelerator
 from mvq.errors import UserError
 
 # Reference config keys users set on the command line (the authors' README), and ours: model keys
@@ -57,7 +58,6 @@ def gpu_overrides(value: str, gpu_available: bool | None = None) -> list[str]:
         numbers = [int(part) for part in indices]
     except ValueError:
         raise UserError(f"--gpus {value}: expected -1 (all GPUs), a count like 2, or indices like 0,1") from None
-    from mvq.distributed import check_accelerator
 
     check_accelerator("gpu", f"--gpus {value}", "--gpus 0", available=gpu_available)
     if "," in text:

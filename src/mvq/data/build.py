@@ -8,11 +8,13 @@ from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
 
+from mvq.config import ConfigError, build_dataclass, load_yaml
 from mvq.data.config import DataConfig
 from mvq.data.images import evenly_spaced, notice
 from mvq.data.layouts import SPLITS, ffhq_dataset, folder_dataset, imagenet_dataset
 from mvq.data.photos import photo_crops_dataset
 from mvq.data.synthetic import SyntheticShapes
+from mvq.data.torchvision_sets import torchvision_dataset
 from mvq.data.transforms import eval_transform, pad_transform, random_crop_transform
 from mvq.errors import UserError
 
@@ -58,8 +60,6 @@ def _limit(dataset: Dataset, limit: int | None) -> Dataset:
 
 
 def _torchvision(config: DataConfig, split: str, augment: bool) -> Dataset:
-    from mvq.data.torchvision_sets import torchvision_dataset
-
     flip = augment and config.horizontal_flip
     if config.fit == "pad":
         transform = pad_transform(config.resolution, flip)
@@ -78,8 +78,6 @@ def dataset_from_path(data: str | os.PathLike, split: str, resolution: int | Non
     is what `mvq tokenize`, `mvq eval` and friends encode. `resolution` (the model's) replaces a
     config's own `data.resolution`, with a notice when they differ; a folder needs it.
     """
-    from mvq.config import ConfigError, build_dataclass, load_yaml
-
     path = Path(data)
     if path.is_dir():
         if resolution is None:

@@ -13,6 +13,7 @@ import os
 import warnings
 from pathlib import Path
 
+from mvq.data.images import scan_images
 from mvq.errors import UserError
 
 # A warning names at most this many links.
@@ -91,8 +92,6 @@ def collect_images(inputs: list[str]) -> tuple[list[Path], Path]:
     Folders are listed with `list_files`; a file reached twice is read once; unreadable files
     are skipped with a line each.
     """
-    from mvq.data.images import scan_images
-
     paths: list[Path] = []
     bases: list[str] = []
     for item in inputs:

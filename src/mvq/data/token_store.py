@@ -192,15 +192,9 @@ def vae_token_geometry(config: Any) -> dict[str, int]:
             "num_tokens": int(config.num_tokens)}
 
 
-# What messages call each tokenizer, by its `model_type`.
-TOKENIZER_NAMES = {"mqvae": "MQ-VAE", "vqgan": "VQGAN"}
-
-
 def tokenizer_name(vae_config: Any) -> str:
-    """"MQ-VAE" or "VQGAN": what messages call the model behind a store."""
-    from mvq.models.tokenizer import architecture_of
-
-    return TOKENIZER_NAMES[architecture_of(vae_config).model_type]
+    """"MQ-VAE" or "VQGAN": what messages call the model behind a store (its config class says)."""
+    return getattr(type(vae_config), "DISPLAY_NAME", "tokenizer")
 
 
 def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: Any,

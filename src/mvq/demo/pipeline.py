@@ -20,7 +20,21 @@ import torch.nn.functional as F
 
 from mvq.atomic import atomic_write, atomic_write_text
 from mvq.config import build_dataclass, load_yaml
+from mvq.data import build_dataset
+from mvq.data.config import DataConfig
+from mvq.data.token_store import TokenStore
+from mvq.demo.classifier import predict, train_classifier
+from mvq.demo.report import plot_curves, read_scalars, write_index
 from mvq.errors import UserError
+from mvq.evaluation import evaluate_reconstruction
+from mvq.evaluation.image_metrics import from_uint8_hwc
+from mvq.models.mqvae import MQVAE
+from mvq.models.sampling import SamplingConfig
+from mvq.models.stackformer import Stackformer
+from mvq.pipeline import MVQPipeline
+from mvq.tokenizing import tokenize_dataset
+from mvq.training.run import export, train
+from mvq.visualize import completion_pictures, enlarge, enlargement, image_grid, reconstruction_rows, save_image
 
 DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 MARKER = ".mvq-demo"
@@ -80,17 +94,12 @@ def prepare_output_folder(out: str | Path, data: str | None = None) -> Path:
 
 def _data_sets(run_dir: Path):
     """Train and held-out datasets of the stage-1 run, without random augmentation."""
-    from mvq.data import build_dataset
-    from mvq.data.config import DataConfig
-
     config = build_dataclass(DataConfig, load_yaml(run_dir / "config.yaml")["data"], "data")
     return build_dataset(config, "train", augment=False), build_dataset(config, "val", augment=False)
 
 
 def train_tokenizer(out: Path, data: str | None, overrides: list[str]) -> Path:
     """Stage 1: train the demo MQ-VAE and export it to out/mqvae; returns the run folder."""
-    from mvq.training.run import export, train
-
     run = train(str(DEMO_CONFIGS / "mqvae_shapes.yaml"), overrides, run_dir=str(out / "runs" / "mqvae"),
                 data_path=data)
     export(run, out / "mqvae")
@@ -99,9 +108,6 @@ def train_tokenizer(out: Path, data: str | None, overrides: list[str]) -> Path:
 
 def tokenize_splits(out: Path, vae, datasets: dict, progress: bool) -> int:
     """Token stores out/tokens/{train,val}; returns the number of classes (0: unlabelled data)."""
-    from mvq.data.token_store import TokenStore
-    from mvq.tokenizing import tokenize_dataset
-
     for split, dataset in datasets.items():
         tokenize_dataset(vae, dataset, out / "tokens" / split, batch_size=256, rank=0, world_size=1,
                          source={"demo": split}, progress=progress)
@@ -111,8 +117,6 @@ def tokenize_splits(out: Path, vae, datasets: dict, progress: bool) -> int:
 
 def train_generator(out: Path, overrides: list[str]) -> Path:
     """Stage 2: train the demo Stackformer on the token stores and export it to out/stackformer."""
-    from mvq.training.run import export, train
-
     run = train(str(DEMO_CONFIGS / "stackformer_shapes.yaml"),
                 [f"vae={out / 'mqvae'}", f"data.tokens={out / 'tokens' / 'train'}",
                  f"data.val_tokens={out / 'tokens' / 'val'}", *overrides],
@@ -127,9 +131,6 @@ def evaluate_tokenizer(vae, val_set, figures: Path) -> dict:
     `recon_psnr` (dB) and `recon_l1` (mean absolute difference on the [-1, 1] scale) compare inputs
     and reconstructions as 8-bit images, as `evaluate_reconstruction` (and `mvq eval`) measure them.
     """
-    from mvq.evaluation import evaluate_reconstruction
-    from mvq.visualize import image_grid, reconstruction_rows
-
     recon = evaluate_reconstruction(vae, val_set, batch_size=128)
     metrics = {"recon_psnr": recon["psnr"], "recon_l1": recon["l1"],
                "keep_ratio": vae.config.num_tokens / vae.config.num_cells,
@@ -204,12 +205,6 @@ def _store_columns(store, *names: str) -> list[torch.Tensor]:
 def sample_images(stackformer, vae, num_classes: int, per_class: int, seed: int, out: Path,
                   classifier=None) -> dict:
     """Samples per class (guided) or unconditional → out/samples.npz, the figure, and class consistency."""
-    from mvq.demo.classifier import predict
-    from mvq.evaluation.image_metrics import from_uint8_hwc
-    from mvq.models.sampling import SamplingConfig
-    from mvq.pipeline import MVQPipeline
-    from mvq.visualize import image_grid
-
     pipeline = MVQPipeline(stackformer, vae)
     if num_classes:
         wanted = [c for c in range(num_classes) for _ in range(per_class)]
@@ -237,9 +232,6 @@ def _save_npz(path: str, samples: np.ndarray) -> None:
 def completion_figure(stackformer, vae, val_set, num_classes: int, seed: int, figures: Path,
                       count: int = 4, per_image: int = 3) -> None:
     """Held-out images completed from the tokens of their first half of grid rows (same class)."""
-    from mvq.pipeline import MVQPipeline
-    from mvq.visualize import completion_pictures, image_grid
-
     pipeline = MVQPipeline(stackformer, vae)
     items = [val_set[i] for i in range(min(count, len(val_set)))]
     images = torch.stack([torch.as_tensor(item["image"]) for item in items])
@@ -251,8 +243,6 @@ def completion_figure(stackformer, vae, val_set, num_classes: int, seed: int, fi
 
 
 def plot_training_curves(run1: Path, run2: Path, figures: Path) -> None:
-    from mvq.demo.report import plot_curves, read_scalars
-
     plot_curves(read_scalars(run1 / "logs"), ["train/l1_loss", "val/rec_loss"], "MQ-VAE: L1 reconstruction loss",
                 figures / "stage1_loss.png")
     plot_curves(read_scalars(run2 / "logs"),
@@ -262,8 +252,6 @@ def plot_training_curves(run1: Path, run2: Path, figures: Path) -> None:
 
 def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
     """metrics.json and index.html."""
-    from mvq.demo.report import write_index
-
     # NaN marks a metric this data has none of (e.g. no classes); JSON readers in Python accept it.
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     sections = [
@@ -292,8 +280,6 @@ def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
 
 def save_enlarged(grid: torch.Tensor, path: Path, resolution: int) -> None:
     """Save a grid of small images enlarged (nearest neighbour) to about 64 px per image, so the page shows them."""
-    from mvq.visualize import enlarge, enlargement, save_image
-
     save_image(enlarge(grid, enlargement(resolution, 64)), path)
 
 
@@ -318,11 +304,6 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
 
     `seed` overrides the demo configs' `run.seed` (and seeds sampling); by default their own seeds are used.
     """
-    from mvq.data.token_store import TokenStore
-    from mvq.demo.classifier import train_classifier
-    from mvq.models.mqvae import MQVAE
-    from mvq.models.stackformer import Stackformer
-
     out = prepare_output_folder(out, data)
     seed_overrides = [] if seed is None else [f"run.seed={seed}"]
     timings: dict[str, float] = {}

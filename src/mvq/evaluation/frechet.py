@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvq.atomic import atomic_write
+from mvq.distributed import all_reduce_sum
 from mvq.errors import InvalidInputError, MissingInputError
 
 # Relative tolerance of the symmetry and positive semi-definiteness checks. Covariances of float32
@@ -151,8 +153,6 @@ class GaussianAccumulator:
 
     def all_reduce(self) -> None:
         """Sum the statistics over all ranks (no-op without an initialised process group)."""
-        from mvq.distributed import all_reduce_sum
-
         self.count, self.sum, self.outer = all_reduce_sum(self.count, self.sum, self.outer)
 
     @property
@@ -174,7 +174,6 @@ def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, 
     path = Path(path)
     if path.suffix != ".npz":
         raise InvalidInputError(f"statistics are written as .npz; got {path}")
-    from mvq.atomic import atomic_write
 
     arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64),
               **{k: np.asarray(v) for k, v in metadata.items()}}

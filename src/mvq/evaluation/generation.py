@@ -12,8 +12,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from mvq.data.build import dataset_from_path
 from mvq.errors import InvalidInputError
 from mvq.evaluation.frechet import GaussianAccumulator, frechet_distance, has_statistics, load_statistics
+from mvq.evaluation.image_metrics import to_uint8
 from mvq.evaluation.images import ImageSet, check_count, evaluation_indices
 from mvq.evaluation.inception import FEATURE_DIM, InceptionV3
 from mvq.evaluation.scores import inception_score, kernel_inception_distance
@@ -93,8 +95,6 @@ class ReferenceImages:
         self.path = Path(reference)
         self.num_workers = num_workers
         if self.path.suffix in (".yaml", ".yml"):
-            from mvq.data.build import dataset_from_path
-
             dataset = dataset_from_path(self.path, split, resolution)
             self._dataset: torch.utils.data.Dataset | None = torch.utils.data.Subset(
                 dataset, evaluation_indices(len(dataset), num_images))
@@ -115,7 +115,6 @@ class ReferenceImages:
         if self._images is not None:
             yield from self._images.batches(batch_size, self._num_images)
             return
-        from mvq.evaluation.image_metrics import to_uint8
 
         loader = torch.utils.data.DataLoader(self._dataset, batch_size=batch_size, num_workers=self.num_workers)
         for batch in loader:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mvq.losses.perceptual import LPIPS
+
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float images → uint8 in [0, 255] (clamped and rounded, as a saved PNG would be)."""
@@ -94,7 +96,5 @@ def lpips_distance(a: torch.Tensor, b: torch.Tensor, model: torch.nn.Module | No
     `mvq.losses.perceptual.LPIPS` as `model` when calling this repeatedly.
     """
     if model is None:
-        from mvq.losses.perceptual import LPIPS
-
         model = LPIPS(weights, net=net).to(a.device)
     return model(a, b)

@@ -17,6 +17,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from mvq.data.discovery import list_files
+from mvq.data.images import load_rgb
 from mvq.errors import InvalidInputError, MissingInputError, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -70,7 +72,6 @@ class ImageFolder(torch.utils.data.Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise MissingInputError(f"image folder not found: {self.root}")
-        from mvq.data.discovery import list_files  # the folder walk every command uses (links read once)
 
         self.files = sorted(p for p in list_files(self.root) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.files:
@@ -81,8 +82,6 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor | None:
-        from mvq.data.images import load_rgb  # upright (EXIF), transparency onto white: as training reads them
-
         path = self.files[index]
         try:
             image = load_rgb(path)

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mvq.atomic import atomic_write_json
+
 LABELS = {
     "rfid": "rFID", "fid": "FID", "psnr": "PSNR (dB)", "ssim": "SSIM", "l1": "L1 ([-1, 1] pixels)", "lpips": "LPIPS",
     "inception_score_mean": "Inception Score", "inception_score_std": "  ± std over splits",
@@ -35,8 +37,6 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 def write_results(path: str | os.PathLike, command: str, metrics: dict[str, Any], settings: dict[str, Any]) -> Path:
     """{"command", "metrics", "settings"} as JSON, atomically; non-finite numbers become null (JSON has none)."""
-    from mvq.atomic import atomic_write_json
-
     def clean(value: Any) -> Any:
         return None if isinstance(value, float) and not math.isfinite(value) else value
 

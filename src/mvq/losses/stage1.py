@@ -25,6 +25,7 @@ from torch import nn
 
 from mvq.config import ConfigError
 from mvq.losses.discriminator import PatchDiscriminator
+from mvq.losses.perceptual import LPIPS
 
 GRAD_NORM_EPS = 1e-4
 MAX_ADAPTIVE_WEIGHT = 1e4
@@ -87,8 +88,6 @@ class Stage1Loss(nn.Module):
         self.discriminator = PatchDiscriminator(3, config.disc_channels, config.disc_layers)
         self.perceptual = None
         if config.perceptual_weight > 0:
-            from mvq.losses.perceptual import LPIPS
-
             self.perceptual = LPIPS(config.vgg_weights)
         self.register_state_dict_post_hook(_drop_perceptual_weights)
         self.register_load_state_dict_pre_hook(_restore_perceptual_weights)

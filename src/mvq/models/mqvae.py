@@ -7,7 +7,7 @@ The config uses mvq's names only; `mvq.convert` translates the reference release
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -30,6 +30,7 @@ class MQVAEConfig(TokenizerConfig):
     """
 
     POSITIVE_FIELDS = (*TokenizerConfig.POSITIVE_FIELDS, "demask_layers")
+    DISPLAY_NAME: ClassVar[str] = "MQ-VAE"
 
     keep_ratio: float = 0.25
     codebook_size: int = 1024
@@ -131,7 +132,7 @@ class MQVAE(Tokenizer):
 
     model_type = "mqvae"
     config_class = MQVAEConfig
-    display_name = "MQ-VAE"
+    display_name = MQVAEConfig.DISPLAY_NAME
     config: MQVAEConfig
 
     def __init__(self, config: MQVAEConfig):

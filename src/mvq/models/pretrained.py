@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Mapping, TypeVar
 import torch
 
 from mvq.atomic import atomic_write, atomic_write_json
-from mvq.config import dataclass_to_dict
+from mvq.config import ConfigError, dataclass_to_dict, load_yaml
 from mvq.errors import UserError
 from mvq.models.hub import push_folder, push_model, resolve_pretrained
 
@@ -84,8 +84,6 @@ class PretrainedMixin:
     @classmethod
     def from_config(cls: type[M], source: "str | os.PathLike | Mapping[str, Any] | Any") -> M:
         """Build from a config object, a `model:` mapping, or a YAML file with a `model:` section."""
-        from mvq.config import ConfigError, load_yaml
-
         if isinstance(source, cls.config_class):
             return cls(source)
         if isinstance(source, (str, Path)):

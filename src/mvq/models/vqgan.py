@@ -10,7 +10,7 @@ MQ-VAE's, has its own conv_in and middle block.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -31,6 +31,8 @@ class VQGANConfig(TokenizerConfig):
     codebook with restarts, as in the MQ-VAE) or "learned" (taming-transformers' codebook
     trained by gradient with its legacy loss).
     """
+
+    DISPLAY_NAME: ClassVar[str] = "VQGAN"
 
     codebook_size: int = 1024
     codebook_dim: int = 256
@@ -73,7 +75,7 @@ class VQGAN(Tokenizer):
 
     model_type = "vqgan"
     config_class = VQGANConfig
-    display_name = "VQGAN"
+    display_name = VQGANConfig.DISPLAY_NAME
     config: VQGANConfig
 
     def __init__(self, config: VQGANConfig):

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mvq.errors import UserError
+from mvq.visualize import image_grid, reconstruction_rows, save_image
 
 
 class NonFiniteLoss(UserError):
@@ -64,8 +65,6 @@ class ReconstructionGrids(Callback):
         self.write(trainer, pl_module, step)
 
     def write(self, trainer, pl_module, step: int) -> Path:
-        from mvq.visualize import image_grid, reconstruction_rows, save_image
-
         model = pl_module.model
         was_training = model.training
         model.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from mvq.data import build_dataset
 from mvq.training.sampler import ResumableSampler
 
 
@@ -44,8 +45,6 @@ class ImageDataModule(ResumableDataModule):
     """Image batches: `image` (B×3×R×R in [-1, 1]) and `label`."""
 
     def setup(self, stage: str | None = None) -> None:
-        from mvq.data import build_dataset
-
         if self.train_dataset is None:
             self.train_dataset = build_dataset(self.config, "train")
             self.val_dataset = build_dataset(self.config, "val")

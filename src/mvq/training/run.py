@@ -13,11 +13,22 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from mvq.atomic import atomic_directory, check_writable_destination
 from mvq.config import ConfigError
 from mvq.distributed import check_accelerator
 from mvq.errors import UserError
+from mvq.models.pretrained import describe_names, non_finite_tensors, write_tokenizer_record
+from mvq.models.stackformer import Stackformer
+from mvq.models.tokenizer import build_tokenizer
+from mvq.training.callbacks import ReconstructionGrids, StopOnNonFiniteLoss
+from mvq.training.checkpoints import (AtomicCheckpointIO, CtrlCSavesCheckpoint, LastCheckpoint, best_checkpoint,
+                                      check_stage, checkpoint_path, model_weights, read_checkpoint)
 from mvq.training.config import Stage1Config, TrainingConfig, load_training_config
-from mvq.training.run_folder import CONFIG_NAME, check_run_dir, is_launcher, locked, remove_interrupted_writes
+from mvq.training.datamodule import ImageDataModule
+from mvq.training.run_folder import (CONFIG_NAME, SaveConfigAtStart, check_run_dir, is_launcher, locked,
+                                     remove_interrupted_writes)
+from mvq.training.stage1 import TokenizerTraining
+from mvq.training.stage2 import StackformerTraining, TokenDataModule
 
 # The run folder a launching `mvq train` hands to the processes a multi-device launcher starts for it.
 RUN_DIR_ENV = "MVQ_RUN_DIR"
@@ -54,8 +65,6 @@ class PreparedRun:
 def prepare_run(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None,
                 data_path: str | None) -> PreparedRun:
     """Resolve and validate everything before any work; writes nothing."""
-    from mvq.training.checkpoints import checkpoint_path
-
     if resume:
         folder = check_run_dir(Path(resume), "--resume")
         saved = folder / CONFIG_NAME
@@ -75,8 +84,6 @@ def prepare_run(config_path: str | None, overrides: list[str], run_dir: str | No
 
 
 def _refuse_existing_run(folder: Path) -> None:
-    from mvq.training.checkpoints import checkpoint_path
-
     if checkpoint_path(folder).exists() and launched_run_dir() is None:  # a launched process: its launcher checked
         raise UserError(f"{folder} already holds a run; continue it with --resume {folder} "
                         "or choose another --run-dir")
@@ -103,20 +110,12 @@ def _fit(run: PreparedRun) -> Path:
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from mvq.training.callbacks import StopOnNonFiniteLoss
-    from mvq.training.checkpoints import AtomicCheckpointIO, CtrlCSavesCheckpoint, LastCheckpoint, best_checkpoint
-    from mvq.training.run_folder import SaveConfigAtStart
-
     folder, config = run.folder, run.config
     # Our checkpoints deliberately hold the state after the optimizer step (that is what resuming needs).
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     L.seed_everything(config.run.seed, workers=True, verbose=False)
 
     if isinstance(config, Stage1Config):
-        from mvq.training.callbacks import ReconstructionGrids
-        from mvq.training.datamodule import ImageDataModule
-        from mvq.training.stage1 import TokenizerTraining
-
         module = TokenizerTraining(config)
         datamodule = ImageDataModule(config.data, seed=config.run.seed)
         extra = [ReconstructionGrids(config.run.image_every_n_steps, config.run.num_log_images, folder / "images")]
@@ -126,8 +125,6 @@ def _fit(run: PreparedRun) -> Path:
         if str(config.trainer.get("strategy", "auto")) in ("auto", "ddp"):
             config.trainer["strategy"] = "ddp_find_unused_parameters_true" if _multi_device(config.trainer) else "auto"
     else:
-        from mvq.training.stage2 import StackformerTraining, TokenDataModule
-
         module = StackformerTraining(config)
         datamodule = TokenDataModule(config.data, seed=config.run.seed)
         extra = module.callbacks(folder)
@@ -195,10 +192,6 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "last", overri
     tokens came from). `overrides` change the run's saved config (e.g. a moved `vae=PATH`).
     A non-empty `out_dir` is refused unless `overwrite`.
     """
-    from mvq.atomic import atomic_directory, check_writable_destination
-    from mvq.models.pretrained import describe_names, non_finite_tensors, write_tokenizer_record
-    from mvq.training.checkpoints import check_stage, checkpoint_path, model_weights, read_checkpoint
-
     run_dir = check_run_dir(Path(run_dir), "run folder")
     path = checkpoint_path(run_dir, which)
     if not path.is_file():
@@ -209,12 +202,8 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "last", overri
     stage = 1 if isinstance(config, Stage1Config) else 2
     check_stage(checkpoint, stage, str(path))
     if stage == 1:
-        from mvq.models.tokenizer import build_tokenizer
-
         model = build_tokenizer(config.model)
     else:
-        from mvq.models.stackformer import Stackformer
-
         model = Stackformer(config.model)
     try:
         missing, unexpected = model.load_state_dict(model_weights(checkpoint), strict=False)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from mvq.evaluation.tokenizer_stats import TokenizerStatistics
+from mvq.losses.stage1 import Stage1Loss
 from mvq.models.tokenizer import build_tokenizer, initialize_from, load_tokenizer
 from mvq.training.checkpoints import TrainingState
 from mvq.training.common import Throughput, optimizer_step, peak_lr, schedule_for
@@ -28,7 +30,6 @@ class TokenizerTraining(TrainingState, L.LightningModule):
 
     def __init__(self, config: Stage1Config):
         super().__init__()
-        from mvq.losses.stage1 import Stage1Loss
 
         self.config = config
         self.automatic_optimization = False
@@ -126,8 +127,6 @@ class TokenizerTraining(TrainingState, L.LightningModule):
         self._reset_validation_stats()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        from mvq.evaluation.tokenizer_stats import TokenizerStatistics
-
         images = batch["image"]
         out = self.model(images)
         rec_loss = (out.reconstruction.float() - images).abs().mean()

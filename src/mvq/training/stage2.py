@@ -18,13 +18,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Subset
 
-from mvq.config import ConfigError
+from mvq.config import ConfigError, dataclass_to_dict
+from mvq.data.token_store import TokenStore, check_compatible, read_header
 from mvq.models.pretrained import weights_fingerprint
 from mvq.models.stackformer import Stackformer
+from mvq.models.tokenizer import load_tokenizer
 from mvq.training.checkpoints import TrainingState
 from mvq.training.common import Throughput, optimizer_step, peak_lr, schedule_for
 from mvq.training.datamodule import ResumableDataModule
 from mvq.training.stage2_config import Stage2Config, read_vae_config
+from mvq.visualize import image_grid, save_image
 
 VAL_SPLIT_SEED = 20230601  # the held-out rows depend on the store only, not on the run's seed
 
@@ -59,8 +62,6 @@ class TokenDataModule(ResumableDataModule):
     store = None  # the training store (its header says what the tokens mean)
 
     def setup(self, stage: str | None = None) -> None:
-        from mvq.data.token_store import TokenStore
-
         if self.train_dataset is not None:
             return
         self.store = TokenStore(self.config.tokens)
@@ -159,10 +160,6 @@ def tokenizer_record(config: Stage2Config) -> dict:
     the token store recorded it) and its config. Checkpoints carry it and `mvq export` writes it as
     tokenizer.json, so samples are never decoded with another tokenizer of the same shapes.
     """
-    from mvq.config import dataclass_to_dict
-    from mvq.data.token_store import read_header
-    from mvq.models.tokenizer import load_tokenizer
-
     fingerprint = read_header(config.data.tokens).vae.get("weights_sha256")
     if fingerprint is None:  # a store that did not record it: the MQ-VAE it is checked against
         fingerprint = weights_fingerprint(load_tokenizer(config.vae))
@@ -194,9 +191,6 @@ class SampleGrids(Callback):
         self._last_step: int | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: StackformerTraining) -> None:
-        from mvq.data.token_store import check_compatible
-        from mvq.models.tokenizer import load_tokenizer
-
         if not trainer.is_global_zero:
             return
         vae = load_tokenizer(self.vae_path)
@@ -242,8 +236,6 @@ class SampleGrids(Callback):
         return rows
 
     def write(self, trainer: L.Trainer, pl_module: StackformerTraining, step: int) -> Path:
-        from mvq.visualize import image_grid, save_image
-
         grid = image_grid(self.rows(trainer, pl_module.model))
         path = save_image(grid, self.out_dir / f"step_{step:07d}.png")
         logger = trainer.logger
