@@ -313,13 +313,31 @@ def test_page_handlers_answer_bad_input_with_a_message(pipeline, tmp_path):
     generate = generate_handler(pipeline)
     defaults = dict(label="0", seed=0, count=2, cfg_scale=1.0, temperature=1.0, top_k=10, top_p=0.9,
                     position_temperature=1.0, position_top_k=5, position_top_p=0.9, show_order=False)
-    for bad, message in [(dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(label=None), "choose a class"),
+    for bad, message in [(dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(seed=1e20), "from 0 to 4294967295"),
+                         (dict(label=None), "choose a class"),
                          (dict(label="7"), "labels"), (dict(temperature=0.0), "temperature")]:
         grid, strip, status = generate(**{**defaults, **bad})
         assert grid is None and strip is None and message in status, (bad, status)
     grid, strip, status = generate(**defaults)
     r = pipeline.vae.config.resolution * display_scale(pipeline.vae.config.resolution)
     assert grid.shape == (r + 4, 2 * (r + 2) + 2, 3) and strip is None and "2 samples (class 0, seed 0)" in status
+
+
+def test_completion_says_what_keeping_no_row_or_every_row_means(pipeline, tmp_path):
+    from PIL import Image
+
+    from mvq.app.page import complete_handler
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (16, 16), (40, 160, 90)).save(path)
+    complete = complete_handler(pipeline)
+    g = pipeline.vae.config.grid_size
+    _, none_kept = complete(str(path), 0, "1", 0, 2, 1.0)
+    assert "new samples from scratch, not completions" in none_kept and "0 tokens" not in none_kept
+    _, all_kept = complete(str(path), g, "1", 0, 2, 1.0)
+    assert f"Kept all {g} rows" in all_kept and "Keep fewer rows" in all_kept
+    _, some = complete(str(path), 2, "1", 0, 2, 1.0)
+    assert f"first 2 rows of the {g}-row token grid; 2 completions of the rest" in some
 
 
 # --- command line --------------------------------------------------------------------------------------------

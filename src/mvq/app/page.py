@@ -63,9 +63,13 @@ def _label(pipeline: MVQPipeline, value: Any) -> int | None:
     return None if checked is None else int(checked[0])
 
 
+# Seeds the page takes: whole numbers a browser's number field holds exactly, shown back unchanged.
+MAX_SEED = 2 ** 32 - 1
+
+
 def _seed(value: Any) -> int:
-    if value is None or not float(value).is_integer() or value < 0:
-        raise UserError("the seed must be a whole number, 0 or more")
+    if value is None or not float(value).is_integer() or not 0 <= value <= MAX_SEED:
+        raise UserError(f"the seed must be a whole number from 0 to {MAX_SEED}")
     return int(value)
 
 
@@ -118,10 +122,22 @@ def complete_handler(pipeline: MVQPipeline) -> Callable:
                                    int(count), SamplingConfig(cfg_scale=float(cfg_scale)))
         except SHOWN_ERRORS as exc:
             return None, _error(exc)
-        done = (f"Kept the image's {view.kept_tokens} tokens in the first {int(keep_rows)} rows of the token grid; "
-                f"{int(count)} completions.")
+        done = _completion_summary(view.kept_tokens, int(keep_rows), pipeline.vae.config.grid_size, int(count))
         return view.row, " ".join(filter(None, [_sentence(upload.notes), done]))
     return handle
+
+
+def _completion_summary(kept_tokens: int, keep_rows: int, grid_size: int, count: int) -> str:
+    """What a completion kept and what that means, in words, the edge cases included."""
+    if keep_rows == 0:
+        return (f"Kept no rows, so nothing of the image: the {count} pictures are new samples from scratch, "
+                "not completions.")
+    if keep_rows >= grid_size:
+        return (f"Kept all {grid_size} rows ({kept_tokens} tokens): nothing was left to generate, so the "
+                f"{count} pictures are the image's own reconstruction. Keep fewer rows to complete it.")
+    rows = "row" if keep_rows == 1 else "rows"
+    return (f"Kept the image's {kept_tokens} tokens in its first {keep_rows} {rows} of the {grid_size}-row token "
+            f"grid; {count} completions of the rest.")
 
 
 def _class_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
@@ -161,7 +177,7 @@ def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
     config = pipeline.stackformer.config
     with gr.Row():
         label = _class_input(gr, pipeline, "generate-class")
-        seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="generate-seed")
+        seed = gr.Number(0, label="Seed", minimum=0, maximum=MAX_SEED, elem_id="generate-seed")
         count = gr.Slider(1, 16, value=8, step=1, label="Samples", elem_id="generate-count")
         cfg_scale = _guidance_input(gr, pipeline, "generate-cfg")
     with gr.Accordion("Sampling per stream (top-k 0 and top-p 1 turn them off)", open=False):
@@ -205,7 +221,7 @@ def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
                                   elem_id="complete-rows")
             with gr.Row():
                 label = _class_input(gr, pipeline, "complete-class")
-                seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="complete-seed")
+                seed = gr.Number(0, label="Seed", minimum=0, maximum=MAX_SEED, elem_id="complete-seed")
             with gr.Row():
                 count = gr.Slider(1, 8, value=4, step=1, label="Completions", elem_id="complete-count")
                 cfg_scale = _guidance_input(gr, pipeline, "complete-cfg")
