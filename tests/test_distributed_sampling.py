@@ -53,12 +53,9 @@ def test_two_processes_write_the_bytes_of_one_process(models, tmp_path):
         assert (two / "images" / f"{i:06d}.png").read_bytes() == (one / "images" / f"{i:06d}.png").read_bytes()
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(models, tmp_path, monkeypatch):
+def sample_interrupted_after_two_batches(models, out, monkeypatch) -> list[int]:
+    """Run `mvq sample` (batch size 2) into `out` and stop it after two batches; returns their starts."""
     from mvq import sample_output
-    from mvq.errors import UserError
-    from mvq.pipeline import MVQPipeline
-
-    run_sample_command(sample_argv(models, tmp_path / "whole", "--batch-size", "2"))
 
     real_write = sample_output.write_batch
     written = []
@@ -70,11 +67,20 @@ def test_an_interrupted_run_resumes_where_it_stopped(models, tmp_path, monkeypat
         written.append(start)
 
     monkeypatch.setattr(sample_output, "write_batch", killed_after_two_batches)
-    out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         run_sample_command(sample_argv(models, out, "--batch-size", "2"))
-    assert written == [0, 2] and not (out / "samples.npz").exists()
     monkeypatch.setattr(sample_output, "write_batch", real_write)
+    return written
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(models, tmp_path, monkeypatch):
+    from mvq.errors import UserError
+    from mvq.pipeline import MVQPipeline
+
+    run_sample_command(sample_argv(models, tmp_path / "whole", "--batch-size", "2"))
+    out = tmp_path / "out"
+    written = sample_interrupted_after_two_batches(models, out, monkeypatch)
+    assert written == [0, 2] and not (out / "samples.npz").exists()
 
     # Another request on the unfinished folder is refused, naming what differs; nothing is touched.
     before = folder_contents(out)

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from tests.test_distributed_sampling import folder_contents, models, sample_argv  # noqa: F401 (fixture)
+from tests.test_distributed_sampling import (folder_contents, models, sample_argv,  # noqa: F401 (fixture)
+                                             sample_interrupted_after_two_batches)
 from tests.test_sampling import run_sample_command
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,23 +118,9 @@ def test_npy_check_tells_a_cut_short_file(tmp_path):
 
 
 def test_a_sample_shard_cut_short_on_disk_is_sampled_again(models, tmp_path, monkeypatch):  # noqa: F811
-    from mvq import sample_output
-
     run_sample_command(sample_argv(models, tmp_path / "whole", "--batch-size", "2"))
-    real_write = sample_output.write_batch
-    written = []
-
-    def disk_full_after_two_batches(folder, start, images, png):
-        if len(written) == 2:
-            raise KeyboardInterrupt
-        real_write(folder, start, images, png)
-        written.append(start)
-
-    monkeypatch.setattr(sample_output, "write_batch", disk_full_after_two_batches)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        run_sample_command(sample_argv(models, out, "--batch-size", "2"))
-    monkeypatch.undo()
+    sample_interrupted_after_two_batches(models, out, monkeypatch)
     shard = out / ".sampling" / "shards" / "00000002-00000004.npy"
     shard.write_bytes(shard.read_bytes()[:-128])  # what a full disk left behind under numpy's silent short write
     run_sample_command(sample_argv(models, out, "--batch-size", "2"))
