@@ -105,3 +105,25 @@ def test_reconstruct_takes_a_budget(vae, tmp_path, capsys):
     assert "trained to keep 16 cells" in capsys.readouterr().err
     mask = Image.open(tmp_path / "out" / "a_keep_mask.png")
     assert mask.size == (16, 16)
+
+
+def test_eval_recon_measures_a_budget(vae, tmp_path, capsys):
+    import json
+
+    from mvq.cli import main
+
+    folder = vae.save_pretrained(tmp_path / "vae")
+    config = tmp_path / "data.yaml"
+    config.write_text("data:\n  dataset: synthetic\n  resolution: 16\n  num_val: 4\n")
+    results = {}
+    for keep in ("4", "64"):
+        out = tmp_path / f"recon_{keep}.json"
+        with pytest.raises(SystemExit) as done:
+            main(["eval", "recon", "--vae", str(folder), "--data", str(config), "--keep", keep, "--no-fid",
+                  "--no-lpips", "--device", "cpu", "--num-workers", "0", "--no-progress", "--out", str(out)])
+        assert done.value.code == 0
+        results[keep] = json.loads(out.read_text())
+    assert results["4"]["settings"]["keep"] == 4 and results["64"]["settings"]["keep"] == 64
+    assert results["4"]["metrics"]["psnr"] != results["64"]["metrics"]["psnr"]
+    assert results["64"]["metrics"]["keep_score_masked"] is None  # every cell kept: no masked cell to score
+    assert results["4"]["metrics"]["keep_score_masked"] is not None

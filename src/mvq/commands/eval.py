@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from mvq.commands.options import MODEL_FORMS
+from mvq.commands.options import MODEL_FORMS, add_keep_argument, check_keep_budget
 
 WEIGHTS_HELP = (": the file {name} (default: look in the torch hub cache, $TORCH_HOME/hub/checkpoints/); "
                 "nothing is downloaded")
@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recon.add_argument("--lpips-weights", "--vgg-weights", dest="lpips_weights", metavar="FILE",
                        help="the LPIPS trunk's weights" + WEIGHTS_HELP.format(
                            name="vgg16-397923af.pth / alexnet-owt-7be5be79.pth, or what `mvq weights install` wrote"))
+    add_keep_argument(recon)
     recon.add_argument("--no-fid", action="store_true", help="skip rFID (no Inception needed)")
     recon.add_argument("--no-lpips", action="store_true", help="skip LPIPS (no VGG16 needed)")
     _add_common(recon, "eval_recon.json")
@@ -158,14 +159,16 @@ def run_recon(args: argparse.Namespace) -> int:
     try:
         rank, world_size = rank_and_world_size()
         model = load_tokenizer(args.vae, map_location=device)
+        check_keep_budget(model, args.keep)
         dataset = dataset_from_path(args.data, args.split, model.config.resolution)
         inception = None if args.no_fid else InceptionV3(args.inception_weights).to(device)
         lpips = None if args.no_lpips else LPIPS(args.lpips_weights, net=args.lpips_net).to(device)
         metrics = evaluate_reconstruction(model, dataset, inception=inception, lpips=lpips, num_images=args.n,
                                           batch_size=args.batch_size, device=device, num_workers=args.num_workers,
-                                          progress=not args.no_progress)
+                                          progress=not args.no_progress, keep=args.keep)
         if rank == 0:
             settings = {"vae": str(args.vae), "data": str(args.data), "split": args.split, "n": args.n,
+                        "keep": None if args.keep is None else model.config.keep_count(args.keep),
                         "resolution": model.config.resolution, "world_size": world_size,
                         "inception_weights": str(inception.weights_path) if inception is not None else None,
                         "lpips_net": None if lpips is None else args.lpips_net,

@@ -45,6 +45,38 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the transformer stacks (first batch slower; worth it for many images)")
 
 
+def _keep(value: str) -> int | float:
+    """--keep: a whole count of cells, or a ratio with a decimal point."""
+    try:
+        return float(value) if "." in value else int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count (32) or a ratio (0.125), got {value!r}") from None
+
+
+def add_keep_argument(parser: argparse.ArgumentParser) -> None:
+    """--keep: an MQ-VAE's token budget (any-K)."""
+    parser.add_argument("--keep", type=_keep, default=None, metavar="K",
+                        help="an MQ-VAE's token budget: a count of cells (e.g. 32) or a ratio of them (e.g. 0.125); "
+                             "default: the model's K. The cells kept are a prefix of the model's ranking, so any "
+                             "budget works; a model trained for any K (model.train_keep_min) reconstructs well at "
+                             "each")
+
+
+def check_keep_budget(model, keep: int | float | None) -> None:
+    """Refuse --keep for a VQGAN and a budget out of range; say when a fixed-K MQ-VAE works outside its training."""
+    from mvq.data.images import notice
+    from mvq.errors import UserError
+
+    if keep is None:
+        return
+    if not hasattr(model.config, "keep_count"):
+        raise UserError("--keep needs an MQ-VAE: a VQGAN keeps every cell")
+    count = model.config.keep_count(keep)
+    if not model.config.any_k and count != model.config.num_tokens:
+        notice(f"this MQ-VAE was trained to keep {model.config.num_tokens} cells; at {count} it works outside what "
+               "it learned (a model trained with model.train_keep_min reconstructs well at any budget)")
+
+
 def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """--overwrite as sample, complete and export mean it: the whole folder is replaced, once `what` is complete."""
     parser.add_argument("--overwrite", action="store_true",

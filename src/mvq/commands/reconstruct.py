@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mvq.commands.options import MODEL_FORMS
-from mvq.errors import UserError
+from mvq.commands.options import MODEL_FORMS, add_keep_argument, check_keep_budget
 
 OUTPUT_KINDS = ("reconstruction", "keep_mask", "scores")
 
@@ -31,21 +30,10 @@ def register(subparsers) -> None:
                    help="write into a non-empty --out folder: its files of the same names as this run's outputs "
                         "are replaced, every other file in it is kept (unlike sample, complete and export, whose "
                         "--overwrite replaces the whole folder)")
-    p.add_argument("--keep", type=_keep, default=None, metavar="K",
-                   help="an MQ-VAE's token budget: a count of cells (e.g. 32) or a ratio of them (e.g. 0.125); "
-                        "default: the model's K. The cells kept are a prefix of the model's ranking, so any "
-                        "budget works; a model trained for any K (model.train_keep_min) reconstructs well at each")
+    add_keep_argument(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=run)
-
-
-def _keep(value: str) -> int | float:
-    """--keep: a whole count of cells, or a ratio with a decimal point."""
-    try:
-        return float(value) if "." in value else int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count (32) or a ratio (0.125), got {value!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,13 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable_destination(args.out, args.overwrite, inputs=[*args.images, args.vae])
     device = resolve_device(args.device)
     model = load_tokenizer(args.vae, map_location=device).eval()
-    if args.keep is not None:
-        if not hasattr(model.config, "keep_count"):
-            raise UserError("--keep needs an MQ-VAE: a VQGAN keeps every cell")
-        keep = model.config.keep_count(args.keep)
-        if not model.config.any_k and keep != model.config.num_tokens:
-            notice(f"this MQ-VAE was trained to keep {model.config.num_tokens} cells; at {keep} it works outside "
-                   "what it learned (a model trained with model.train_keep_min reconstructs well at any budget)")
+    check_keep_budget(model, args.keep)
     resolution = model.config.resolution
     transform = eval_transform(resolution)
     paths, base = collect_images(args.images)

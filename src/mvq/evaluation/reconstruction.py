@@ -35,11 +35,12 @@ def evaluate_reconstruction(model: nn.Module, dataset: torch.utils.data.Dataset,
                             inception: nn.Module | None = None, lpips: nn.Module | None = None,
                             num_images: int | None = None, batch_size: int = 16,
                             device: torch.device | str = "cpu", num_workers: int = 0, seed: int = 0,
-                            progress: bool = False) -> dict[str, Any]:
+                            progress: bool = False, keep: int | float | None = None) -> dict[str, Any]:
     """rFID (reconstructions vs originals), PSNR, SSIM, L1, LPIPS, codebook usage/perplexity, keep scores.
 
     `model(images)` must return an object with `reconstruction`, `codes`, `keep_mask` and
-    `scores` (an MQ-VAE output); `model.config.codebook_size` sizes the code histogram.
+    `scores` (an MQ-VAE output); `model.config.codebook_size` sizes the code histogram. `keep`
+    evaluates an MQ-VAE at another token budget than its K (a count or a ratio; any-K).
     `dataset` items are dicts with an "image" in [-1, 1] (or tensors). rFID is skipped without
     `inception`, LPIPS without `lpips`. Under torch.distributed every rank must call this.
     """
@@ -66,7 +67,7 @@ def evaluate_reconstruction(model: nn.Module, dataset: torch.utils.data.Dataset,
     for batch in tqdm(loader, desc="reconstruction", unit="batch", disable=not progress or rank != 0,
                       file=sys.stderr):
         images = _images_of(batch).to(device, non_blocking=True)
-        out = model(images)
+        out = model(images) if keep is None else model(images, keep=keep)
         x8, r8 = to_uint8(images), to_uint8(out.reconstruction.float())
         stats.update(out, x8, r8)
         ssim_sum += ssim(x8, r8).sum()
