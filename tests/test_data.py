@@ -399,3 +399,20 @@ def test_dataset_from_path_reads_folders_and_configs(tmp_path, capsys):
     (tmp_path / "other.yaml").write_text("model:\n  resolution: 16\n")
     with pytest.raises(ConfigError, match="no 'data:' section"):
         dataset_from_path(tmp_path / "other.yaml", "val", 16)
+
+
+def test_training_data_is_listed_by_name_not_decoded(tmp_path, monkeypatch):
+    import mvq.data.images as images
+
+    save(rgb_image(seed=1), tmp_path / "a.png")
+    (tmp_path / "b.JPG").write_bytes(jpeg_bytes(rgb_image(64, 64, seed=2))[:1500])  # truncated
+    save(rgb_image(seed=3), tmp_path / "c.png")
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    opened = []
+    real_open = images.Image.open
+    monkeypatch.setattr(images.Image, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    data = build_dataset(DataConfig(dataset="folder", root=str(tmp_path), resolution=16), "train")
+    assert [p.name for p in data.files] == ["a.png", "b.JPG", "c.png"] and opened == []  # listed, none read
+    assert [p.name for p, _ in data.skipped] == ["notes.txt"]
+    with pytest.warns(SkippedFilesWarning, match="b.JPG"):
+        assert data[1]["image"].shape == (3, 16, 16)  # the truncated file: the next one stands in

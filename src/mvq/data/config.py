@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from mvq.config import ConfigError
 
 DATASETS = ("synthetic", "imagenet", "ffhq", "folder", "torchvision", "photos")
-IMAGE_CHECKS = ("decode", "open", "none")
+IMAGE_CHECKS = ("name", "decode", "open", "none")
 FITS = ("crop", "pad")
 TORCHVISION_CLASSES = ("CIFAR10", "CIFAR100", "FashionMNIST", "MNIST", "STL10", "CelebA", "Flowers102")
 
@@ -43,9 +43,12 @@ class DataConfig:
     ffhq_images, ffhq_train_list, ffhq_val_list: FFHQ image folder and list files, relative to root.
     horizontal_flip: random flips of training images (files only; never for validation).
     max_val_images: evaluate on at most this many validation images (evenly spaced subset).
-    check_images: how files are checked when the dataset is built. "decode" decodes every file
-      once (catches truncated files); "open" reads only headers (fast on huge datasets; a file
-      that later fails to decode is skipped then, with a warning); "none" checks nothing.
+    check_images: how files are checked when the dataset is built. "name" (the default) reads no
+      file: the folder walk keeps the files with an image name ending, so a million files cost a
+      directory walk, and a file that fails to decode when it is read is replaced by the next one,
+      with a warning naming it. "open" reads every header; "decode" decodes every file once (catches
+      truncated files up front, at the cost of reading the whole dataset at every start); "none"
+      keeps every file.
     """
 
     dataset: str = "synthetic"
@@ -61,7 +64,7 @@ class DataConfig:
     ffhq_val_list: str = "assets/ffhqvalidation.txt"
     horizontal_flip: bool = True
     max_val_images: int | None = None
-    check_images: str = "decode"
+    check_images: str = "name"
     torchvision_class: str | None = None
     fit: str = "crop"
     crops_per_image: int = 16

@@ -84,15 +84,24 @@ def _explain(exc: BaseException) -> str:
     return f"cannot decode ({message})"
 
 
+# File name endings that "name" (the training default) takes for images, in lower case.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                            ".pbm", ".pnm", ".jfif", ".jpe"})
+
+
 def check_image(path: str | os.PathLike, check: str = "decode") -> str | None:
     """None when `path` is a readable image, otherwise the reason why it is not.
 
     check="decode" decodes the file (JPEGs at reduced scale, which still reads every byte of
     compressed data, so truncation is caught); check="open" only parses the header;
-    check="none" accepts every file.
+    check="name" reads nothing: an image file name ending is enough (a file that then fails to
+    decode is replaced by the next one when it is read, with a warning); check="none" accepts
+    every file.
     """
     if check == "none":
         return None
+    if check == "name":
+        return None if os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES else "not an image file name"
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
@@ -118,6 +127,8 @@ def scan_images(paths: Sequence[Path], check: str = "decode",
     """
     if check == "none" or not paths:
         return list(paths), []
+    if check == "name":  # no file is read: nothing to spread over threads
+        num_threads = 1
     if num_threads > 1 and len(paths) > 1:
         with ThreadPoolExecutor(max_workers=num_threads) as pool:
             reasons = list(pool.map(lambda p: check_image(p, check), paths, chunksize=64))
@@ -155,4 +166,8 @@ def relative_names(paths: Iterable[Path], base: Path) -> np.ndarray:
     A list of Path objects is copied page by page into every data-loader worker (reference
     counts touch the pages); one flat array is not.
     """
-    return np.array([os.fsencode(os.path.relpath(p, base)) for p in paths], dtype=np.bytes_)
+    prefix = os.path.join(os.fspath(base), "")
+    names = []
+    for path in map(os.fspath, paths):  # files found by walking `base` start with it: no path arithmetic
+        names.append(path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, base))
+    return np.array([os.fsencode(name) for name in names], dtype=np.bytes_)

@@ -125,13 +125,15 @@ def folder_dataset(path: str | os.PathLike, resolution: int, train: bool, *, aug
     readable, skipped = scan_images(list_files(base), check, num_threads)  # scanned once, here
     classes = subfolders(root / "train" if has_splits else base)
     files, labels = readable, None
-    if classes and not [p for p in readable if p.parent == base]:  # all images in subfolders: classes
+    prefix = os.path.join(os.fspath(base), "")  # the walk's paths start with it: string slices, not Path arithmetic
+    first_part = [os.fspath(p)[len(prefix):].split(os.sep, 1) for p in readable]
+    if classes and all(len(parts) == 2 for parts in first_part):  # all images in subfolders: classes
         index_of = {name: i for i, name in enumerate(classes)}
-        class_of = {p: p.relative_to(base).parts[0] for p in readable}
-        files = [p for p in readable if class_of[p] in index_of]
-        labels = [index_of[class_of[p]] for p in files]
-        skipped += [(p, f"class folder {class_of[p]} is not among those of {root / 'train'}")
-                    for p in readable if class_of[p] not in index_of]
+        class_of = [parts[0] for parts in first_part]
+        files = [p for p, name in zip(readable, class_of) if name in index_of]
+        labels = [index_of[name] for name in class_of if name in index_of]
+        skipped += [(p, f"class folder {name} is not among those of {root / 'train'}")
+                    for p, name in zip(readable, class_of) if name not in index_of]
     else:
         classes = []
     transform = _transform(resolution, train if augment is None else augment, "crop", horizontal_flip)
