@@ -179,3 +179,35 @@ def test_lr_schedule_spans_the_epochs_of_the_run(tmp_path):
     for scheduler in ckpt["lr_schedulers"]:  # generator and discriminator
         schedule = scheduler["lr_lambdas"][0]
         assert (schedule["warmup_steps"], schedule["total_steps"]) == (2, 8)
+
+
+@pytest.mark.slow
+def test_files_that_fail_to_decode_are_replaced_counted_and_stop_the_run_past_the_limit(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from mvq.data.images import SkippedFilesWarning
+    from mvq.training.callbacks import TooManyUnreadableFiles
+    from mvq.training.run import train
+    from tests.train_helpers import tiny_stage1_config
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.new("RGB", (40, 40), (40 * i, 90, 200 - 30 * i)).save(folder / f"{i}.png")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(buffer, format="JPEG")
+    (folder / "bad.jpg").write_bytes(buffer.getvalue()[:300])  # listed by name, fails when read
+    data = {"dataset": "folder", "root": str(folder), "batch_size": 2, "num_workers": 0}
+    config = tiny_stage1_config(tmp_path, data=data, trainer={"max_steps": 6, "val_check_interval": 3},
+                                run={"image_every_n_steps": 0})
+    with pytest.warns(SkippedFilesWarning, match=r"1 training file\(s\) could not be read.*bad.jpg"):
+        run = train(str(config), [], run_dir=str(tmp_path / "run"))
+    logged = (run / "unreadable_files.tsv").read_text().splitlines()
+    assert logged and all(line.startswith(str(folder / "bad.jpg") + "\t") for line in logged)
+
+    strict = tiny_stage1_config(tmp_path, data={**data, "max_unreadable_files": 0},
+                                trainer={"max_steps": 6, "val_check_interval": 3}, run={"image_every_n_steps": 0})
+    with pytest.raises(TooManyUnreadableFiles, match=r"more than data.max_unreadable_files=0"):
+        train(str(strict), [], run_dir=str(tmp_path / "strict"))

@@ -49,6 +49,8 @@ class DataConfig:
       with a warning naming it. "open" reads every header; "decode" decodes every file once (catches
       truncated files up front, at the cost of reading the whole dataset at every start); "none"
       keeps every file.
+    max_unreadable_files: training stops (at the end of an epoch) once more files than this have
+      failed to decode when read; each is named in RUN/unreadable_files.tsv.
     """
 
     dataset: str = "synthetic"
@@ -65,6 +67,7 @@ class DataConfig:
     horizontal_flip: bool = True
     max_val_images: int | None = None
     check_images: str = "name"
+    max_unreadable_files: int = 1000
     torchvision_class: str | None = None
     fit: str = "crop"
     crops_per_image: int = 16
@@ -102,5 +105,7 @@ class DataConfig:
         scale = tuple(self.crop_scale)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(scale)}")
+        if self.max_unreadable_files < 0:
+            raise ConfigError(f"data.max_unreadable_files must be 0 or more, got {self.max_unreadable_files}")
         if self.check_images not in IMAGE_CHECKS:
             raise ConfigError(f"data.check_images must be one of {', '.join(IMAGE_CHECKS)}, got {self.check_images!r}")

@@ -23,8 +23,12 @@ class ImageFileDataset(Dataset):
     `files` were checked when the dataset was built (see `mvq.data.images.scan_images`);
     `skipped` lists the (path, reason) pairs that were left out. Should a file still fail to
     decode when it is read, a warning names it and the next file is returned instead, so one
-    bad file never stops a training run.
+    bad file never stops a training run; with `failure_log` set (training sets it to a file of
+    its run folder) the file and the reason are also appended there, one line each, from every
+    data-loading process, for the run's end-of-epoch count.
     """
+
+    failure_log: Path | None = None
 
     def __init__(self, base: str | os.PathLike, files: Sequence[Path], labels: Sequence[int] | None,
                  transform: ImageTransform, classes: Sequence[str] = (),
@@ -56,6 +60,13 @@ class ImageFileDataset(Dataset):
     def files(self) -> list[Path]:
         return [self.path(i) for i in range(len(self))]
 
+    def _record_failure(self, path: Path, exc: Exception) -> None:
+        if self.failure_log is None:
+            return
+        line = f"{path}\t{' '.join(str(exc).split())}\n".encode()
+        with open(self.failure_log, "ab") as handle:  # one small append: whole lines from concurrent workers
+            handle.write(line)
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
@@ -66,6 +77,7 @@ class ImageFileDataset(Dataset):
             except Exception as exc:  # a file that changed or slipped through a header-only check
                 warnings.warn(SkippedFilesWarning(
                     f"cannot read {self.path(current)} ({exc}); using the next image instead"))
+                self._record_failure(self.path(current), exc)
                 continue
             return {"image": self.transform(image), "label": int(self._labels[current])}
         raise RuntimeError(f"{MAX_FALLBACKS} consecutive files from {self.path(index)} on cannot be read; "

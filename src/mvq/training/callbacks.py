@@ -1,22 +1,52 @@
-"""Callbacks of every run: stage 1's image grids, and the stop on a non-finite loss.
+"""Callbacks of every run: stage 1's image grids and unreadable-file report, the stop on a non-finite loss.
 
 Checkpoint callbacks live in `mvq.training.checkpoints`.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from mvq.data.images import SkippedFilesWarning
 from mvq.errors import UserError
 from mvq.visualize import image_grid, reconstruction_rows, save_image
 
 
 class NonFiniteLoss(UserError):
     """Training stopped because a loss became NaN or infinite."""
+
+
+class TooManyUnreadableFiles(UserError):
+    """More training files failed to decode than `data.max_unreadable_files` allows."""
+
+
+class UnreadableFilesReport(Callback):
+    """At the end of every training epoch: how many files failed to decode (named in `log`), and a stop
+    once more than `limit` have, so a broken mount or a damaged copy does not train on stand-ins (`log`: the
+    file the datasets append each failure to)."""
+
+    def __init__(self, log: Path, limit: int):
+        self.log_path, self.limit = log, limit
+        self._reported = 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.is_file() else []
+        new = lines[self._reported:]
+        self._reported = len(lines)
+        if new:
+            names = ", ".join(line.split("\t", 1)[0] for line in new[:5]) + (" …" if len(new) > 5 else "")
+            warnings.warn(SkippedFilesWarning(
+                f"epoch {trainer.current_epoch}: {len(new)} training file(s) could not be read and were replaced by "
+                f"the next file ({names}); all are listed in {self.log_path}"))
+        if len(lines) > self.limit:
+            raise TooManyUnreadableFiles(
+                f"{len(lines)} training files could not be read, more than data.max_unreadable_files={self.limit}: "
+                f"they are listed in {self.log_path}; repair or remove them, or raise the limit, then resume the run")
 
 
 class StopOnNonFiniteLoss(Callback):

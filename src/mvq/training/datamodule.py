@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
@@ -42,9 +44,19 @@ class ResumableDataModule(L.LightningDataModule):
 
 
 class ImageDataModule(ResumableDataModule):
-    """Image batches: `image` (B×3×R×R in [-1, 1]) and `label`."""
+    """Image batches: `image` (B×3×R×R in [-1, 1]) and `label`.
+
+    With `failure_log`, training files that fail to decode when read are recorded there (see
+    `ImageFileDataset`); `UnreadableFilesReport` counts them at the end of every epoch.
+    """
+
+    def __init__(self, data_config, seed: int = 0, failure_log: Path | None = None):
+        super().__init__(data_config, seed)
+        self.failure_log = failure_log
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:
             self.train_dataset = build_dataset(self.config, "train")
             self.val_dataset = build_dataset(self.config, "val")
+            if hasattr(self.train_dataset, "failure_log"):
+                self.train_dataset.failure_log = self.failure_log

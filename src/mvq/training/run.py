@@ -20,7 +20,7 @@ from mvq.errors import UserError
 from mvq.models.pretrained import describe_names, non_finite_tensors, write_tokenizer_record
 from mvq.models.stackformer import Stackformer
 from mvq.models.tokenizer import build_tokenizer
-from mvq.training.callbacks import ReconstructionGrids, StopOnNonFiniteLoss
+from mvq.training.callbacks import ReconstructionGrids, StopOnNonFiniteLoss, UnreadableFilesReport
 from mvq.training.checkpoints import (AtomicCheckpointIO, CtrlCSavesCheckpoint, LastCheckpoint, best_checkpoint,
                                       check_stage, checkpoint_path, model_weights, read_checkpoint)
 from mvq.training.config import Stage1Config, TrainingConfig, load_training_config
@@ -29,6 +29,9 @@ from mvq.training.run_folder import (CONFIG_NAME, SaveConfigAtStart, check_run_d
                                      remove_interrupted_writes)
 from mvq.training.stage1 import TokenizerTraining
 from mvq.training.stage2 import StackformerTraining, TokenDataModule
+
+# Where a run names the training files that failed to decode when read (one line each: path, tab, reason).
+UNREADABLE_FILES = "unreadable_files.tsv"
 
 # The run folder a launching `mvq train` hands to the processes a multi-device launcher starts for it.
 RUN_DIR_ENV = "MVQ_RUN_DIR"
@@ -117,8 +120,10 @@ def _fit(run: PreparedRun) -> Path:
 
     if isinstance(config, Stage1Config):
         module = TokenizerTraining(config)
-        datamodule = ImageDataModule(config.data, seed=config.run.seed)
-        extra = [ReconstructionGrids(config.run.image_every_n_steps, config.run.num_log_images, folder / "images")]
+        unreadable = folder / UNREADABLE_FILES
+        datamodule = ImageDataModule(config.data, seed=config.run.seed, failure_log=unreadable)
+        extra = [ReconstructionGrids(config.run.image_every_n_steps, config.run.num_log_images, folder / "images"),
+                 UnreadableFilesReport(unreadable, config.data.max_unreadable_files)]
         monitor = "val/rec_loss"
         # Generator and discriminator each take their own backward pass, and the discriminator is idle
         # before disc_start: data-parallel gradient sync must allow parameters unused by a pass.
