@@ -323,6 +323,19 @@ def test_page_handlers_answer_bad_input_with_a_message(pipeline, tmp_path):
     assert grid.shape == (r + 4, 2 * (r + 2) + 2, 3) and strip is None and "2 samples (class 0, seed 0)" in status
 
 
+def test_classes_are_shown_by_name(pipeline, monkeypatch):
+    import dataclasses
+
+    from mvq.app.page import generate_handler
+
+    named = dataclasses.replace(pipeline.stackformer.config, class_names=("circle", "square", "cross"))
+    monkeypatch.setattr(pipeline.stackformer, "config", named)
+    _, _, status = generate_handler(pipeline)(label="2", seed=0, count=1, cfg_scale=1.0, temperature=1.0, top_k=10,
+                                              top_p=0.9, position_temperature=1.0, position_top_k=5,
+                                              position_top_p=0.9, show_order=False)
+    assert "class 2 (cross)" in status
+
+
 def test_completion_says_what_keeping_no_row_or_every_row_means(pipeline, tmp_path):
     from PIL import Image
 

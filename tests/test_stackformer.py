@@ -230,3 +230,30 @@ def test_load_original_stackformer_from_checkpoint_and_yaml():
         out = model(io["codes"], io["positions"], io["labels"])
     torch.testing.assert_close(out.code_loss, io["code_loss"].reshape(()), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.position_loss, io["position_loss"].reshape(()), atol=1e-5, rtol=0)
+
+
+def test_class_names_travel_from_the_data_to_the_model_and_its_folder(tmp_path):
+    import json
+
+    from mvq.config import ConfigError
+    from mvq.data.token_store import TokenStore
+    from mvq.models.mqvae import MQVAE
+    from mvq.tokenizing import tokenize_dataset
+    from mvq.training.stage2_config import _model_section
+    from tests.test_token_store import TINY_VAE as STORE_VAE, ImageSet
+
+    data = ImageSet(4, num_classes=2)
+    data.classes = ["shirt", "boot"]
+    torch.manual_seed(0)
+    vae = MQVAE.from_config(STORE_VAE)
+    tokenize_dataset(vae, data, tmp_path / "tokens", batch_size=2, rank=0, world_size=1, progress=False)
+    header = TokenStore(tmp_path / "tokens").header
+    assert header.source["class_names"] == ["shirt", "boot"]
+    config = _model_section({"code_layers": 1, "position_layers": 1, "dim": 32, "heads": 2}, vae.config,
+                            header.num_classes, header.source.get("class_names"))
+    assert config.class_names == ("shirt", "boot") and config.class_label(1) == "1 (boot)"
+    folder = Stackformer(config).save_pretrained(tmp_path / "sf")
+    assert json.loads((folder / "config.json").read_text())["class_names"] == ["shirt", "boot"]
+    assert Stackformer.from_pretrained(folder).config.class_names == ("shirt", "boot")
+    with pytest.raises(ConfigError, match="3 names for 2 classes"):
+        StackformerConfig(**{**TINY, "num_classes": 2, "class_names": ("a", "b", "c")})

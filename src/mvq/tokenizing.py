@@ -36,6 +36,17 @@ def declared_num_classes(dataset: Any) -> int | None:
     return None
 
 
+def declared_class_names(dataset: Any) -> list[str] | None:
+    """The names of a dataset's classes (its `classes`, when they are strings), or None."""
+    while dataset is not None:
+        classes = getattr(dataset, "classes", None)
+        if classes is not None:
+            names = [str(c) for c in classes]
+            return names if names and all(isinstance(c, str) for c in classes) else None
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
 def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.PathLike, *,
                      flip: bool = False, batch_size: int = 64, num_workers: int = 0,
                      rank: int | None = None, world_size: int | None = None,
@@ -68,7 +79,8 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
         part_sizes=tuple(copies * (stop - start) for start, stop in bounds),
         dtypes=store_dtypes(int(config.codebook_size), int(config.grid_size) ** 2, num_classes),
         flip=flip, vae={"config": vae_config, "weights_sha256": weights_fingerprint(model)},
-        source={"num_images": num_images, **(source or {})},
+        source={"num_images": num_images, **({"class_names": declared_class_names(dataset)}
+                                             if declared_class_names(dataset) else {}), **(source or {})},
     )
     create_store(out, header)
     # One writer per part: a second `mvq tokenize` into the same store is refused, not interleaved.

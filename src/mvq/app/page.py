@@ -106,7 +106,7 @@ def generate_handler(pipeline: MVQPipeline) -> Callable:
             strip = token_order_strip(pipeline, label, seed, settings) if show_order and ordered else None
         except SHOWN_ERRORS as exc:
             return None, None, _error(exc)
-        what = f"class {label}" if label is not None else "unconditional"
+        what = f"class {pipeline.stackformer.config.class_label(label)}" if label is not None else "unconditional"
         return grid, strip, f"{int(count)} samples ({what}, seed {seed})."
     return handle
 
@@ -142,8 +142,9 @@ def _completion_summary(kept_tokens: int, keep_rows: int, grid_size: int, count:
 
 def _class_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
     if pipeline.num_classes:
-        return gr.Dropdown([str(c) for c in range(pipeline.num_classes)], value="0", label="Class",
-                           elem_id=elem_id)
+        config = pipeline.stackformer.config
+        return gr.Dropdown([(config.class_label(c), str(c)) for c in range(pipeline.num_classes)], value="0",
+                           label="Class", elem_id=elem_id)
     return gr.Dropdown([], value=None, label="Class (the model is unconditional)", interactive=False,
                        elem_id=elem_id)
 

@@ -48,8 +48,13 @@ class StackformerConfig:
     dropout: float = 0.1
     class_dropout: float = 0.0
     position_loss_weight: float = 1.0
+    # What each class is called (from the training data: folder names, a dataset's labels); shown by the app,
+    # the demo report and messages. Not part of the architecture.
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ConfigError(f"model.class_names has {len(self.class_names)} names for {self.num_classes} classes")
         for name in ("codebook_size", "grid_size", "num_tokens", "code_layers", "dim", "heads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
@@ -70,6 +75,10 @@ class StackformerConfig:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.class_dropout > 0 and self.num_classes == 0:
             raise ConfigError("model.class_dropout only applies to class-conditional models (num_classes > 0)")
+
+    def class_label(self, index: int) -> str:
+        """"3 (cross)", or "3" when the model has no class names: how a class is shown."""
+        return f"{index} ({self.class_names[index]})" if self.class_names else str(index)
 
     @property
     def num_cells(self) -> int:

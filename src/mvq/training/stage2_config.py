@@ -102,8 +102,9 @@ def _open_store(path: str, key: str, vae_config: MQVAEConfig | VQGANConfig):
     return store
 
 
-def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_classes: int) -> StackformerConfig:
-    """Validate `model:` and complete it with the MQ-VAE's geometry and the store's classes."""
+def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_classes: int,
+                   store_class_names: list[str] | None = None) -> StackformerConfig:
+    """Validate `model:` and complete it with the MQ-VAE's geometry and the store's classes (and their names)."""
     if raw_model is not None and not isinstance(raw_model, dict):
         raise ConfigError(f"model: must be a mapping of Stackformer settings, got {raw_model!r}")
     section = stackformer_config_section(raw_model or {})
@@ -127,6 +128,10 @@ def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_
         raise ConfigError(f"model.num_classes is {num_classes}, but the token store (data.tokens) has {have}. "
                           f"Set model.num_classes to {store_classes} (or leave it out), or 0 for an "
                           f"unconditional model")
+    names = store_class_names
+    if ("class_names" not in section and isinstance(names, list) and section.get("num_classes") == store_classes
+            and len(names) == store_classes):  # a conditional model learns the store's classes: keep their names
+        section["class_names"] = list(names)
     return build_dataclass(StackformerConfig, section, "model")
 
 
@@ -152,7 +157,8 @@ def parse_stage2(raw: dict) -> Stage2Config:
     store = _open_store(data.tokens, "data.tokens", vae_config)
     if data.val_tokens is not None:
         _open_store(data.val_tokens, "data.val_tokens", vae_config)
-    model = _model_section(raw.get("model"), vae_config, store.header.num_classes or 0)
+    model = _model_section(raw.get("model"), vae_config, store.header.num_classes or 0,
+                           store.header.source.get("class_names"))
 
     optim_section = dict(raw.get("optim") or {})
     if "base_lr" in optim_section:  # a scaled lr was asked for: do not fix lr
