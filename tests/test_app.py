@@ -353,6 +353,22 @@ def test_completion_says_what_keeping_no_row_or_every_row_means(pipeline, tmp_pa
     assert f"first 2 rows of the {g}-row token grid; 2 completions of the rest" in some
 
 
+def test_completion_defaults_to_the_images_own_class_and_names_a_swap(pipeline, tmp_path):
+    from PIL import Image
+
+    from mvq.app.page import OWN_CLASS, complete_handler
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (16, 16), (200, 60, 90)).save(path)
+    own = int(pipeline.predict_class(np.asarray(Image.open(path).convert("RGB")))[0])
+    complete = complete_handler(pipeline)
+    _, status = complete(str(path), 2, OWN_CLASS, 0, 1, 1.0)
+    assert f"Completed as the image's own class, {own}" in status
+    other = (own + 1) % pipeline.num_classes
+    _, swapped = complete(str(path), 2, str(other), 0, 1, 1.0)
+    assert f"Class-swap editing: completed as class {other}, while the image looks like class {own}" in swapped
+
+
 # --- command line --------------------------------------------------------------------------------------------
 
 def test_app_without_models_says_which_folders_to_pass(tmp_path, monkeypatch, capsys):

@@ -158,3 +158,14 @@ def test_demo_completion_figure(pipe, tmp_path):
                               image.repeat(scale, 0).repeat(scale, 1))
     completions = pipe.complete(photos(5)[:4], keep_rows=4, labels=[0, 1, 2, 0], n=3, seed=0)
     assert np.abs(picture(3, 4).astype(int) - completions[3, 2]).max() <= 1  # the last completion of the last row
+
+
+def test_the_stackformer_predicts_the_class_whose_tokens_it_finds_most_likely(pipe):
+    images = photos(3)
+    codes, positions = pipe.vae.tokenize(pipe._as_model_images(images))
+    scores = torch.stack([pipe.stackformer.log_likelihood(codes, positions, torch.full((3,), c)) for c in range(3)])
+    assert torch.equal(pipe.predict_class(images), scores.argmax(0))
+    one = pipe.stackformer(codes[:1], positions[:1], torch.tensor([1]))
+    k = codes.shape[1]
+    expected = -(one.code_loss + one.position_loss) * k  # mean losses over the K steps
+    torch.testing.assert_close(scores[1, 0], expected, rtol=1e-4, atol=1e-4)

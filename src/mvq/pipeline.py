@@ -205,6 +205,20 @@ class MVQPipeline:
         return codes, positions, lengths
 
     @torch.no_grad()
+    def predict_class(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The most likely class of each image (B labels): argmax over classes of log p(its tokens | class)
+        under the Stackformer (class-conditional models only)."""
+        if not self.num_classes:
+            raise SamplingError("the Stackformer is unconditional: it has no classes to predict")
+        with self.precision_context():
+            codes, positions = self.vae.tokenize(self._as_model_images(images))
+        b, c = codes.shape[0], self.num_classes
+        labels = torch.arange(c, device=self.device).repeat_interleave(b)
+        with self.precision_context():
+            scores = self.stackformer.log_likelihood(codes.repeat(c, 1), positions.repeat(c, 1), labels)
+        return scores.view(c, b).argmax(0)
+
+    @torch.no_grad()
     def complete_tokens(self, images: np.ndarray | torch.Tensor, keep_rows: int,
                         labels: Sequence[int] | int | None = None, n: int = 1, seed: int = 0,
                         sampling: SamplingConfig | None = None, first_image: int = 0, **settings: Any

@@ -111,20 +111,41 @@ def generate_handler(pipeline: MVQPipeline) -> Callable:
     return handle
 
 
+# The Complete tab's default class: the image's own, as the Stackformer judges it.
+OWN_CLASS = "own"
+
+
 def complete_handler(pipeline: MVQPipeline) -> Callable:
-    """Uploaded file + rows to keep → (input, its kept cells and the completions in one row, status)."""
+    """Uploaded file + rows to keep → (input, its kept cells and the completions in one row, status).
+
+    With a class-conditional model the class defaults to the image's own (`OWN_CLASS`: the class
+    under which the Stackformer finds the image's tokens most likely); any other is class-swap editing.
+    """
     def handle(path, keep_rows, label, seed, count, cfg_scale):
         if not path:
             return None, "Upload an image first."
         try:
             upload = prepare_upload(path, pipeline.vae.config.resolution)
-            view = completion_view(pipeline, upload.pixels, int(keep_rows), _label(pipeline, label), _seed(seed),
+            own = int(pipeline.predict_class(upload.pixels)[0]) if pipeline.num_classes else None
+            chosen = own if label == OWN_CLASS else _label(pipeline, label)
+            view = completion_view(pipeline, upload.pixels, int(keep_rows), chosen, _seed(seed),
                                    int(count), SamplingConfig(cfg_scale=float(cfg_scale)))
         except SHOWN_ERRORS as exc:
             return None, _error(exc)
         done = _completion_summary(view.kept_tokens, int(keep_rows), pipeline.vae.config.grid_size, int(count))
-        return view.row, " ".join(filter(None, [_sentence(upload.notes), done]))
+        return view.row, " ".join(filter(None, [_sentence(upload.notes), done, _class_note(pipeline, own, chosen)]))
     return handle
+
+
+def _class_note(pipeline: MVQPipeline, own: int | None, chosen: int | None) -> str:
+    """Which class the completions were asked for, and whether that edits the image into another class."""
+    if own is None:
+        return ""
+    label = pipeline.stackformer.config.class_label
+    if chosen == own:
+        return f"Completed as the image's own class, {label(own)} (the class its tokens are most likely under)."
+    return (f"Class-swap editing: completed as class {label(chosen)}, while the image looks like class "
+            f"{label(own)}.")
 
 
 def _completion_summary(kept_tokens: int, keep_rows: int, grid_size: int, count: int) -> str:
@@ -140,11 +161,15 @@ def _completion_summary(kept_tokens: int, keep_rows: int, grid_size: int, count:
             f"grid; {count} completions of the rest.")
 
 
-def _class_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
+def _class_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str, own_class: bool = False) -> Any:
+    """The class choice; with `own_class` (Complete) the first choice, and the default, is the image's own."""
     if pipeline.num_classes:
         config = pipeline.stackformer.config
-        return gr.Dropdown([(config.class_label(c), str(c)) for c in range(pipeline.num_classes)], value="0",
-                           label="Class", elem_id=elem_id)
+        choices = [(config.class_label(c), str(c)) for c in range(pipeline.num_classes)]
+        if own_class:
+            choices.insert(0, ("the image's own class (predicted)", OWN_CLASS))
+        return gr.Dropdown(choices, value=choices[0][1], label="Class", elem_id=elem_id,
+                           info="another class than the image's edits it into that class" if own_class else None)
     return gr.Dropdown([], value=None, label="Class (the model is unconditional)", interactive=False,
                        elem_id=elem_id)
 
@@ -221,7 +246,7 @@ def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
             keep_rows = gr.Slider(0, g, value=g // 2, step=1, label="Rows of the token grid to keep",
                                   elem_id="complete-rows")
             with gr.Row():
-                label = _class_input(gr, pipeline, "complete-class")
+                label = _class_input(gr, pipeline, "complete-class", own_class=True)
                 seed = gr.Number(0, label="Seed", minimum=0, maximum=MAX_SEED, elem_id="complete-seed")
             with gr.Row():
                 count = gr.Slider(1, 8, value=4, step=1, label="Completions", elem_id="complete-count")

@@ -239,6 +239,18 @@ class Stackformer(nn.Module, PretrainedMixin):
         loss = code_loss + c.position_loss_weight * position_loss
         return StackformerOutput(loss, code_loss, position_loss, code_logits, position_logits)
 
+    @torch.no_grad()
+    def log_likelihood(self, codes: torch.Tensor, positions: torch.Tensor,
+                       labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(tokens | label) of each sequence (B): the model's own judgement of how likely an image's
+        tokens are under a class, which makes a class-conditional Stackformer a classifier too."""
+        out = self(codes, positions, labels)
+        total = -F.cross_entropy(out.code_logits.transpose(1, 2).float(), codes, reduction="none").sum(1)
+        if out.position_logits is not None:
+            total -= self.config.position_loss_weight * F.cross_entropy(
+                out.position_logits.transpose(1, 2).float(), positions, reduction="none").sum(1)
+        return total
+
     # ----------------------------------------------------------------------------- sampling
 
     def incremental_decoder(self, start_tokens: torch.Tensor, use_cache: bool = True) -> "IncrementalDecoder":
