@@ -23,6 +23,8 @@ def test_fast_demo_writes_every_output(tmp_path):
         assert key in saved and math.isfinite(saved[key]), key
     assert saved["num_classes"] == 4 and saved["num_samples"] == 16
     page = (out / "index.html").read_text()
+    assert "Rows, top to bottom: 0 circle" in page  # the sample rows carry the shapes' names
+    assert json.loads((out / "stackformer" / "config.json").read_text())["class_names"][0] == "circle"
     referenced = re.findall(r'(?:src|href)="([^"]+)"', page)
     assert referenced, "the report shows no images"
     for ref in referenced:

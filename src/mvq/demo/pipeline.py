@@ -12,7 +12,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -250,8 +250,10 @@ def plot_training_curves(run1: Path, run2: Path, figures: Path) -> None:
                 "Stackformer: code and position losses", figures / "stage2_loss.png")
 
 
-def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
+def write_report(out: Path, vae, num_classes: int, metrics: dict, class_names: Sequence[str] | None = None) -> None:
     """metrics.json and index.html."""
+    rows = (" Rows, top to bottom: " + ", ".join(f"{i} {name}" for i, name in enumerate(class_names)) + "."
+            if class_names else "")
     # NaN marks a metric this data has none of (e.g. no classes); JSON readers in Python accept it.
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     sections = [
@@ -263,7 +265,7 @@ def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
                  "measures them."},
         {"title": "Samples", "image": "figures/samples.png",
          "text": (f"One row per class, sampled by the class-conditional Stackformer (classifier-free guidance "
-                  f"scale {GUIDANCE_SCALE}) and decoded by the MQ-VAE."
+                  f"scale {GUIDANCE_SCALE}) and decoded by the MQ-VAE.{rows}"
                   if num_classes else "Unconditional samples of the Stackformer, decoded by the MQ-VAE.")},
         {"title": "Completions", "image": "figures/completions.png",
          "text": "Each row: a held-out image; the cells of its tokens in the first half of the token grid's rows "
@@ -350,7 +352,7 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
     metrics.update(timings)
     for key in DEMO_METRICS:  # e.g. no classifier on class-less user data: report NaN, never leave a gap
         metrics.setdefault(key, float("nan"))
-    write_report(out, vae, num_classes, metrics)
+    write_report(out, vae, num_classes, metrics, stackformer.config.class_names)
     say(f"done in {timings['seconds_total']:.0f} s — open {out / 'index.html'}")
     return metrics
 
