@@ -565,3 +565,17 @@ def test_app_on_a_port_in_use_says_so(app_url, model_dirs):
     assert result.returncode == 1
     assert f"cannot serve on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_page_introduces_its_models(pipeline, monkeypatch):
+    import dataclasses
+
+    from mvq.app.page import introduction
+
+    named = dataclasses.replace(pipeline.stackformer.config, class_names=("circle", "square", "cross"))
+    monkeypatch.setattr(pipeline.stackformer, "config", named)
+    text = introduction(pipeline.vae, pipeline)
+    c = pipeline.vae.config
+    assert f"into {c.num_tokens} tokens" in text and f"{c.grid_size}×{c.grid_size} grid" in text
+    assert "trained on 3 classes: circle, square, cross" in text and "Stackformer" in text
+    assert "Stackformer" not in introduction(pipeline.vae, None)

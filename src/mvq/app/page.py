@@ -259,11 +259,36 @@ def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
                  outputs=[grid, status])
 
 
+def introduction(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None) -> str:
+    """What the page's models do and what they are, in a few sentences for someone who has read nothing."""
+    c = vae.config
+    if hasattr(c, "keep_count"):
+        tokenizer = (f"The **MQ-VAE** (tokenizer) turns a {c.resolution}×{c.resolution} image into {c.num_tokens} "
+                     f"tokens: it scores the {c.num_cells} cells of a {c.grid_size}×{c.grid_size} grid by importance, "
+                     f"keeps the best {c.num_tokens}, and stores a codebook entry and a position for each; its decoder "
+                     "rebuilds the whole image from them.")
+    else:
+        tokenizer = (f"The **VQGAN** (tokenizer) turns a {c.resolution}×{c.resolution} image into one token for each "
+                     f"of the {c.num_cells} cells of a {c.grid_size}×{c.grid_size} grid, and decodes them back.")
+    parts = [tokenizer]
+    if pipeline is not None:
+        s = pipeline.stackformer.config
+        classes = (f" It was trained on {s.num_classes} classes" + (": " + ", ".join(s.class_names) if s.class_names
+                                                                    else "") + "." if s.num_classes else "")
+        parts.append(f"The **Stackformer** (generator) writes new images token by token: a code, then where it "
+                     f"goes.{classes}")
+    parts.append(f"Images far from what the models were trained on (a photograph given to a model of "
+                 f"{c.resolution}-pixel drawings, say) come back blurred or in the wrong colours: that is the "
+                 "model's limit, not a fault of the page.")
+    return " ".join(parts)
+
+
 def build_app(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None, title: str = "mvq: masked vector quantization") -> Any:
     """The page for an MQ-VAE and (optionally) a Stackformer trained on its tokens."""
     gr = import_gradio()
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {title}")
+        gr.Markdown(introduction(vae, pipeline), elem_id="introduction")
         with gr.Tab("Tokenize", elem_id="tab-tokenize"):
             _tokenize_tab(gr, vae)
         with gr.Tab("Generate", elem_id="tab-generate"):
