@@ -519,6 +519,8 @@ def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
     page.wait.until(lambda _: page.element("tokenize-button"))
     r = pipeline.vae.config.resolution
     shown = r * display_scale(r)
+    intro = page.element("introduction").text  # a newcomer reads first what the models are and do
+    assert "MQ-VAE" in intro and "Stackformer" in intro and f"{pipeline.vae.config.num_tokens} tokens" in intro
 
     # Tokenize: bad uploads get a message on the page, and the server keeps serving.
     not_image = tmp_path / "notes.png"
@@ -555,6 +557,9 @@ def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
     assert "first 4 rows" in status and "4 completions" in status
     assert page.image("complete-grid").size == (6 * (shown + 2) + 2, shown + 4)
     page.screenshot("complete")
+    # A new upload clears the previous file's results: nothing of rgb.png stays beside other.png.
+    page.upload("complete-upload", save(Image.fromarray(photo[::-1, :, :3]), tmp_path, "other.png"))
+    page.wait.until(lambda _: page.image_src("complete-grid") is None and not page.element("complete-status").text)
 
 
 @pytest.mark.slow

@@ -197,6 +197,8 @@ def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN) -> None:
                    for key, name in [("input", "What the model sees"), ("kept", "Kept cells"),
                                      ("scores", "Importance scores"), ("reconstruction", "Reconstruction")]]
     button.click(tokenize_handler(vae), inputs=upload, outputs=[*outputs, summary, status])
+    # A new (or removed) upload clears the results of the previous one: they never stand beside another file.
+    upload.change(lambda _: (None,) * len(outputs) + ("", ""), inputs=upload, outputs=[*outputs, summary, status])
 
 
 def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
@@ -257,6 +259,7 @@ def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
                     format="png", interactive=False, elem_id="complete-grid")
     button.click(complete_handler(pipeline), inputs=[upload, keep_rows, label, seed, count, cfg_scale],
                  outputs=[grid, status])
+    upload.change(lambda _: (None, ""), inputs=upload, outputs=[grid, status])  # no results of another file
 
 
 def introduction(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None) -> str:
