@@ -113,6 +113,8 @@ def generate_handler(pipeline: MVQPipeline) -> Callable:
 
 # The Complete tab's default class: the image's own, as the Stackformer judges it.
 OWN_CLASS = "own"
+# Above this many classes the image's own class is predicted only when asked for (one pass per class).
+MAX_CLASSES_TO_PREDICT = 64
 
 
 def complete_handler(pipeline: MVQPipeline) -> Callable:
@@ -126,7 +128,9 @@ def complete_handler(pipeline: MVQPipeline) -> Callable:
             return None, "Upload an image first."
         try:
             upload = prepare_upload(path, pipeline.vae.config.resolution)
-            own = int(pipeline.predict_class(upload.pixels)[0]) if pipeline.num_classes else None
+            # Predicting costs one pass per class: asked for, or cheap enough to name a class swap.
+            predict = pipeline.num_classes and (label == OWN_CLASS or pipeline.num_classes <= MAX_CLASSES_TO_PREDICT)
+            own = int(pipeline.predict_class(upload.pixels)[0]) if predict else None
             chosen = own if label == OWN_CLASS else _label(pipeline, label)
             view = completion_view(pipeline, upload.pixels, int(keep_rows), chosen, _seed(seed),
                                    int(count), SamplingConfig(cfg_scale=float(cfg_scale)))
@@ -139,9 +143,9 @@ def complete_handler(pipeline: MVQPipeline) -> Callable:
 
 def _class_note(pipeline: MVQPipeline, own: int | None, chosen: int | None) -> str:
     """Which class the completions were asked for, and whether that edits the image into another class."""
-    if own is None:
-        return ""
     label = pipeline.stackformer.config.class_label
+    if own is None:
+        return f"Completed as class {label(chosen)}." if chosen is not None else ""
     if chosen == own:
         return f"Completed as the image's own class, {label(own)} (the class its tokens are most likely under)."
     return (f"Class-swap editing: completed as class {label(chosen)}, while the image looks like class "
