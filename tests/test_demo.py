@@ -24,6 +24,7 @@ def test_fast_demo_writes_every_output(tmp_path):
     assert saved["num_classes"] == 4 and saved["num_samples"] == 16
     page = (out / "index.html").read_text()
     assert "Rows, top to bottom: 0 circle" in page  # the sample rows carry the shapes' names
+    assert "<td><code>recon_psnr</code></td>" in page and '"recon_psnr":' not in page  # a table, not raw JSON
     assert json.loads((out / "stackformer" / "config.json").read_text())["class_names"][0] == "circle"
     referenced = re.findall(r'(?:src|href)="([^"]+)"', page)
     assert referenced, "the report shows no images"
@@ -67,3 +68,10 @@ def test_demo_folder_replaces_only_its_own_outputs(tmp_path):
 
     with pytest.raises(UserError, match="is a file"):
         prepare_output_folder(file)
+
+
+def test_metrics_are_shown_as_a_person_reads_them():
+    from mvq.demo.report import format_metric
+
+    assert [format_metric(v) for v in (25.1637218, 4.0, 1234567.0, float("nan"), 0.000123456, "x")] == \
+        ["25.16", "4", "1,234,567", "—", "0.0001235", "x"]

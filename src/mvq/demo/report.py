@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-import json
+import math
 from pathlib import Path
 
 from mvq.atomic import atomic_write, atomic_write_text
@@ -49,6 +49,17 @@ table { border-collapse: collapse; } td, th { padding: 4px 10px; border-bottom: 
 """
 
 
+def format_metric(value: object) -> str:
+    """A metric as a person reads it: 4 significant digits, whole numbers whole, "—" for not measured."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "—"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
 def write_index(out_dir: Path, title: str, sections: list[dict], metrics: dict, checks: list[dict]) -> Path:
     """Write `index.html`. Each section: {"title", "text", "image" (path relative to out_dir)}."""
     rows = "".join(
@@ -62,7 +73,10 @@ def write_index(out_dir: Path, title: str, sections: list[dict], metrics: dict, 
     for section in sections:
         body.append(f"<h2>{html.escape(section['title'])}</h2><p class=note>{html.escape(section['text'])}</p>")
         body.append(f"<img src=\"{html.escape(section['image'])}\" alt=\"{html.escape(section['title'])}\">")
-    body.append("<h2>All metrics</h2><pre>" + html.escape(json.dumps(metrics, indent=2)) + "</pre>")
+    body.append("<h2>All metrics</h2><p class=note>Every number of <code>metrics.json</code>, one line each.</p>"
+                "<table><tr><th>key</th><th>value</th></tr>"
+                + "".join(f"<tr><td><code>{html.escape(key)}</code></td><td>{html.escape(format_metric(value))}</td></tr>"
+                          for key, value in metrics.items()) + "</table>")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
     return atomic_write_text(out_dir / "index.html", page)
