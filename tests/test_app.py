@@ -463,13 +463,16 @@ class Page:
     def open_tab(self, name: str) -> None:
         self.driver.find_element(self.by.XPATH, f"//button[@role='tab' and normalize-space()='{name}']").click()
 
-    def upload(self, elem_id: str, path: Path) -> None:
+    def upload(self, elem_id: str, path: Path, status_id: str | None = None) -> None:
+        """Upload `path`; with `status_id`, also wait until the page has taken it (its results cleared)."""
         box = self.element(elem_id)
         for clear in box.find_elements(self.by.CSS_SELECTOR, "button[aria-label=Clear]"):  # a previous upload
             clear.click()
         self.wait.until(lambda _: box.find_elements(self.by.CSS_SELECTOR, "input[type=file]"))
         box.find_element(self.by.CSS_SELECTOR, "input[type=file]").send_keys(str(path))
         self.wait.until(lambda _: box.find_elements(self.by.CSS_SELECTOR, f"[aria-label='{path.name}']"))
+        if status_id is not None:
+            self.wait.until(lambda _: "New image: press" in self.element(status_id).text)
 
     def image_src(self, elem_id: str) -> str | None:
         found = self.element(elem_id).find_elements(self.by.CSS_SELECTOR, "img")
@@ -525,11 +528,11 @@ def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
     # Tokenize: bad uploads get a message on the page, and the server keeps serving.
     not_image = tmp_path / "notes.png"
     not_image.write_text("not an image")
-    page.upload("tokenize-upload", not_image)
+    page.upload("tokenize-upload", not_image, "tokenize-status")
     page.click_and_wait("tokenize-button", "tokenize-status", [], "not an image")
     photo = shapes_photo(48, 80)
     photo[:10, :, 3] = 0
-    page.upload("tokenize-upload", save(Image.fromarray(photo, "RGBA"), tmp_path, "photo.png"))
+    page.upload("tokenize-upload", save(Image.fromarray(photo, "RGBA"), tmp_path, "photo.png"), "tokenize-status")
     outputs = ["tokenize-input", "tokenize-kept", "tokenize-scores", "tokenize-reconstruction"]
     status = page.click_and_wait("tokenize-button", "tokenize-status", outputs, "transparen")
     assert "80×48" in status and f"{r}×{r}" in status
@@ -552,14 +555,15 @@ def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
 
     # Complete: the input, its kept rows and 4 completions in one row.
     page.open_tab("Complete")
-    page.upload("complete-upload", save(Image.fromarray(photo[..., :3]), tmp_path, "rgb.png"))
+    page.upload("complete-upload", save(Image.fromarray(photo[..., :3]), tmp_path, "rgb.png"), "complete-status")
     status = page.click_and_wait("complete-button", "complete-status", ["complete-grid"], "completions")
     assert "first 4 rows" in status and "4 completions" in status
     assert page.image("complete-grid").size == (6 * (shown + 2) + 2, shown + 4)
     page.screenshot("complete")
     # A new upload clears the previous file's results: nothing of rgb.png stays beside other.png.
-    page.upload("complete-upload", save(Image.fromarray(photo[::-1, :, :3]), tmp_path, "other.png"))
-    page.wait.until(lambda _: page.image_src("complete-grid") is None and not page.element("complete-status").text)
+    page.upload("complete-upload", save(Image.fromarray(photo[::-1, :, :3]), tmp_path, "other.png"),
+                "complete-status")
+    assert page.image_src("complete-grid") is None and "completions" not in page.element("complete-status").text
 
 
 @pytest.mark.slow
@@ -584,3 +588,11 @@ def test_the_page_introduces_its_models(pipeline, monkeypatch):
     assert f"into {c.num_tokens} tokens" in text and f"{c.grid_size}×{c.grid_size} grid" in text
     assert "trained on 3 classes: circle, square, cross" in text and "Stackformer" in text
     assert "Stackformer" not in introduction(pipeline.vae, None)
+
+
+def test_psnr_is_put_in_words():
+    from mvq.app.page import psnr_words
+
+    assert [psnr_words(db) for db in (40.0, 30.0, 24.0, 8.0)] == [
+        "hard to tell from the input", "close: small differences in fine detail",
+        "recognisable, with visible loss of detail", "far from the input: the shapes and colours change"]

@@ -73,6 +73,22 @@ def _seed(value: Any) -> int:
     return int(value)
 
 
+def _ready(path: str | None, button: str) -> str:
+    """The status line once an upload changed (and the previous results were cleared)."""
+    return f"New image: press {button}." if path else ""
+
+
+def psnr_words(db: float) -> str:
+    """What a PSNR means to the eye, roughly, for 8-bit images."""
+    if db >= 35:
+        return "hard to tell from the input"
+    if db >= 28:
+        return "close: small differences in fine detail"
+    if db >= 22:
+        return "recognisable, with visible loss of detail"
+    return "far from the input: the shapes and colours change"
+
+
 def tokenize_handler(vae: MQVAE | VQGAN) -> Callable:
     """Uploaded file → (model input, kept cells, scores, reconstruction, summary, status)."""
     def handle(path: str | None):
@@ -86,7 +102,7 @@ def tokenize_handler(vae: MQVAE | VQGAN) -> Callable:
             return (*empty, _error(exc))
         summary = (f"**{view.num_tokens} tokens** for {view.num_cells} cells "
                    f"({view.num_tokens / view.num_cells:.0%} kept) · PSNR of the reconstruction "
-                   f"**{view.psnr:.2f} dB**")
+                   f"**{view.psnr:.2f} dB** ({psnr_words(view.psnr)})")
         status = _sentence(upload.notes) or "The image was used as it is."
         return view.model_input, view.kept_cells, view.scores, view.reconstruction, summary, status
     return handle
@@ -180,7 +196,8 @@ def _class_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str, own_class:
 
 def _guidance_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
     if pipeline.stackformer.config.has_null_class:
-        return gr.Slider(1.0, 8.0, value=3.0, step=0.5, label="Guidance scale", elem_id=elem_id)
+        return gr.Slider(1.0, 8.0, value=3.0, step=0.5, label="Guidance scale", elem_id=elem_id,
+                         info="how strongly samples follow the class: 1 = off; higher = more typical, less varied")
     return gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="Guidance scale", interactive=False, elem_id=elem_id,
                      info="needs a class-conditional model trained with label dropout")
 
@@ -199,10 +216,11 @@ def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN) -> None:
     with gr.Row():
         outputs = [gr.Image(label=name, type="numpy", format="png", interactive=False, elem_id=f"tokenize-{key}")
                    for key, name in [("input", "What the model sees"), ("kept", "Kept cells"),
-                                     ("scores", "Importance scores"), ("reconstruction", "Reconstruction")]]
+                                     ("scores", "Importance scores (dark: 0, unimportant; bright: 1, kept first)"), ("reconstruction", "Reconstruction")]]
     button.click(tokenize_handler(vae), inputs=upload, outputs=[*outputs, summary, status])
     # A new (or removed) upload clears the results of the previous one: they never stand beside another file.
-    upload.change(lambda _: (None,) * len(outputs) + ("", ""), inputs=upload, outputs=[*outputs, summary, status])
+    upload.change(lambda path: (None,) * len(outputs) + ("", _ready(path, "Tokenize")), inputs=upload,
+                  outputs=[*outputs, summary, status])
 
 
 def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
@@ -213,6 +231,9 @@ def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
         count = gr.Slider(1, 16, value=8, step=1, label="Samples", elem_id="generate-count")
         cfg_scale = _guidance_input(gr, pipeline, "generate-cfg")
     with gr.Accordion("Sampling per stream (top-k 0 and top-p 1 turn them off)", open=False):
+        gr.Markdown("Each step draws a code, then where it goes. Temperature below 1 makes the draws safer, above 1 "
+                    "wilder; top-k keeps only the k likeliest choices; top-p keeps the likeliest choices that "
+                    "together hold that share of the probability.")
         with gr.Row():
             temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Code temperature")
             top_k = gr.Slider(0, config.codebook_size, value=min(100, config.codebook_size), step=1,
@@ -263,7 +284,7 @@ def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
                     format="png", interactive=False, elem_id="complete-grid")
     button.click(complete_handler(pipeline), inputs=[upload, keep_rows, label, seed, count, cfg_scale],
                  outputs=[grid, status])
-    upload.change(lambda _: (None, ""), inputs=upload, outputs=[grid, status])  # no results of another file
+    upload.change(lambda path: (None, _ready(path, "Complete")), inputs=upload, outputs=[grid, status])
 
 
 def introduction(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None) -> str:
