@@ -414,6 +414,7 @@ def test_install_into_a_file_is_one_line(tmp_path, capsys):
     assert target.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+@pytest.mark.slow
 def test_install_into_a_read_only_folder_is_one_line(read_only_folder, tmp_path):
     from .test_weights_fetch import cli_without_write_access
 

@@ -216,6 +216,7 @@ def test_fetch_into_a_file_is_one_line(tmp_path, only_index, capsys):
     assert target.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+@pytest.mark.slow
 def test_fetch_into_a_read_only_folder_is_one_line(read_only_folder, only_index):
     folder = read_only_folder
     only_index(f"http://127.0.0.1:{_free_port()}/simple")
