@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 
 from mvq.app.uploads import MAX_UPLOAD_PIXELS, prepare_upload
-from mvq.app.views import completion_view, display_scale, sample_grid, tile, token_order_strip, tokenize_view
+from mvq.app.views import completion_view, display_scale, sample_pictures, token_order_frames, tokenize_view
 from mvq.cli import main
 from mvq.errors import UserError
+from mvq.models.card import EXAMPLES_DIR, ModelCard
 from mvq.models.mqvae import MQVAE, MQVAEConfig
 from mvq.models.sampling import SamplingConfig
 from mvq.models.stackformer import Stackformer, StackformerConfig
@@ -44,7 +45,18 @@ def tiny_models(folder: Path) -> tuple[Path, Path]:
     stackformer = Stackformer(StackformerConfig(
         codebook_size=c.codebook_size, grid_size=c.grid_size, num_tokens=c.num_tokens, num_classes=3,
         class_dropout=0.1, code_layers=1, position_layers=1, dim=32, heads=2))
-    return vae.save_pretrained(folder / "vae"), stackformer.save_pretrained(folder / "stackformer", tokenizer=vae)
+    vae_dir = vae.save_pretrained(folder / "vae")
+    stackformer_dir = stackformer.save_pretrained(folder / "stackformer", tokenizer=vae)
+    for model_dir in (vae_dir, stackformer_dir):
+        ModelCard(name="tiny", summary="Random weights, for tests.", training_data=TINY_DATA).save(model_dir)
+    (vae_dir / EXAMPLES_DIR).mkdir()
+    for i, height in enumerate((16, 24, 40)):  # the app's examples: pictures of the shapes these models are for
+        save(Image.fromarray(shapes_photo(height, height + 8 * i, index=i)[..., :3]), vae_dir / EXAMPLES_DIR,
+             f"shapes-{i}.png")
+    return vae_dir, stackformer_dir
+
+
+TINY_DATA = "nothing: random weights, for tests."
 
 
 def tiny_vqgan_models(folder: Path) -> tuple[Path, Path]:
@@ -80,6 +92,18 @@ def save(image: Image.Image, folder: Path, name: str) -> Path:
     path = folder / name
     image.save(path)
     return path
+
+
+def shapes_photo(height: int, width: int, index: int = 0) -> np.ndarray:
+    """An RGBA picture of the demo's shapes (what its models know), centred on a wider canvas of its background."""
+    from mvq.data.synthetic import SyntheticShapes
+
+    image = (SyntheticShapes(index + 1, resolution=height, split="val").render(index)[0] * 255).round().astype(np.uint8)
+    photo = np.empty((height, width, 4), dtype=np.uint8)
+    photo[..., :3], photo[..., 3] = image[0, 0], 255
+    left = (width - height) // 2
+    photo[:, left:left + height, :3] = image
+    return photo
 
 
 # --- uploads -------------------------------------------------------------------------------------------------
@@ -181,20 +205,20 @@ def test_tokenize_view_shows_kept_cells_scores_and_reconstruction(pipeline):
     assert (view.kept_cells[~kept].astype(int) <= view.model_input[~kept]).all()
 
 
-def test_sample_grid_and_token_order_strip_show_the_same_first_sample(pipeline):
+def test_samples_and_token_order_frames_show_the_same_first_sample(pipeline):
     sampling = SamplingConfig(cfg_scale=2.0)
     r = pipeline.vae.config.resolution
-    scale, pad = display_scale(r), 2
-    grid = sample_grid(pipeline, 5, 1, seed=3, sampling=sampling)
-    assert grid.shape == (2 * (r * scale + pad) + pad, 4 * (r * scale + pad) + pad, 3)
+    scale = display_scale(r)
+    samples = sample_pictures(pipeline, 5, 1, seed=3, sampling=sampling)
+    assert samples.shape == (5, r * scale, r * scale, 3) and samples.dtype == np.uint8
     first = pipeline(labels=[1], seed=3, sampling=sampling)[0].repeat(scale, 0).repeat(scale, 1)
     # the same tokens (batch-independent sampling); decoding in another batch may move a value by 1
-    assert np.abs(grid[pad:pad + r * scale, pad:pad + r * scale].astype(int) - first).max() <= 1
+    assert np.abs(samples[0].astype(int) - first).max() <= 1
 
-    frames = 4
-    strip = token_order_strip(pipeline, 1, seed=3, sampling=sampling, frames=frames)
-    assert strip.shape == (r * scale + 2 * pad, frames * (r * scale + pad) + pad, 3)
+    frames = token_order_frames(pipeline, 1, seed=3, sampling=sampling, frames=4)
     g, k = pipeline.vae.config.grid_size, pipeline.vae.config.num_tokens
+    assert frames.pictures.shape == (4, r * scale, r * scale, 3) and frames.num_cells == g * g
+    assert frames.tokens == [k * (i + 1) // 4 for i in range(4)]
     cell = r * scale // g
 
     def cells(picture: np.ndarray) -> np.ndarray:  # → g×g×(cell·cell·3) pixel values of each cell
@@ -202,23 +226,31 @@ def test_sample_grid_and_token_order_strip_show_the_same_first_sample(pipeline):
 
     codes, positions = pipeline.stackformer.generate(1, labels=[1], sampling=sampling,
                                                      generator=[sample_generator(3, 0)])
-    for i in range(frames):
-        steps = k * (i + 1) // frames
+    for picture, steps in zip(frames.pictures, frames.tokens):
         with torch.no_grad():
             prefix = pipeline.vae.detokenize(codes[:, :steps], positions[:, :steps])
         decoded = cells(((prefix[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
                         .repeat(scale, 0).repeat(scale, 1))
-        left = pad + i * (r * scale + pad)
-        frame = cells(strip[pad:pad + r * scale, left:left + r * scale])
+        frame = cells(picture)
         placed = np.zeros(g * g, dtype=bool)
         placed[positions[0, :steps].numpy()] = True
         placed = placed.reshape(g, g)
         assert np.abs(frame[placed] - decoded[placed]).max() <= 1  # the first `steps` tokens, decoded
-        assert np.abs(frame[~placed] - decoded[~placed] * 0.25).max() <= 1  # cells still to come: darkened
+        assert np.abs(frame[~placed] - decoded[~placed] * 0.25).max() <= 1  # cells without a token: darkened
     assert placed.sum() == k and np.abs(frame[placed] - cells(first)[placed]).max() <= 1  # all K: the sample
 
 
-def test_token_order_strip_runs_in_the_pipelines_precision(pipeline):
+def test_token_order_captions_say_why_cells_stay_dark(pipeline):
+    from mvq.app.page import _token_order_captions
+
+    frames = token_order_frames(pipeline, 0, seed=0, sampling=SamplingConfig(), frames=4)
+    k, n = pipeline.vae.config.num_tokens, pipeline.vae.config.num_cells
+    captions = [caption for _, caption in _token_order_captions(frames)]
+    assert captions[0] == f"first {k // 4} of {k} tokens"
+    assert captions[-1] == f"all {k} tokens: the other {n - k} cells never get one (the decoder fills them in)"
+
+
+def test_token_order_frames_run_in_the_pipelines_precision(pipeline):
     from mvq.models.sampling import SamplingConfig
 
     bf16 = MVQPipeline(pipeline.stackformer, pipeline.vae, precision="bf16")
@@ -228,33 +260,33 @@ def test_token_order_strip_runs_in_the_pipelines_precision(pipeline):
     hooks = [layer.register_forward_hook(lambda module, inputs, output: seen.add((module, output.dtype)))
              for layer in layers]
     try:
-        token_order_strip(bf16, 0, seed=1, sampling=SamplingConfig(), frames=2)
+        token_order_frames(bf16, 0, seed=1, sampling=SamplingConfig(), frames=2)
     finally:
         for hook in hooks:
             hook.remove()
     assert seen == {(layer, torch.bfloat16) for layer in layers}  # generation and decoding alike
 
 
-def test_vqgan_and_plain_gpt_generate_without_the_token_order_strip(tmp_path):
-    """A VQGAN decodes only full grids and a plain GPT fills them in raster order: no strip, and no error."""
+def test_vqgan_and_plain_gpt_generate_without_the_token_order_frames(tmp_path):
+    """A VQGAN decodes only full grids and a plain GPT fills them in raster order: no token-order frames, and no error."""
     from mvq.app.page import generate_handler
     from mvq.app.views import shows_token_order
 
     vqgan_dir, gpt_dir = tiny_vqgan_models(tmp_path)
     pipe = MVQPipeline.from_pretrained(gpt_dir, vqgan_dir, device="cpu")
     assert not shows_token_order(pipe)
-    with pytest.raises(UserError, match="token-order strip needs an MQ-VAE"):
-        token_order_strip(pipe, 0, seed=0, sampling=SamplingConfig())
+    with pytest.raises(UserError, match="token-order frames need an MQ-VAE"):
+        token_order_frames(pipe, 0, seed=0, sampling=SamplingConfig())
     generate = generate_handler(pipe)
-    grid, strip, status = generate(label="1", seed=0, count=2, cfg_scale=1.0, temperature=1.0, top_k=10, top_p=0.9,
-                                   position_temperature=1.0, position_top_k=5, position_top_p=0.9, show_order=True)
-    r = pipe.vae.config.resolution * display_scale(pipe.vae.config.resolution)
-    assert grid.shape == (r + 4, 2 * (r + 2) + 2, 3) and strip is None and "2 samples (class 1" in status
+    samples, frames, status = generate(label="1", seed=0, count=2, cfg_scale=1.0, temperature=1.0, top_k=10,
+                                       top_p=0.9, position_temperature=1.0, position_top_k=5, position_top_p=0.9,
+                                       show_order=True)
+    assert len(samples) == 2 and frames is None and "2 samples (class 1" in status
 
 
 @pytest.mark.slow
 def test_app_serves_a_vqgan_folder_alone_or_with_its_gpt(tmp_path, monkeypatch):
-    """The page (built, not served) of a VQGAN; with a plain GPT the strip's checkbox is off and locked."""
+    """The page (built, not served) of a VQGAN; with a plain GPT the token-order checkbox is off and locked."""
     pytest.importorskip("gradio", reason="the app needs the optional extra mvq[app] (pip install 'mvq[app]')")
     import mvq.app.page
 
@@ -270,13 +302,12 @@ def test_app_serves_a_vqgan_folder_alone_or_with_its_gpt(tmp_path, monkeypatch):
 
 def test_completion_view_shows_input_kept_rows_and_completions(pipeline):
     r, g = pipeline.vae.config.resolution, pipeline.vae.config.grid_size
-    scale, pad = display_scale(r), 2
+    scale = display_scale(r)
     pixels = np.random.default_rng(1).integers(0, 256, (r, r, 3), dtype=np.uint8)
     sampling = SamplingConfig(cfg_scale=2.0)
     view = completion_view(pipeline, pixels, keep_rows=3, label=2, seed=5, count=2, sampling=sampling)
-    shown = r * scale
-    assert view.row.shape == (shown + 2 * pad, 4 * (shown + pad) + pad, 3)
-    pictures = [view.row[pad:pad + shown, pad + i * (shown + pad):][:, :shown][::scale, ::scale] for i in range(4)]
+    assert view.pictures.shape == (4, r * scale, r * scale, 3)
+    pictures = [picture[::scale, ::scale] for picture in view.pictures]
     assert np.array_equal(pictures[0], pixels)
     expected = pipeline.complete(pixels, 3, labels=2, n=2, seed=5, sampling=sampling)[0]
     assert np.array_equal(np.stack(pictures[2:]), expected)
@@ -292,23 +323,15 @@ def test_completion_view_shows_input_kept_rows_and_completions(pipeline):
     assert (pictures[1][~kept].astype(int) <= pixels[~kept] // 4 + 1).all()  # darkened
 
 
-def test_tile_lays_images_out_in_rows():
-    images = np.arange(3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 2, 2, 3)
-    canvas = tile(images, columns=2, pad=1)
-    assert canvas.shape == (7, 7, 3)
-    assert np.array_equal(canvas[1:3, 4:6], images[1]) and np.array_equal(canvas[4:6, 1:3], images[2])
-    assert (canvas[4:6, 4:6] == 255).all()
-
-
 def test_page_handlers_answer_bad_input_with_a_message(pipeline, tmp_path):
     from mvq.app.page import generate_handler, tokenize_handler
 
     tokenize = tokenize_handler(pipeline.vae)
-    assert tokenize(None)[-1] == "Upload an image first."
+    assert tokenize(None)[-1] == "Upload an image first, or click an example."
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("hello")
-    *pictures, summary, status = tokenize(str(not_image))
-    assert pictures == [None] * 4 and summary == "" and "not an image" in status
+    pictures, summary, status = tokenize(str(not_image))
+    assert pictures is None and summary == "" and "not an image" in status
 
     generate = generate_handler(pipeline)
     defaults = dict(label="0", seed=0, count=2, cfg_scale=1.0, temperature=1.0, top_k=10, top_p=0.9,
@@ -316,11 +339,10 @@ def test_page_handlers_answer_bad_input_with_a_message(pipeline, tmp_path):
     for bad, message in [(dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(seed=1e20), "from 0 to 4294967295"),
                          (dict(label=None), "choose a class"),
                          (dict(label="7"), "labels"), (dict(temperature=0.0), "temperature")]:
-        grid, strip, status = generate(**{**defaults, **bad})
-        assert grid is None and strip is None and message in status, (bad, status)
-    grid, strip, status = generate(**defaults)
-    r = pipeline.vae.config.resolution * display_scale(pipeline.vae.config.resolution)
-    assert grid.shape == (r + 4, 2 * (r + 2) + 2, 3) and strip is None and "2 samples (class 0, seed 0)" in status
+        samples, frames, status = generate(**{**defaults, **bad})
+        assert samples is None and frames is None and message in status, (bad, status)
+    samples, frames, status = generate(**defaults)
+    assert len(samples) == 2 and frames is None and "2 samples (class 0, seed 0)" in status
 
 
 def test_classes_are_shown_by_name(pipeline, monkeypatch):
@@ -478,6 +500,22 @@ class Page:
         found = self.element(elem_id).find_elements(self.by.CSS_SELECTOR, "img")
         return found[0].get_attribute("src") if found else None
 
+    def gallery(self, elem_id: str) -> list[tuple[str, str]]:
+        """A gallery's pictures: (address, caption) each, in order."""
+        items = self.element(elem_id).find_elements(self.by.CSS_SELECTOR, "button.thumbnail-item")
+        return [(item.find_element(self.by.CSS_SELECTOR, "img").get_attribute("src"),
+                 item.find_element(self.by.CSS_SELECTOR, ".caption-label").text) for item in items]
+
+    def click_example(self, elem_id: str, index: int, results_id: str) -> None:
+        """Click example `index` and wait until the results gallery shows new pictures."""
+        before = self.image_src(results_id)
+        self.element(elem_id).find_elements(self.by.CSS_SELECTOR, "button.thumbnail-item")[index].click()
+        self.wait.until(lambda _: self.image_src(results_id) not in (None, before))
+
+    def element_visible(self, elem_id: str) -> bool:
+        found = self.driver.find_elements(self.by.ID, elem_id)
+        return bool(found) and found[0].is_displayed()
+
     def click_and_wait(self, button_id: str, status_id: str, image_ids: list[str], expect: str) -> str:
         """Press a button, wait for `expect` in the status line and new images; return the status text."""
         before = {i: self.image_src(i) for i in image_ids}
@@ -487,8 +525,8 @@ class Page:
             self.wait.until(lambda _: all(self.image_src(i) not in (None, before[i]) for i in image_ids))
         return self.element(status_id).text
 
-    def image(self, elem_id: str) -> Image.Image:
-        with urllib.request.urlopen(self.image_src(elem_id), timeout=10) as response:
+    def picture(self, src: str) -> Image.Image:
+        with urllib.request.urlopen(src, timeout=10) as response:
             image = Image.open(io.BytesIO(response.read()))
             image.load()
         return image
@@ -503,67 +541,80 @@ class Page:
 
 
 @pytest.mark.slow
-def shapes_photo(height: int, width: int) -> np.ndarray:
-    """An RGBA picture of the demo's shapes (what its models know), centred on a wider canvas of its background."""
-    from mvq.data.synthetic import SyntheticShapes
-
-    image = (SyntheticShapes(1, resolution=height, split="val").render(0)[0] * 255).round().astype(np.uint8)
-    photo = np.empty((height, width, 4), dtype=np.uint8)
-    photo[..., :3], photo[..., 3] = image[0, 0], 255
-    left = (width - height) // 2
-    photo[:, left:left + height, :3] = image
-    return photo
-
-
 def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
+    from mvq.app.page import FIRST_STEP
+
     screenshots = Path(os.environ.get("MVQ_APP_SCREENSHOTS") or tmp_path / "screenshots")
     page = Page(browser, screenshots)
     browser.get(app_url)
-    page.wait.until(lambda _: page.element("tokenize-button"))
-    r = pipeline.vae.config.resolution
+    page.wait.until(lambda _: page.element("tokenize-status").text == FIRST_STEP)  # the page has loaded
+    r, k = pipeline.vae.config.resolution, pipeline.vae.config.num_tokens
     shown = r * display_scale(r)
-    intro = page.element("introduction").text  # a newcomer reads first what the models are and do
-    assert "MQ-VAE" in intro and "Stackformer" in intro and f"{pipeline.vae.config.num_tokens} tokens" in intro
+    intro = page.element("introduction").text  # a newcomer reads first what the models are, do, and learnt from
+    assert "MQ-VAE" in intro and "Stackformer" in intro and f"{k} tokens" in intro
+    if not os.environ.get("MVQ_APP_MODELS"):
+        assert f"Both were trained on {TINY_DATA}" in intro
 
-    # Tokenize: bad uploads get a message on the page, and the server keeps serving.
+    # Tokenize: an example, clicked, is tokenized at once, with a caption under each picture.
+    examples = page.gallery("tokenize-examples")
+    assert [caption for _, caption in examples] == [f"shapes-{i}" for i in range(len(examples))] and examples
+    started = time.monotonic()
+    page.click_example("tokenize-examples", 1, "tokenize-results")
+    assert time.monotonic() - started < 2.0, "an example's result took 2 s or more"
+    results = page.gallery("tokenize-results")
+    assert [caption.split(":")[0].split(" (")[0] for _, caption in results] == [
+        "What the model sees", "Kept cells", "Importance scores", f"Reconstruction from {k} tokens"]
+    assert all(page.picture(src).size == (shown, shown) for src, _ in results)
+    assert "shapes-1" in page.element("tokenize-upload").text  # the upload box holds the example
+    assert page.element("tokenize-score-scale").find_elements(page.by.CSS_SELECTOR, "img")  # the colour scale
+    assert "least important" in page.element("tokenize-score-scale").text
+
+    # Bad uploads get a message on the page, and the server keeps serving; a new upload clears the results.
     not_image = tmp_path / "notes.png"
     not_image.write_text("not an image")
     page.upload("tokenize-upload", not_image, "tokenize-status")
+    assert page.gallery("tokenize-results") == []
     page.click_and_wait("tokenize-button", "tokenize-status", [], "not an image")
     photo = shapes_photo(48, 80)
     photo[:10, :, 3] = 0
     page.upload("tokenize-upload", save(Image.fromarray(photo, "RGBA"), tmp_path, "photo.png"), "tokenize-status")
-    outputs = ["tokenize-input", "tokenize-kept", "tokenize-scores", "tokenize-reconstruction"]
-    status = page.click_and_wait("tokenize-button", "tokenize-status", outputs, "transparen")
+    status = page.click_and_wait("tokenize-button", "tokenize-status", ["tokenize-results"], "transparen")
     assert "80×48" in status and f"{r}×{r}" in status
-    assert f"{pipeline.vae.config.num_tokens} tokens" in page.element("tokenize-summary").text
-    assert "PSNR" in page.element("tokenize-summary").text
-    for elem_id in outputs:
-        image = page.image(elem_id)
-        assert image.size == (shown, shown) and image.mode in ("RGB", "RGBA")
+    assert f"{k} tokens" in page.element("tokenize-summary").text and "PSNR" in page.element("tokenize-summary").text
     page.screenshot("tokenize")
 
-    # Generate: a grid of samples of one class and the strip of where successive tokens land.
+    # Generate: the example setting, clicked, samples at once; the token-order frames say why cells stay dark.
     page.open_tab("Generate")
-    status = page.click_and_wait("generate-button", "generate-status", ["generate-grid", "generate-strip"],
-                                 "samples")
-    assert "class 0" in status and "seed 0" in status
-    grid, strip = page.image("generate-grid"), page.image("generate-strip")
-    assert grid.size == (4 * (shown + 2) + 2, 2 * (shown + 2) + 2)  # 8 samples, 4 a row
-    assert strip.size == (8 * (shown + 2) + 2, shown + 4)
+    page.element("generate-examples").find_element(page.by.CSS_SELECTOR, "tbody tr td").click()
+    page.wait.until(lambda _: "samples" in page.element("generate-status").text)
+    status = page.element("generate-status").text
+    assert "8 samples (class 0" in status and "seed 0" in status
+    samples, frames = page.gallery("generate-samples"), page.gallery("generate-order")
+    assert [caption for _, caption in samples] == [f"sample {i + 1} · class {pipeline.stackformer.config.class_label(0)}"
+                                                   for i in range(8)]
+    assert all(page.picture(src).size == (shown, shown) for src, _ in samples)
+    assert len(frames) == 8 and "cells never get one" in frames[-1][1]
     page.screenshot("generate")
+    page.element("generate-show-order").find_element(page.by.CSS_SELECTOR, "input").click()  # untick: no empty box
+    page.click_and_wait("generate-button", "generate-status", [], "samples")
+    page.wait.until(lambda _: not page.element_visible("generate-order"))
 
-    # Complete: the input, its kept rows and 4 completions in one row.
+    # Complete: an example, clicked, completed as its own class; every picture captioned.
     page.open_tab("Complete")
+    page.click_example("complete-examples", 0, "complete-results")
+    page.wait.until(lambda _: "completions" in page.element("complete-status").text)
+    status = page.element("complete-status").text
+    assert "first 4 rows" in status and "4 completions" in status and "the image's own class" in status
+    captions = [caption for _, caption in page.gallery("complete-results")]
+    assert captions[0] == "Input" and captions[1].startswith("Kept: ") and len(captions) == 6
+    assert captions[2].startswith("completion 1")
     page.upload("complete-upload", save(Image.fromarray(photo[..., :3]), tmp_path, "rgb.png"), "complete-status")
-    status = page.click_and_wait("complete-button", "complete-status", ["complete-grid"], "completions")
-    assert "first 4 rows" in status and "4 completions" in status
-    assert page.image("complete-grid").size == (6 * (shown + 2) + 2, shown + 4)
+    status = page.click_and_wait("complete-button", "complete-status", ["complete-results"], "completions")
     page.screenshot("complete")
     # A new upload clears the previous file's results: nothing of rgb.png stays beside other.png.
     page.upload("complete-upload", save(Image.fromarray(photo[::-1, :, :3]), tmp_path, "other.png"),
                 "complete-status")
-    assert page.image_src("complete-grid") is None and "completions" not in page.element("complete-status").text
+    assert page.gallery("complete-results") == [] and "completions" not in page.element("complete-status").text
 
 
 @pytest.mark.slow

@@ -3,8 +3,11 @@ import math
 import re
 
 import pytest
+from PIL import Image
 
 from mvq.demo import DEMO_METRICS, run_demo
+from mvq.demo.pipeline import FIGURE_WIDTH, NUM_EXAMPLES
+from mvq.models.card import ModelCard, example_images
 
 
 @pytest.mark.slow
@@ -23,13 +26,21 @@ def test_fast_demo_writes_every_output(tmp_path):
         assert key in saved and math.isfinite(saved[key]), key
     assert saved["num_classes"] == 4 and saved["num_samples"] == 16
     page = (out / "index.html").read_text()
-    assert "Rows, top to bottom: 0 circle" in page  # the sample rows carry the shapes' names
     assert "<td><code>recon_psnr</code></td>" in page and '"recon_psnr":' not in page  # a table, not raw JSON
     assert json.loads((out / "stackformer" / "config.json").read_text())["class_names"][0] == "circle"
-    referenced = re.findall(r'(?:src|href)="([^"]+)"', page)
-    assert referenced, "the report shows no images"
-    for ref in referenced:
-        assert (out / ref).is_file(), ref
+    shown = re.findall(r'<img( class="plot")? src="([^"]+)" width=(\d+) height=(\d+)', page)
+    assert len(shown) == 5, "the report shows every figure"
+    for plot, ref, width, height in shown:
+        with Image.open(out / ref) as figure:  # shown at its own size: the browser never rescales (blurs) it
+            assert figure.size == (int(width), int(height)), ref
+            assert plot or figure.width <= FIGURE_WIDTH, ref
+    # The models carry cards saying what they were trained on, and the tokenizer a few held-out examples.
+    for folder in ("mqvae", "stackformer"):
+        card = ModelCard.load(out / folder)
+        assert "synthetic 16×16 images of coloured shapes" in card.training_data and card.command == "mvq demo --fast"
+    assert ModelCard.load(out / "mqvae").metrics["recon_psnr"] == pytest.approx(saved["recon_psnr"])
+    examples = example_images(out / "mqvae")
+    assert len(examples) == NUM_EXAMPLES and Image.open(examples[0]).size == (16, 16)
 
 
 def test_demo_refuses_bad_input_before_touching_the_output_folder(tmp_path):
@@ -75,3 +86,28 @@ def test_metrics_are_shown_as_a_person_reads_them():
 
     assert [format_metric(v) for v in (25.1637218, 4.0, 1234567.0, float("nan"), 0.000123456, "x")] == \
         ["25.16", "4", "1,234,567", "—", "0.0001235", "x"]
+
+
+def test_labelled_figure_puts_labels_beside_sharp_pictures():
+    import numpy as np
+    import torch
+
+    from mvq.visualize import fit_scale, labelled_figure
+
+    torch.manual_seed(0)
+    rows = [torch.rand(3, 3, 4, 4) * 2 - 1 for _ in range(2)]
+    figure = np.asarray(labelled_figure(rows, ["first row", "a longer second row"], scale=5,
+                                        column_labels=["a", "b", "c"]))
+    h, w = figure.shape[:2]
+    left, top = w - 3 * (20 + 2), h - 2 * (20 + 2)  # where the first picture starts: 3 columns, 2 rows, 2 px gaps
+    assert left > 20 and top > 10  # room for the labels: a margin left and one on top
+    assert (figure[:, :left - 2] < 128).any() and (figure[:top - 2, left:] < 128).any()  # the labels are drawn there
+    for r, row in enumerate(rows):
+        for c in range(3):
+            y, x = top + r * 22, left + c * 22
+            expected = ((row[c] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            block = figure[y:y + 20, x:x + 20]
+            assert np.array_equal(block[::5, ::5], expected)  # every pixel a 5×5 block: nothing drawn over it
+            assert np.array_equal(block, expected.repeat(5, 0).repeat(5, 1))
+    assert fit_scale(16, columns=16, width=940, margin=100) == 3  # 100 + 16·(48 + 2) + 2 ≤ 940 < … at 4
+    assert fit_scale(64, columns=40, width=940) == 1  # never below 1

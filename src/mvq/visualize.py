@@ -16,6 +16,8 @@ from mvq.atomic import atomic_write
 from mvq.nn.masker import keep_mask_from_positions
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from mvq.models.sampling import SamplingConfig
     from mvq.pipeline import MVQPipeline
 
@@ -66,6 +68,49 @@ def save_image(grid: torch.Tensor, path: str | Path) -> Path:
 
     array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+# Text in figures: the font size, and the gap around labels (pixels).
+LABEL_FONT_SIZE = 13
+LABEL_GAP = 6
+
+
+def fit_scale(resolution: int, columns: int, width: int, margin: int = 0, pad: int = 2, largest: int = 8) -> int:
+    """The largest integer enlargement (up to `largest`) with which `columns` pictures and a margin fit `width`."""
+    scale = (width - margin - pad) // columns - pad
+    return max(1, min(largest, scale // resolution))
+
+
+def labelled_figure(rows: list[torch.Tensor], row_labels: Sequence[str], scale: int,
+                    column_labels: Sequence[str] | None = None, pad: int = 2) -> Image.Image:
+    """Rows of pictures (each B×3×H×W in [-1, 1]) enlarged by `scale`, a label left of each row, beside it.
+
+    Labels stand in margins of their own, never over a picture; every pixel of a picture is a
+    scale×scale block (nearest neighbour), so the figure stays sharp shown at its own size.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=LABEL_FONT_SIZE)
+    columns = max(r.shape[0] for r in rows)
+    h, w = rows[0].shape[-2] * scale, rows[0].shape[-1] * scale
+    left = max([int(font.getlength(t)) for t in row_labels] + [0]) + 2 * LABEL_GAP
+    top = LABEL_FONT_SIZE + 2 * LABEL_GAP if column_labels else 0
+    canvas = Image.new("RGB", (left + columns * (w + pad) + pad, top + len(rows) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, text in enumerate(column_labels or []):
+        draw.text((left + pad + c * (w + pad) + w // 2, top // 2), text, fill="black", font=font, anchor="mm")
+    for r, (pictures, text) in enumerate(zip(rows, row_labels)):
+        y = top + pad + r * (h + pad)
+        draw.text((LABEL_GAP, y + h // 2), text, fill="black", font=font, anchor="lm")
+        array = ((enlarge(pictures.detach().float().cpu().clamp(-1, 1), scale) + 1) * 127.5).round().byte()
+        for c, picture in enumerate(array.permute(0, 2, 3, 1).numpy()):
+            canvas.paste(Image.fromarray(picture), (left + pad + c * (w + pad), y))
+    return canvas
+
+
+def save_figure(figure: Image.Image, path: str | Path) -> Path:
+    """Save a PIL figure as PNG, atomically."""
+    return atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
 
 
 def reconstruction_rows(model, images: torch.Tensor, keep: int | float | None = None) -> list[torch.Tensor]:

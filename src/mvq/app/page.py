@@ -8,16 +8,24 @@ nothing a user uploads or types can stop the server.
 from __future__ import annotations
 
 import os
+import base64
+import io
+from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
 
 from mvq.app.uploads import MAX_UPLOAD_BYTES, prepare_upload
-from mvq.app.views import completion_view, sample_grid, shows_token_order, token_order_strip, tokenize_view
+from mvq.app.views import (completion_view, sample_pictures, score_colour_scale, shown,
+                           shows_token_order, token_order_frames, tokenize_view)
 from mvq.errors import UserError
+from mvq.evaluation.image_metrics import from_uint8_hwc
 from mvq.models.labels import labels_tensor
 from mvq.models.sampling import SamplingConfig
 
 if TYPE_CHECKING:
+    from mvq.models.card import ModelCard
     from mvq.models.mqvae import MQVAE
     from mvq.models.vqgan import VQGAN
     from mvq.pipeline import MVQPipeline
@@ -89,28 +97,37 @@ def psnr_words(db: float) -> str:
     return "far from the input: the shapes and colours change"
 
 
+# A picture on the page and its caption (shown under it, never over it).
+Captioned = tuple[np.ndarray, str]
+
+
 def tokenize_handler(vae: MQVAE | VQGAN) -> Callable:
-    """Uploaded file → (model input, kept cells, scores, reconstruction, summary, status)."""
+    """Uploaded file → (captioned pictures: input, kept cells, scores, reconstruction; summary; status)."""
     def handle(path: str | None):
-        empty = (None, None, None, None, "")
         if not path:
-            return (*empty, "Upload an image first.")
+            return None, "", "Upload an image first, or click an example."
         try:
             upload = prepare_upload(path, vae.config.resolution)
             view = tokenize_view(vae, upload.pixels)
         except SHOWN_ERRORS as exc:
-            return (*empty, _error(exc))
+            return None, "", _error(exc)
+        r = vae.config.resolution
+        pictures = [(view.model_input, f"What the model sees ({r}×{r})"),
+                    (view.kept_cells, f"Kept cells: {view.num_tokens} of {view.num_cells} (the rest darkened)"),
+                    (view.scores, "Importance scores (colour scale below)"),
+                    (view.reconstruction, f"Reconstruction from {view.num_tokens} tokens: {view.psnr:.1f} dB")]
         summary = (f"**{view.num_tokens} tokens** for {view.num_cells} cells "
                    f"({view.num_tokens / view.num_cells:.0%} kept) · PSNR of the reconstruction "
                    f"**{view.psnr:.2f} dB** ({psnr_words(view.psnr)})")
         status = _sentence(upload.notes) or "The image was used as it is."
-        return view.model_input, view.kept_cells, view.scores, view.reconstruction, summary, status
+        return pictures, summary, status
     return handle
 
 
 def generate_handler(pipeline: MVQPipeline) -> Callable:
-    """Page controls → (grid of samples, token-order strip or None, status)."""
+    """Page controls → (captioned samples, captioned token-order frames or None, status)."""
     ordered = shows_token_order(pipeline)
+    class_label = pipeline.stackformer.config.class_label
 
     def handle(label, seed, count, cfg_scale, temperature, top_k, top_p, position_temperature, position_top_k,
                position_top_p, show_order):
@@ -118,13 +135,24 @@ def generate_handler(pipeline: MVQPipeline) -> Callable:
             settings = _sampling(temperature, top_k, top_p, position_temperature, position_top_k, position_top_p,
                                  cfg_scale)
             label, seed = _label(pipeline, label), _seed(seed)
-            grid = sample_grid(pipeline, int(count), label, seed, settings)
-            strip = token_order_strip(pipeline, label, seed, settings) if show_order and ordered else None
+            samples = sample_pictures(pipeline, int(count), label, seed, settings)
+            frames = token_order_frames(pipeline, label, seed, settings) if show_order and ordered else None
         except SHOWN_ERRORS as exc:
             return None, None, _error(exc)
-        what = f"class {pipeline.stackformer.config.class_label(label)}" if label is not None else "unconditional"
-        return grid, strip, f"{int(count)} samples ({what}, seed {seed})."
+        what = f"class {class_label(label)}" if label is not None else "unconditional"
+        pictures = [(picture, f"sample {i + 1}" + (f" · class {class_label(label)}" if label is not None else ""))
+                    for i, picture in enumerate(samples)]
+        return pictures, frames and _token_order_captions(frames), f"{int(count)} samples ({what}, seed {seed})."
     return handle
+
+
+def _token_order_captions(frames) -> list[Captioned]:
+    """Each frame with the tokens it holds; the last says why cells stay dark."""
+    k, n = frames.tokens[-1], frames.num_cells
+    captions = [f"first {t} of {k} tokens" for t in frames.tokens[:-1]]
+    captions.append(f"all {k} tokens: the other {n - k} cells never get one (the decoder fills them in)"
+                    if n > k else f"all {k} tokens")
+    return list(zip(frames.pictures, captions))
 
 
 # The Complete tab's default class: the image's own, as the Stackformer judges it.
@@ -134,14 +162,14 @@ MAX_CLASSES_TO_PREDICT = 64
 
 
 def complete_handler(pipeline: MVQPipeline) -> Callable:
-    """Uploaded file + rows to keep → (input, its kept cells and the completions in one row, status).
+    """Uploaded file + rows to keep → (captioned input, its kept cells and the completions; status).
 
     With a class-conditional model the class defaults to the image's own (`OWN_CLASS`: the class
     under which the Stackformer finds the image's tokens most likely); any other is class-swap editing.
     """
     def handle(path, keep_rows, label, seed, count, cfg_scale):
         if not path:
-            return None, "Upload an image first."
+            return None, "Upload an image first, or click an example."
         try:
             upload = prepare_upload(path, pipeline.vae.config.resolution)
             # Predicting costs one pass per class: asked for, or cheap enough to name a class swap.
@@ -153,7 +181,11 @@ def complete_handler(pipeline: MVQPipeline) -> Callable:
         except SHOWN_ERRORS as exc:
             return None, _error(exc)
         done = _completion_summary(view.kept_tokens, int(keep_rows), pipeline.vae.config.grid_size, int(count))
-        return view.row, " ".join(filter(None, [_sentence(upload.notes), done, _class_note(pipeline, own, chosen)]))
+        as_class = "" if chosen is None else f" · class {pipeline.stackformer.config.class_label(chosen)}"
+        captions = ["Input", f"Kept: {view.kept_tokens} tokens in the first {int(keep_rows)} rows",
+                    *[f"completion {i + 1}{as_class}" for i in range(int(count))]]
+        return (list(zip(view.pictures, captions)),
+                " ".join(filter(None, [_sentence(upload.notes), done, _class_note(pipeline, own, chosen)])))
     return handle
 
 
@@ -202,25 +234,94 @@ def _guidance_input(gr: ModuleType, pipeline: MVQPipeline, elem_id: str) -> Any:
                      info="needs a class-conditional model trained with label dropout")
 
 
-def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN) -> None:
+# Pictures are enlarged by whole numbers; the browser must not smooth them when it fits them to a tile.
+# Captions go under their picture, never over it.
+CSS = """
+.mvq-pictures img { image-rendering: pixelated; }
+.mvq-pictures .thumbnail-item { display: flex; flex-direction: column; height: auto; }
+.mvq-pictures .grid-wrap.fixed-height { height: auto; min-height: 0; max-height: none; }
+.mvq-pictures .caption-label { position: static; max-width: 100%; white-space: normal; text-align: center;
+                               background: none; padding: 2px 0; }
+"""
+
+
+def _pictures(gr: ModuleType, title: str, elem_id: str, columns: int, visible: bool = True) -> Any:
+    """A gallery of captioned result pictures under a heading (no label badge over the first picture)."""
+    heading = gr.Markdown(f"**{title}**", visible=visible)
+    gallery = gr.Gallery(show_label=False, columns=columns, object_fit="contain", height="auto", format="png",
+                         allow_preview=True, interactive=False, elem_id=elem_id, elem_classes=["mvq-pictures"],
+                         visible=visible)
+    return heading, gallery
+
+
+def _examples(gr: ModuleType, examples: Sequence[Path], resolution: int, elem_id: str) -> Any | None:
+    """Clickable thumbnails of example images (None without examples)."""
+    if not examples:
+        return None
+    thumbnails = [(shown(from_uint8_hwc(prepare_upload(p, resolution).pixels[None]))[0], p.stem) for p in examples]
+    gr.Markdown("**Examples**: click one to try it")
+    return gr.Gallery(thumbnails, show_label=False, columns=8, fit_columns=False, height="auto", object_fit="contain", format="png",
+                      allow_preview=False, interactive=False, elem_id=elem_id, elem_classes=["mvq-pictures"])
+
+
+def _run_example(gr: ModuleType, examples: Sequence[Path], handler: Callable) -> Callable:
+    """A click on example i → (its path for the upload box, the handler's outputs for it): one round trip."""
+    def run(selected, *controls):
+        path = str(examples[selected.index])
+        return (path, *handler(path, *controls))
+    run.__annotations__["selected"] = gr.SelectData  # Gradio passes the click to the parameter annotated so
+    return run
+
+
+def colour_scale_html(width: int = 256) -> str:
+    """The score heat-map's colour scale as an inline picture with its two ends named."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(score_colour_scale(width)).save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<div style="display:flex;align-items:center;gap:8px;font-size:0.9em">'
+            f"<span>0: least important (masked first)</span>"
+            f'<img alt="colour scale of the importance scores" src="data:image/png;base64,{data}" '
+            f'width="{width}" height="14" style="image-rendering:pixelated">'
+            f"<span>1: most important (kept first)</span></div>"
+            "<div style=\"font-size:0.85em;color:#666\">Scores are scaled per image from its lowest to its highest."
+            "</div>")
+
+
+def _clear_on_new_upload(upload: Any, outputs: list, button: str) -> None:
+    """A new (or removed) upload clears the previous results: they never stand beside another file."""
+    def clear(path):
+        return (None,) * (len(outputs) - 1) + (_ready(path, button),)
+    upload.upload(clear, inputs=upload, outputs=outputs)
+    upload.clear(clear, inputs=upload, outputs=outputs)
+
+
+# The Tokenize tab's status line once the page has loaded.
+FIRST_STEP = "Upload an image or click an example."
+
+
+def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN, examples: Sequence[Path]) -> Any:
+    """The Tokenize tab; returns its status line."""
     r = vae.config.resolution
-    gr.Markdown(f"Upload an image of any size: it is resized (shorter side) and centre-cropped to the model's "
-                f"{r}×{r} pixels. The {vae.display_name} keeps {vae.config.num_tokens} of its "
-                f"{vae.config.num_cells} cells "
-                f"as tokens (darkened cells are masked) and decodes the image from them.")
+    gr.Markdown(f"Upload an image of any size, or click an example: it is resized (shorter side) and "
+                f"centre-cropped to the model's {r}×{r} pixels. The {vae.display_name} keeps "
+                f"{vae.config.num_tokens} of its {vae.config.num_cells} cells as tokens and decodes the image "
+                "from them.")
     with gr.Row():
         upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="tokenize-upload")
         button = gr.Button("Tokenize", variant="primary", elem_id="tokenize-button")
+    picks = _examples(gr, examples, r, "tokenize-examples")
     status = gr.Markdown(elem_id="tokenize-status")
     summary = gr.Markdown(elem_id="tokenize-summary")
-    with gr.Row():
-        outputs = [gr.Image(label=name, type="numpy", format="png", interactive=False, elem_id=f"tokenize-{key}")
-                   for key, name in [("input", "What the model sees"), ("kept", "Kept cells"),
-                                     ("scores", "Importance scores (dark: 0, unimportant; bright: 1, kept first)"), ("reconstruction", "Reconstruction")]]
-    button.click(tokenize_handler(vae), inputs=upload, outputs=[*outputs, summary, status])
-    # A new (or removed) upload clears the results of the previous one: they never stand beside another file.
-    upload.change(lambda path: (None,) * len(outputs) + ("", _ready(path, "Tokenize")), inputs=upload,
-                  outputs=[*outputs, summary, status])
+    _, pictures = _pictures(gr, "Results", "tokenize-results", columns=4)
+    gr.HTML(colour_scale_html(), elem_id="tokenize-score-scale")
+    outputs = [pictures, summary, status]
+    button.click(tokenize_handler(vae), inputs=upload, outputs=outputs)
+    if picks is not None:
+        picks.select(_run_example(gr, examples, tokenize_handler(vae)), outputs=[upload, *outputs])
+    _clear_on_new_upload(upload, outputs, "Tokenize")
+    return status
 
 
 def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
@@ -250,23 +351,36 @@ def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
                              info=None if ordered else "these models fill the token grid in raster order, and only "
                                                        "an MQ-VAE decodes an image from part of its tokens")
     button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+    example = gr.Examples([[_class_input_value(pipeline), 0, 8, 3.0 if config.has_null_class else 1.0]],
+                          inputs=[label, seed, count, cfg_scale], label="Example setting: click it to generate",
+                          elem_id="generate-examples")
     status = gr.Markdown(elem_id="generate-status")
-    grid = gr.Image(label="Samples", type="numpy", format="png", interactive=False, height=420,
-                    elem_id="generate-grid")
-    k = config.num_tokens
-    strip = gr.Image(label=f"The first sample decoded from its first {k // 8 or 1}, {2 * k // 8 or 2}, …, {k} "
-                           f"tokens (cells not generated yet are darkened)", type="numpy", format="png",
-                     interactive=False, height=180, visible=ordered, elem_id="generate-strip")
-    button.click(generate_handler(pipeline),
-                 inputs=[label, seed, count, cfg_scale, temperature, top_k, top_p, position_temperature,
-                         position_top_k, position_top_p, show_order],
-                 outputs=[grid, strip, status])
+    _, samples = _pictures(gr, "Samples", "generate-samples", columns=4)
+    order_heading, order = _pictures(gr, "The first sample, decoded from its first tokens: cells without a token "
+                                         "yet are darkened", "generate-order", columns=4, visible=ordered)
+    handle = generate_handler(pipeline)
+
+    def generate(*controls):
+        pictures, frames, message = handle(*controls)
+        shows = frames is not None
+        return pictures, gr.update(visible=shows), gr.update(value=frames, visible=shows), message
+
+    controls = [label, seed, count, cfg_scale, temperature, top_k, top_p, position_temperature, position_top_k,
+                position_top_p, show_order]
+    outputs = [samples, order_heading, order, status]
+    button.click(generate, inputs=controls, outputs=outputs)
+    example.load_input_event.then(generate, inputs=controls, outputs=outputs)
 
 
-def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
+def _class_input_value(pipeline: MVQPipeline) -> str | None:
+    """The first class's value in the class choice (None for an unconditional model)."""
+    return "0" if pipeline.num_classes else None
+
+
+def _complete_tab(gr: ModuleType, pipeline: MVQPipeline, examples: Sequence[Path]) -> None:
     g = pipeline.vae.config.grid_size
-    gr.Markdown("Upload an image: its tokens in the first rows of the grid are kept and the Stackformer "
-                "continues from them (with another class: class-swap editing).")
+    gr.Markdown("Upload an image, or click an example: its tokens in the first rows of the grid are kept and the "
+                "Stackformer continues from them (with another class: class-swap editing).")
     with gr.Row():
         upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="complete-upload")
         with gr.Column():
@@ -278,18 +392,26 @@ def _complete_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
             with gr.Row():
                 count = gr.Slider(1, 8, value=4, step=1, label="Completions", elem_id="complete-count")
                 cfg_scale = _guidance_input(gr, pipeline, "complete-cfg")
+    picks = _examples(gr, examples, pipeline.vae.config.resolution, "complete-examples")
     button = gr.Button("Complete", variant="primary", elem_id="complete-button")
     status = gr.Markdown(elem_id="complete-status")
-    grid = gr.Image(label="Input, the cells of its kept tokens (the rest darkened), completions", type="numpy",
-                    format="png", interactive=False, elem_id="complete-grid")
-    button.click(complete_handler(pipeline), inputs=[upload, keep_rows, label, seed, count, cfg_scale],
-                 outputs=[grid, status])
-    upload.change(lambda path: (None, _ready(path, "Complete")), inputs=upload, outputs=[grid, status])
+    _, pictures = _pictures(gr, "The input, the cells of its kept tokens (the rest darkened), the completions",
+                            "complete-results", columns=6)
+    inputs, outputs = [upload, keep_rows, label, seed, count, cfg_scale], [pictures, status]
+    button.click(complete_handler(pipeline), inputs=inputs, outputs=outputs)
+    if picks is not None:
+        picks.select(_run_example(gr, examples, complete_handler(pipeline)), inputs=inputs[1:],
+                     outputs=[upload, *outputs])
+    _clear_on_new_upload(upload, outputs, "Complete")
 
 
-def introduction(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None) -> str:
-    """What the page's models do and what they are, in a few sentences for someone who has read nothing."""
-    c = vae.config
+def introduction(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None,
+                 cards: dict[str, ModelCard | None] | None = None) -> str:
+    """What the page's models do and what they are, in a few sentences for someone who has read nothing.
+
+    `cards` ("tokenizer", "generator") are the models' cards: what each was trained on is said from them.
+    """
+    c, cards = vae.config, cards or {}
     if hasattr(c, "keep_count"):
         tokenizer = (f"The **MQ-VAE** (tokenizer) turns a {c.resolution}×{c.resolution} image into {c.num_tokens} "
                      f"tokens: it scores the {c.num_cells} cells of a {c.grid_size}×{c.grid_size} grid by importance, "
@@ -298,27 +420,52 @@ def introduction(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None) -> str:
     else:
         tokenizer = (f"The **VQGAN** (tokenizer) turns a {c.resolution}×{c.resolution} image into one token for each "
                      f"of the {c.num_cells} cells of a {c.grid_size}×{c.grid_size} grid, and decodes them back.")
-    parts = [tokenizer]
+    tokenizer_card, generator_card = cards.get("tokenizer"), cards.get("generator")
+    same_data = (pipeline is not None and tokenizer_card and generator_card
+                 and tokenizer_card.training_data == generator_card.training_data)
+    parts = [tokenizer + ("" if same_data else _trained_on(tokenizer_card))]
     if pipeline is not None:
         s = pipeline.stackformer.config
         classes = (f" It was trained on {s.num_classes} classes" + (": " + ", ".join(s.class_names) if s.class_names
                                                                     else "") + "." if s.num_classes else "")
         parts.append(f"The **Stackformer** (generator) writes new images token by token: a code, then where it "
-                     f"goes.{classes}")
+                     f"goes.{classes}" + ("" if same_data else _trained_on(generator_card)))
+    if same_data:
+        parts.append(f"Both were trained on {tokenizer_card.training_data}")
     parts.append(f"Images far from what the models were trained on (a photograph given to a model of "
                  f"{c.resolution}-pixel drawings, say) come back blurred or in the wrong colours: that is the "
                  "model's limit, not a fault of the page.")
-    return " ".join(parts)
+    return "\n\n".join(parts)
 
 
-def build_app(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None, title: str = "mvq: masked vector quantization") -> Any:
-    """The page for an MQ-VAE and (optionally) a Stackformer trained on its tokens."""
+def _trained_on(card: ModelCard | None) -> str:
+    if card is None:
+        return " Its folder has no model card, so what it was trained on is not known here."
+    return f" Training data: {card.training_data}"
+
+
+def warm_up(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None) -> None:
+    """Run each model once before serving, so that a newcomer's first click pays no one-time start-up costs."""
+    blank = np.zeros((vae.config.resolution,) * 2 + (3,), dtype=np.uint8)
+    tokenize_view(vae, blank)
+    if pipeline is not None:
+        sample_pictures(pipeline, 1, 0 if pipeline.num_classes else None, 0, SamplingConfig())
+        completion_view(pipeline, blank, 1, 0 if pipeline.num_classes else None, 0, 1, SamplingConfig())
+
+
+def build_app(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None, title: str = "mvq: masked vector quantization",
+              cards: dict[str, ModelCard | None] | None = None, examples: Sequence[Path] = ()) -> Any:
+    """The page for an MQ-VAE and (optionally) a Stackformer trained on its tokens.
+
+    `cards`: the models' cards ("tokenizer", "generator"), for the introduction; `examples`: images
+    to click on in Tokenize and Complete (a few of the tokenizer's validation images).
+    """
     gr = import_gradio()
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {title}")
-        gr.Markdown(introduction(vae, pipeline), elem_id="introduction")
+        gr.Markdown(introduction(vae, pipeline, cards), elem_id="introduction")
         with gr.Tab("Tokenize", elem_id="tab-tokenize"):
-            _tokenize_tab(gr, vae)
+            tokenize_status = _tokenize_tab(gr, vae, examples)
         with gr.Tab("Generate", elem_id="tab-generate"):
             if pipeline is None:
                 gr.Markdown("No Stackformer loaded: start the app with `--stackformer DIR` to sample images.")
@@ -328,7 +475,11 @@ def build_app(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None, title: str = "mv
             if pipeline is None:
                 gr.Markdown("No Stackformer loaded: start the app with `--stackformer DIR` to complete images.")
             else:
-                _complete_tab(gr, pipeline)
+                _complete_tab(gr, pipeline, examples)
+        # An event at page load opens the page's connection to the event queue, which the first event would
+        # otherwise wait for (about 2 s here): a newcomer's first click answers as fast as any later one.
+        app.load(lambda: FIRST_STEP, outputs=tokenize_status)
+    app.mvq_examples = [str(p) for p in examples]  # served as files: `serve` allows exactly these
     return app
 
 
@@ -337,7 +488,8 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 7860, block: bool = Tru
     app.queue(default_concurrency_limit=1)
     try:
         _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
-                               max_file_size=MAX_UPLOAD_BYTES, footer_links=[], quiet=True)
+                               max_file_size=MAX_UPLOAD_BYTES, footer_links=[], quiet=True, css=CSS,
+                               allowed_paths=getattr(app, "mvq_examples", []))
     except OSError:
         raise UserError(f"cannot serve on {host}:{port}: the port is in use or the address is not this "
                         f"machine's; pass another --port or --host") from None

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 # Pictures are enlarged (nearest neighbour, integer factor) to at least about this many pixels.
 DISPLAY_SIZE = 256
-# Frames of the strip that shows where successive tokens land.
+# Frames that show where successive tokens land.
 TOKEN_ORDER_FRAMES = 8
 
 
@@ -40,19 +40,14 @@ def shown(images: torch.Tensor) -> np.ndarray:
     return to_uint8_hwc(enlarge(images, display_scale(images.shape[-1])))
 
 
-def tile(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
-    """N×H×W×3 uint8 → one picture, `columns` images a row, white gaps of `pad` pixels."""
-    n, h, w, c = images.shape
-    rows = -(-n // columns)
-    canvas = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        top, left = pad + (i // columns) * (h + pad), pad + (i % columns) * (w + pad)
-        canvas[top:top + h, left:left + w] = image
-    return canvas
-
-
 def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
+
+
+def score_colour_scale(width: int = DISPLAY_SIZE, height: int = 14) -> np.ndarray:
+    """The score heat-map's colours for scores 0 → 1, left to right, as over a mid-grey image."""
+    scores = torch.linspace(0, 1, width).expand(1, height, width)
+    return to_uint8_hwc(score_heatmap(torch.zeros(1, 3, height, width), scores))[0]
 
 
 @dataclass
@@ -82,18 +77,16 @@ def tokenize_view(vae: MQVAE | VQGAN, pixels: np.ndarray) -> TokenizeView:
                         num_cells=vae.config.num_cells, psnr=value)
 
 
-def sample_grid(pipeline: MVQPipeline, count: int, label: int | None, seed: int,
-                sampling: SamplingConfig) -> np.ndarray:
-    """`count` samples (all of class `label` for class-conditional models) as one enlarged grid."""
+def sample_pictures(pipeline: MVQPipeline, count: int, label: int | None, seed: int,
+                    sampling: SamplingConfig) -> np.ndarray:
+    """`count` samples (all of class `label` for class-conditional models), enlarged: count×H×W×3 uint8."""
     labels = None if label is None else [label] * count
     images = pipeline(n=count, labels=labels, seed=seed, batch_size=count, sampling=sampling)
-    scale = display_scale(images.shape[1])
-    return tile(enlarge(torch.from_numpy(images).permute(0, 3, 1, 2), scale).permute(0, 2, 3, 1).numpy(),
-                min(count, 4))
+    return shown(from_uint8_hwc(images))
 
 
 def shows_token_order(pipeline: MVQPipeline) -> bool:
-    """Whether the token-order strip means something for these models.
+    """Whether the token-order frames mean something for these models.
 
     Only an MQ-VAE decodes an image from part of its tokens (a VQGAN needs a code at every
     cell), and only a Position-Transformer chooses where tokens land (without one they fill
@@ -102,15 +95,26 @@ def shows_token_order(pipeline: MVQPipeline) -> bool:
     return isinstance(pipeline.vae, MQVAE) and pipeline.stackformer.config.has_position_transformer
 
 
-@torch.no_grad()
-def token_order_strip(pipeline: MVQPipeline, label: int | None, seed: int, sampling: SamplingConfig,
-                      frames: int = TOKEN_ORDER_FRAMES) -> np.ndarray:
-    """The first sample of `sample_grid` decoded from its first K/frames, 2K/frames, ..., K tokens.
+@dataclass
+class TokenOrderFrames:
+    """The first sample decoded from the first `tokens[i]` of its tokens, frame by frame (enlarged)."""
 
-    Cells not generated yet are darkened, so the strip shows where successive tokens land.
+    pictures: np.ndarray  # F×H×W×3 uint8; cells holding no token yet are darkened
+    tokens: list[int]
+    num_cells: int
+
+
+@torch.no_grad()
+def token_order_frames(pipeline: MVQPipeline, label: int | None, seed: int, sampling: SamplingConfig,
+                       frames: int = TOKEN_ORDER_FRAMES) -> TokenOrderFrames:
+    """The first sample of `sample_pictures` decoded from its first K/frames, 2K/frames, ..., K tokens.
+
+    Cells holding no token yet are darkened, so the frames show where successive tokens land; the
+    last frame holds all K tokens, and the N − K cells that never get one stay dark (the decoder
+    fills them in from the tokens around them).
     """
     if not shows_token_order(pipeline):
-        raise UserError("the token-order strip needs an MQ-VAE and a Stackformer with a Position-Transformer "
+        raise UserError("the token-order frames need an MQ-VAE and a Stackformer with a Position-Transformer "
                         "(these models decode full grids in raster order)")
     vae, g = pipeline.vae, pipeline.vae.config.grid_size
     with pipeline.precision_context():
@@ -123,14 +127,14 @@ def token_order_strip(pipeline: MVQPipeline, label: int | None, seed: int, sampl
             image = vae.detokenize(codes[:, :step], positions[:, :step]).float().clamp(-1, 1)
             placed = keep_mask_from_positions(positions[:, :step], g * g).view(1, g, g)
             frames_decoded.append(keep_mask_overlay(image, placed))
-    return tile(shown(torch.cat(frames_decoded)), len(frames_decoded))
+    return TokenOrderFrames(shown(torch.cat(frames_decoded)), steps, g * g)
 
 
 @dataclass
 class CompletionView:
-    """One row: the input, its kept cells (the rest darkened), then the completions; and the prefix length."""
+    """The input, its kept cells (the rest darkened), then the completions (enlarged); and the prefix length."""
 
-    row: np.ndarray
+    pictures: np.ndarray  # (2 + count)×H×W×3 uint8
     kept_tokens: int
 
 
@@ -141,5 +145,5 @@ def completion_view(pipeline: MVQPipeline, pixels: np.ndarray, keep_rows: int, l
     images = from_uint8_hwc(pixels).to(pipeline.device)
     pictures = completion_pictures(pipeline, images, keep_rows, None if label is None else [label], count, seed,
                                    sampling)
-    row = shown(torch.cat([images, pictures.overlays, pictures.completions[0]]))
-    return CompletionView(tile(row, len(row)), int(pictures.kept_tokens[0]))
+    shown_pictures = shown(torch.cat([images, pictures.overlays, pictures.completions[0]]))
+    return CompletionView(shown_pictures, int(pictures.kept_tokens[0]))

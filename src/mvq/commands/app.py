@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stackformer", metavar="DIR",
                         help="pretrained Stackformer folder trained on that MQ-VAE's tokens (default with no "
                              f"--vae: {DEMO_STACKFORMER}; without one only the Tokenize tab works)")
+    parser.add_argument("--examples", metavar="DIR",
+                        help="folder of example images (PNG) to click on in Tokenize and Complete (default: the "
+                             "tokenizer folder's examples/, written by `mvq demo` and kept with zoo models)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it "
                              "to the network)")
@@ -50,13 +53,18 @@ def run(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     vae_dir, stackformer_dir = model_folders(args.vae, args.stackformer)
-    from mvq.app.page import build_app, import_gradio, serve
+    from mvq.app.page import build_app, import_gradio, serve, warm_up
 
     import_gradio()  # fail on a missing extra before loading any model
     from mvq.distributed import resolve_device
     from mvq.models.tokenizer import load_tokenizer
     from mvq.pipeline import MVQPipeline
 
+    from mvq.models.card import ModelCard, example_images
+
+    examples = example_images(Path(args.examples), "") if args.examples else example_images(vae_dir)
+    if args.examples and not examples:
+        raise UserError(f"--examples {args.examples}: no PNG images there; give a folder of .png files")
     device = resolve_device(args.device)
     if stackformer_dir is None:
         vae, pipeline = load_tokenizer(vae_dir, map_location=device).eval(), None
@@ -66,4 +74,8 @@ def run(args: argparse.Namespace) -> None:
         pipeline = MVQPipeline.from_pretrained(stackformer_dir, vae_dir, device=device)
         vae = pipeline.vae
         print(f"mvq app: {vae.display_name} {vae_dir}, Stackformer {stackformer_dir}", flush=True)
-    serve(build_app(vae, pipeline), host=args.host, port=args.port)
+    cards = {"tokenizer": ModelCard.load(vae_dir),
+             "generator": None if stackformer_dir is None else ModelCard.load(stackformer_dir)}
+    app = build_app(vae, pipeline, cards=cards, examples=examples)
+    warm_up(vae, pipeline)
+    serve(app, host=args.host, port=args.port)

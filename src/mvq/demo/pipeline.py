@@ -27,14 +27,15 @@ from mvq.demo.classifier import predict, train_classifier
 from mvq.demo.report import plot_curves, read_scalars, write_index
 from mvq.errors import UserError
 from mvq.evaluation import evaluate_reconstruction
-from mvq.evaluation.image_metrics import from_uint8_hwc
+from mvq.evaluation.image_metrics import from_uint8_hwc, to_uint8_hwc
+from mvq.models.card import EXAMPLES_DIR, ModelCard
 from mvq.models.mqvae import MQVAE
 from mvq.models.sampling import SamplingConfig
 from mvq.models.stackformer import Stackformer
 from mvq.pipeline import MVQPipeline
 from mvq.tokenizing import tokenize_dataset
 from mvq.training.run import export, train
-from mvq.visualize import completion_pictures, enlarge, enlargement, image_grid, reconstruction_rows, save_image
+from mvq.visualize import completion_pictures, fit_scale, labelled_figure, reconstruction_rows, save_figure
 
 DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 MARKER = ".mvq-demo"
@@ -137,8 +138,9 @@ def evaluate_tokenizer(vae, val_set, figures: Path) -> dict:
                "codebook_usage": recon["codebook_usage_percent"], "codebook_perplexity": recon["codebook_perplexity"],
                **keep_mask_focus(vae, val_set)}
     images = torch.stack([torch.as_tensor(val_set[i]["image"]) for i in range(min(12, len(val_set)))])
-    save_enlarged(image_grid(reconstruction_rows(vae, images)), figures / "reconstructions.png",
-                  vae.config.resolution)
+    labels = ["input", f"reconstruction ({vae.config.num_tokens} tokens)", "kept cells", "importance"]
+    save_figure(labelled_figure(reconstruction_rows(vae, images), labels, figure_scale(vae, len(images), labels)),
+                figures / "reconstructions.png")
     return metrics
 
 
@@ -213,14 +215,18 @@ def sample_images(stackformer, vae, num_classes: int, per_class: int, seed: int,
         wanted = None
         samples = pipeline(n=4 * per_class, seed=seed, batch_size=64)
     sample_tensor = from_uint8_hwc(samples)
-    rows = max(num_classes, 4)
-    save_enlarged(image_grid(list(sample_tensor.reshape(rows, -1, *sample_tensor.shape[1:]))),
-                  out / "figures" / "samples.png", vae.config.resolution)
+    rows = list(sample_tensor.reshape(max(num_classes, 4), -1, *sample_tensor.shape[1:]))
     atomic_write(out / "samples.npz", lambda tmp: _save_npz(tmp, samples))
     metrics: dict[str, Any] = {"num_samples": len(samples)}
+    labels = [f"samples {i + 1}–{i + len(rows[0])}" for i in range(0, len(samples), len(rows[0]))]
     if classifier is not None:
         predicted = predict(classifier, sample_tensor)
         metrics["class_consistency"] = float((predicted == torch.tensor(wanted)).float().mean())
+        name = stackformer.config.class_label
+        labels = [f"{name(c)}: classifier agrees on {int((predicted[c * len(row):(c + 1) * len(row)] == c).sum())}/{len(row)}"
+                  for c, row in enumerate(rows)]
+    save_figure(labelled_figure(rows, labels, figure_scale(vae, len(rows[0]), labels)),
+                out / "figures" / "samples.png")
     return metrics
 
 
@@ -229,9 +235,12 @@ def _save_npz(path: str, samples: np.ndarray) -> None:
         np.savez_compressed(handle, arr_0=samples)
 
 
-def completion_figure(stackformer, vae, val_set, num_classes: int, seed: int, figures: Path,
+def completion_figure(stackformer, vae, val_set, num_classes: int, seed: int, figures: Path, classifier=None,
                       count: int = 4, per_image: int = 3) -> None:
-    """Held-out images completed from the tokens of their first half of grid rows (same class)."""
+    """Held-out images completed from the tokens of their first half of grid rows (same class).
+
+    With the shape classifier, each row's label counts the completions it still sees as the input's class.
+    """
     pipeline = MVQPipeline(stackformer, vae)
     items = [val_set[i] for i in range(min(count, len(val_set)))]
     images = torch.stack([torch.as_tensor(item["image"]) for item in items])
@@ -239,7 +248,16 @@ def completion_figure(stackformer, vae, val_set, num_classes: int, seed: int, fi
     overlays, completions, _ = completion_pictures(pipeline, images, vae.config.grid_size // 2, labels, per_image,
                                                    seed)
     rows = [torch.cat([images[i:i + 1], overlays[i:i + 1], completions[i]]) for i in range(len(items))]
-    save_enlarged(image_grid(rows), figures / "completions.png", vae.config.resolution)
+    row_labels = [f"image {i + 1}" for i in range(len(items))]
+    if labels is not None:
+        name = stackformer.config.class_label
+        row_labels = [name(c) for c in labels]
+        if classifier is not None:
+            kept = predict(classifier, completions.flatten(0, 1)).view(len(items), per_image) == torch.tensor(labels)[:, None]
+            row_labels = [f"{name(c)}: classifier agrees on {int(k.sum())}/{per_image}" for c, k in zip(labels, kept)]
+    columns = ["input", "kept tokens", *[f"completion {j + 1}" for j in range(per_image)]]
+    save_figure(labelled_figure(rows, row_labels, figure_scale(vae, len(columns), row_labels), columns),
+                figures / "completions.png")
 
 
 def plot_training_curves(run1: Path, run2: Path, figures: Path) -> None:
@@ -250,39 +268,83 @@ def plot_training_curves(run1: Path, run2: Path, figures: Path) -> None:
                 "Stackformer: code and position losses", figures / "stage2_loss.png")
 
 
-def write_report(out: Path, vae, num_classes: int, metrics: dict, class_names: Sequence[str] | None = None) -> None:
+def write_report(out: Path, vae, num_classes: int, metrics: dict) -> None:
     """metrics.json and index.html."""
-    rows = (" Rows, top to bottom: " + ", ".join(f"{i} {name}" for i, name in enumerate(class_names)) + "."
-            if class_names else "")
     # NaN marks a metric this data has none of (e.g. no classes); JSON readers in Python accept it.
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     sections = [
         {"title": "Reconstructions", "image": "figures/reconstructions.png",
          "text": f"Rows: held-out inputs; reconstructions from {vae.config.num_tokens} of {vae.config.num_cells} "
-                 "cells; the keep-mask (masked cells darkened); the mask module's importance scores (bright = "
-                 "important). recon_psnr and recon_l1 below compare held-out inputs and reconstructions as 8-bit "
+                 "cells; the keep-mask (masked cells darkened); the mask module's importance scores (dark red: "
+                 "least important, bright yellow: most, per image). recon_psnr and recon_l1 below compare held-out inputs and reconstructions as 8-bit "
                  "images (PSNR in dB; L1 as the mean absolute difference on the [-1, 1] scale), as mvq eval "
                  "measures them."},
         {"title": "Samples", "image": "figures/samples.png",
          "text": (f"One row per class, sampled by the class-conditional Stackformer (classifier-free guidance "
-                  f"scale {GUIDANCE_SCALE}) and decoded by the MQ-VAE.{rows}"
+                  f"scale {GUIDANCE_SCALE}) and decoded by the MQ-VAE. Each row's label counts the samples that "
+                  "the shape classifier sees as that class (the class consistency below)."
                   if num_classes else "Unconditional samples of the Stackformer, decoded by the MQ-VAE.")},
         {"title": "Completions", "image": "figures/completions.png",
          "text": "Each row: a held-out image; the cells of its tokens in the first half of the token grid's rows "
                  "(the rest darkened); completions the Stackformer continued from exactly those tokens"
-                 + (" (asked for the image's own class)." if num_classes else ".")},
-        {"title": "MQ-VAE training", "image": "figures/stage1_loss.png",
+                 + (" (asked for the image's own class). The row's label counts the completions the shape "
+                    "classifier still assigns to that class. A completion can change the shape (a cross completed "
+                    "as round blobs): when the kept half shows little of it, the Stackformer, small and briefly "
+                    "trained, continues with what is common in its training data rather than what the top half "
+                    "implies." if num_classes else ".")},
+        {"title": "MQ-VAE training", "image": "figures/stage1_loss.png", "plot": True,
          "text": "L1 reconstruction loss on training batches and on held-out images."},
-        {"title": "Stackformer training", "image": "figures/stage2_loss.png",
+        {"title": "Stackformer training", "image": "figures/stage2_loss.png", "plot": True,
          "text": "Cross-entropy of the next code and of its position, on training batches and held-out tokens."},
     ]
     write_index(out, "mvq demo: masked vector quantization on synthetic shapes", sections, metrics,
                 quality_checks(metrics))
 
 
-def save_enlarged(grid: torch.Tensor, path: Path, resolution: int) -> None:
-    """Save a grid of small images enlarged (nearest neighbour) to about 64 px per image, so the page shows them."""
-    save_image(enlarge(grid, enlargement(resolution, 64)), path)
+# Example inputs the demo keeps in its tokenizer's folder (for `mvq app`): this many held-out images.
+NUM_EXAMPLES = 6
+
+
+def write_model_cards(out: Path, run1: Path, data: str | None, fast: bool, metrics: dict, val_set) -> None:
+    """Model cards for out/mqvae and out/stackformer, and a few held-out images as out/mqvae/examples/."""
+    from PIL import Image
+
+    data_config = load_yaml(run1 / "config.yaml")["data"]
+    r = data_config["resolution"]
+    if data is None:
+        training_data = (f"{data_config['num_train']:,} synthetic {r}×{r} images of coloured shapes (circle, square, "
+                         "triangle, cross) on plain backgrounds, drawn by `mvq.data.synthetic`; made by code, so no "
+                         "licence applies.")
+    else:
+        training_data = f"the images of the folder `{data}` at {r}×{r} pixels; their licences are those of that folder."
+    examples = out / "mqvae" / EXAMPLES_DIR
+    examples.mkdir(exist_ok=True)
+    for i in range(min(NUM_EXAMPLES, len(val_set))):
+        pixels = to_uint8_hwc(torch.as_tensor(val_set[i]["image"])[None])[0]
+        atomic_write(examples / f"held-out-{i + 1}.png", lambda tmp, p=pixels: Image.fromarray(p).save(tmp, "PNG"))
+    command = " ".join(["mvq demo", *(["--fast"] if fast else []), *([f"--data {data}"] if data else [])])
+    common = dict(training_data=training_data, license="mit", tags=["demo"], hardware="this machine's CPU",
+                  command=command, metrics_command=f"{command}  # writes metrics.json",
+                  notes="A demonstration model: small and briefly trained, to show the method end to end. The report "
+                        "`index.html` beside this folder shows what it does.")
+    ModelCard(name="mvq demo MQ-VAE", summary=f"An MQ-VAE tokenizer for {r}×{r} images (the demo's).",
+              wall_time=f"{metrics['seconds_stage1']:.0f} s",
+              metrics={k: metrics[k] for k in ("recon_psnr", "recon_l1", "codebook_usage", "keep_focus_ratio")
+                       if math.isfinite(metrics[k])}, **common).save(out / "mqvae")
+    ModelCard(name="mvq demo Stackformer", summary="A Stackformer generating the demo MQ-VAE's tokens.",
+              wall_time=f"{metrics['seconds_stage2']:.0f} s",
+              metrics={k: metrics[k] for k in ("stage2_val_loss", "class_consistency") if math.isfinite(metrics[k])},
+              **common).save(out / "stackformer")
+
+
+# The report's figures are shown at their own size (never scaled by the browser): at most this wide.
+FIGURE_WIDTH = 940
+
+
+def figure_scale(vae, columns: int, row_labels: Sequence[str]) -> int:
+    """The integer enlargement with which `columns` pictures and the row labels fit the report's width."""
+    margin = 8 * max(len(t) for t in row_labels) + 12  # an upper bound of the label margin's width
+    return fit_scale(vae.config.resolution, columns, FIGURE_WIDTH, margin)
 
 
 class _Timed:
@@ -346,13 +408,15 @@ def run_demo(out: str | Path = "demo-output", data: str | None = None, fast: boo
                                             TokenStore(out / "tokens" / "val")))
         metrics.update(sample_images(stackformer, vae, num_classes, 4 if fast else SAMPLES_PER_CLASS,
                                      0 if seed is None else seed, out, classifier))
-        completion_figure(stackformer, vae, val_set, num_classes, 0 if seed is None else seed, out / "figures")
+        completion_figure(stackformer, vae, val_set, num_classes, 0 if seed is None else seed, out / "figures",
+                          classifier)
         plot_training_curves(run1, run2, out / "figures")
     timings["seconds_total"] = time.perf_counter() - start
     metrics.update(timings)
     for key in DEMO_METRICS:  # e.g. no classifier on class-less user data: report NaN, never leave a gap
         metrics.setdefault(key, float("nan"))
-    write_report(out, vae, num_classes, metrics, stackformer.config.class_names)
+    write_report(out, vae, num_classes, metrics)
+    write_model_cards(out, run1, data, fast, metrics, val_set)
     say(f"done in {timings['seconds_total']:.0f} s — open {out / 'index.html'}")
     return metrics
 

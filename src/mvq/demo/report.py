@@ -43,7 +43,8 @@ def plot_curves(series: dict[str, tuple[list[int], list[float]]], tags: list[str
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-img { image-rendering: pixelated; max-width: 100%; border: 1px solid #ccc; }
+img { image-rendering: pixelated; border: 1px solid #ccc; } .figure { overflow-x: auto; }
+img.plot { max-width: 100%; }
 table { border-collapse: collapse; } td, th { padding: 4px 10px; border-bottom: 1px solid #eee; text-align: left; }
 .note { color: #555; } .pass { color: #17803d; } .fail { color: #b42318; }
 """
@@ -60,8 +61,20 @@ def format_metric(value: object) -> str:
     return f"{value:.4g}"
 
 
+def _figure(out_dir: Path, section: dict) -> str:
+    """A section's picture at its own size (width and height given: the browser never rescales a figure of
+    pictures); plots (`"plot": True`) may shrink to the page."""
+    from PIL import Image
+
+    with Image.open(out_dir / section["image"]) as image:
+        width, height = image.size
+    kind = ' class="plot"' if section.get("plot") else ""
+    return (f"<div class=figure><img{kind} src=\"{html.escape(section['image'])}\" width={width} height={height} "
+            f"alt=\"{html.escape(section['title'])}\"></div>")
+
+
 def write_index(out_dir: Path, title: str, sections: list[dict], metrics: dict, checks: list[dict]) -> Path:
-    """Write `index.html`. Each section: {"title", "text", "image" (path relative to out_dir)}."""
+    """Write `index.html`. Each section: {"title", "text", "image" (path relative to out_dir), "plot" (optional)}."""
     rows = "".join(
         f"<tr><td>{html.escape(c['name'])}</td><td>{c['value']:.4g}</td><td>{html.escape(c['target'])}</td>"
         f"<td class=\"{'pass' if c['passed'] else 'fail'}\">{'pass' if c['passed'] else 'below target'}</td></tr>"
@@ -72,7 +85,7 @@ def write_index(out_dir: Path, title: str, sections: list[dict], metrics: dict, 
             f"{rows}</table>"]
     for section in sections:
         body.append(f"<h2>{html.escape(section['title'])}</h2><p class=note>{html.escape(section['text'])}</p>")
-        body.append(f"<img src=\"{html.escape(section['image'])}\" alt=\"{html.escape(section['title'])}\">")
+        body.append(_figure(out_dir, section))
     body.append("<h2>All metrics</h2><p class=note>Every number of <code>metrics.json</code>, one line each.</p>"
                 "<table><tr><th>key</th><th>value</th></tr>"
                 + "".join(f"<tr><td><code>{html.escape(key)}</code></td><td>{html.escape(format_metric(value))}</td></tr>"

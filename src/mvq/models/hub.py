@@ -21,7 +21,7 @@ from mvq.errors import MissingInputError
 
 ZOO_ENV = "MVQ_ZOO"
 # The files a pretrained folder may hold; nothing else is downloaded from a Hub repository.
-FOLDER_FILES = ["config.json", "model.safetensors", "tokenizer.json", "README.md"]
+FOLDER_FILES = ["config.json", "model.safetensors", "tokenizer.json", "README.md", "examples/*.png"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
