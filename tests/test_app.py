@@ -24,7 +24,7 @@ from mvq.app.uploads import MAX_UPLOAD_PIXELS, prepare_upload
 from mvq.app.views import completion_view, display_scale, sample_pictures, token_order_frames, tokenize_view
 from mvq.cli import main
 from mvq.errors import UserError
-from mvq.models.card import EXAMPLES_DIR, ModelCard
+from mvq.models.card import EXAMPLES_DIR, ModelCard, example_images
 from mvq.models.mqvae import MQVAE, MQVAEConfig
 from mvq.models.sampling import SamplingConfig
 from mvq.models.stackformer import Stackformer, StackformerConfig
@@ -541,7 +541,7 @@ class Page:
 
 
 @pytest.mark.slow
-def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
+def test_app_in_a_real_browser(browser, app_url, model_dirs, pipeline, tmp_path):
     from mvq.app.page import FIRST_STEP
 
     screenshots = Path(os.environ.get("MVQ_APP_SCREENSHOTS") or tmp_path / "screenshots")
@@ -557,7 +557,7 @@ def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
 
     # Tokenize: an example, clicked, is tokenized at once, with a caption under each picture.
     examples = page.gallery("tokenize-examples")
-    assert [caption for _, caption in examples] == [f"shapes-{i}" for i in range(len(examples))] and examples
+    assert [caption for _, caption in examples] == [p.stem for p in example_images(model_dirs[0])] and examples
     started = time.monotonic()
     page.click_example("tokenize-examples", 1, "tokenize-results")
     assert time.monotonic() - started < 2.0, "an example's result took 2 s or more"
@@ -565,7 +565,7 @@ def test_app_in_a_real_browser(browser, app_url, pipeline, tmp_path):
     assert [caption.split(":")[0].split(" (")[0] for _, caption in results] == [
         "What the model sees", "Kept cells", "Importance scores", f"Reconstruction from {k} tokens"]
     assert all(page.picture(src).size == (shown, shown) for src, _ in results)
-    assert "shapes-1" in page.element("tokenize-upload").text  # the upload box holds the example
+    assert examples[1][1] in page.element("tokenize-upload").text  # the upload box holds the example
     assert page.element("tokenize-score-scale").find_elements(page.by.CSS_SELECTOR, "img")  # the colour scale
     assert "least important" in page.element("tokenize-score-scale").text
 

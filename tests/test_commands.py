@@ -31,14 +31,14 @@ class _MakesFolderWhenUnpickled:
 
 
 def _reference_mqvae_files(tmp_path: Path, **extra) -> tuple[Path, Path]:
-    meta = json.loads(reference_path("mqvae_tiny.json").read_text())
+    meta = json.loads(reference_path("mqvae_small.json").read_text())
     ref = meta["reference_config"]
     config = {"model": {"target": "models.stage1_masked.mqvae.MaskedVectorQuantizationModel", "params": {
         "encoder_config": {"params": ref["encoder"]}, "decoder_config": {"params": ref["decoder"]},
         "masker_config": {"params": ref["masker"]}, "demasker_config": {"params": ref["demasker"]},
         "vqconfig": {"params": ref["vq"]}}}}
     (tmp_path / "ref.yml").write_text(yaml.safe_dump(config))
-    torch.save({"state_dict": load_file(reference_path("mqvae_tiny_state_dict.safetensors")), **extra},
+    torch.save({"state_dict": load_file(reference_path("mqvae_small_state_dict.safetensors")), **extra},
                tmp_path / "ref.ckpt")
     return tmp_path / "ref.ckpt", tmp_path / "ref.yml"
 
@@ -49,7 +49,7 @@ def test_convert_original_mqvae_checkpoint(tmp_path):
         main(["convert-original", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "vae")])
     assert done.value.code == 0
     model = MQVAE.from_pretrained(tmp_path / "vae")
-    io = load_file(reference_path("mqvae_tiny_io.safetensors"))
+    io = load_file(reference_path("mqvae_small_io.safetensors"))
     with torch.no_grad():
         out = model(io["images"])
     assert torch.equal(out.positions, io["positions"]) and torch.equal(out.codes, io["codes"])
@@ -85,7 +85,7 @@ def test_convert_original_converts_a_checkpoint_with_other_objects_without_runni
         main(["convert-original", str(checkpoint), "--config", str(config), "--out", str(tmp_path / "vae")])
     assert done.value.code == 0 and not marker.exists()
     model = MQVAE.from_pretrained(tmp_path / "vae")
-    reference = load_file(reference_path("mqvae_tiny_state_dict.safetensors"))
+    reference = load_file(reference_path("mqvae_small_state_dict.safetensors"))
     assert torch.equal(model.state_dict()["encoder.conv_in.weight"], reference["encoder.conv_in.weight"])
 
 

@@ -123,8 +123,8 @@ def taming_checkpoint(tmp_path: Path, with_discriminator: bool = True) -> tuple[
     """A taming-transformers VQGAN Lightning checkpoint (the reference fixture's weights) and its YAML."""
     from mvq.losses.discriminator import PatchDiscriminator
 
-    meta = json.loads(reference_path("vqgan_taming_tiny.json").read_text())
-    state = dict(load_file(reference_path("vqgan_taming_tiny_state_dict.safetensors")))
+    meta = json.loads(reference_path("vqgan_taming_small.json").read_text())
+    state = dict(load_file(reference_path("vqgan_taming_small_state_dict.safetensors")))
     if with_discriminator:
         # taming's NLayerDiscriminator: main.0 stem conv, (conv, BatchNorm, LeakyReLU) per layer, head conv.
         disc = PatchDiscriminator().state_dict()
@@ -153,7 +153,7 @@ def test_convert_original_converts_a_taming_vqgan_checkpoint(tmp_path):
     ckpt, config = taming_checkpoint(tmp_path)
     main(["convert-original", str(ckpt), "--config", str(config), "--out", str(tmp_path / "out")])
     model = load_tokenizer(tmp_path / "out").eval()
-    io = load_file(reference_path("vqgan_taming_tiny_io.safetensors"))
+    io = load_file(reference_path("vqgan_taming_small_io.safetensors"))
     assert isinstance(model, VQGAN) and model.config.quantizer == "learned"
     with torch.no_grad():
         out = model(io["images"])
@@ -167,7 +167,7 @@ def test_convert_original_converts_a_taming_vqgan_checkpoint(tmp_path):
 
 def test_convert_original_tells_a_taming_checkpoint_by_its_keys(tmp_path):
     ckpt, _ = taming_checkpoint(tmp_path, with_discriminator=False)
-    meta = json.loads(reference_path("vqgan_taming_tiny.json").read_text())
+    meta = json.loads(reference_path("vqgan_taming_small.json").read_text())
     (tmp_path / "bare.yaml").write_text(yaml.safe_dump({"model": {"params": meta["reference_config"]}}))
     main(["convert-original", str(ckpt), "--config", str(tmp_path / "bare.yaml"), "--out", str(tmp_path / "out")])
     assert isinstance(load_tokenizer(tmp_path / "out"), VQGAN)
