@@ -64,10 +64,17 @@ def test_any_k_training_draws_budgets_from_the_schedule():
     assert {pow2.draw_train_keep() for _ in range(100)} == {2, 4, 8, 16}
     fixed = MQVAEConfig.from_mapping(TINY_VAE)
     assert not fixed.any_k and config.any_k
+    per_image = MQVAEConfig.from_mapping({**TINY_VAE, "train_keep_min": 1 / 32, "train_keep_per": "image"})
+    counts = per_image.draw_train_keep(500)
+    assert counts.shape == (500,) and set(counts.tolist()) == set(range(2, 17))
+    pow2_images = MQVAEConfig.from_mapping({**TINY_VAE, "train_keep_min": 1 / 32, "train_keep_schedule": "pow2",
+                                            "train_keep_per": "image"})
+    assert set(pow2_images.draw_train_keep(200).tolist()) == {2, 4, 8, 16}
 
 
-@pytest.mark.parametrize("bad", [{"train_keep_min": 0.5}, {"train_keep_min": 0.001}, {"train_keep_min": 0.1,
-                                                                                      "train_keep_schedule": "x"}])
+@pytest.mark.parametrize("bad", [{"train_keep_min": 0.5}, {"train_keep_min": 0.001},
+                                 {"train_keep_min": 0.1, "train_keep_schedule": "x"},
+                                 {"train_keep_min": 0.1, "train_keep_per": "epoch"}])
 def test_any_k_settings_are_validated(bad):
     from mvq.config import ConfigError
 
@@ -76,12 +83,14 @@ def test_any_k_settings_are_validated(bad):
 
 
 @pytest.mark.slow
-def test_an_any_k_run_trains_at_drawn_budgets(tmp_path):
+@pytest.mark.parametrize("per", ["batch", "image"])
+def test_an_any_k_run_trains_at_drawn_budgets(tmp_path, per):
     from mvq.demo.report import read_scalars
     from mvq.training.run import train
     from tests.train_helpers import tiny_stage1_config
 
-    config = tiny_stage1_config(tmp_path, model={"train_keep_min": 0.125, "train_full_keep_pass": True},
+    config = tiny_stage1_config(tmp_path, model={"train_keep_min": 0.125, "train_full_keep_pass": True,
+                                                 "train_keep_per": per},
                                 trainer={"max_steps": 4, "val_check_interval": 4},
                                 run={"image_every_n_steps": 0})
     run = train(str(config), [], run_dir=str(tmp_path / "run"))
@@ -127,3 +136,65 @@ def test_eval_recon_measures_a_budget(vae, tmp_path, capsys):
     assert results["4"]["metrics"]["psnr"] != results["64"]["metrics"]["psnr"]
     assert results["64"]["metrics"]["keep_score_masked"] is None  # every cell kept: no masked cell to score
     assert results["4"]["metrics"]["keep_score_masked"] is not None
+
+
+# --- a budget per image ------------------------------------------------------------------------------------------
+
+def test_per_image_budgets_match_each_image_alone(vae):
+    x = images(3, seed=2)
+    counts = torch.tensor([3, 16, 40])
+    with torch.no_grad():
+        together = vae(x, keep=counts)
+        alone = [vae(x[i:i + 1], keep=int(k)) for i, k in enumerate(counts)]
+    assert together.keep_mask.flatten(1).sum(1).tolist() == counts.tolist()
+    for i, out in enumerate(alone):
+        assert torch.equal(together.keep_mask[i], out.keep_mask[0])
+        torch.testing.assert_close(together.reconstruction[i], out.reconstruction[0], atol=1e-5, rtol=0)
+    codes, positions = vae.tokenize(x, keep=counts)
+    assert codes.shape == positions.shape == (3, 40)
+    for i, k in enumerate(counts.tolist()):
+        own_codes, own_positions = vae.tokenize(x[i:i + 1], keep=k)
+        assert torch.equal(codes[i, :k], own_codes[0]) and torch.equal(positions[i, :k], own_positions[0])
+        assert (codes[i, k:] == -1).all() and (positions[i, k:] == -1).all()
+    # rows of different lengths decode as each image's own tokens alone
+    decoded = vae.detokenize(codes, positions)
+    torch.testing.assert_close(decoded, together.reconstruction, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([0, 3, 3]), torch.tensor([3, 65, 3]), torch.tensor([1.0, 2.0, 3.0]),
+                                 torch.tensor([[3, 3, 3]])])
+def test_bad_per_image_budgets_are_one_line(vae, bad):
+    with pytest.raises(InvalidInputError, match="per-image keep counts"):
+        vae.tokenize(images(3), keep=bad)
+
+
+def test_smallest_keep_meets_the_target_where_one_fewer_does_not(vae):
+    from mvq.models.keep_budget import psnr_at_least, smallest_keep
+
+    x = images(4, seed=3)
+    with torch.no_grad():
+        full = vae(x, keep=64).reconstruction
+    from mvq.evaluation.image_metrics import psnr, to_uint8
+
+    reachable = psnr(to_uint8(full.clamp(-1, 1)), to_uint8(x))
+    target_db = float(reachable.min()) - 0.05  # every image meets it with every cell kept
+    meets = psnr_at_least(target_db)
+    counts, met = smallest_keep(vae, x, meets, low=2)
+    assert met.all() and ((counts >= 2) & (counts <= 64)).all()
+    with torch.no_grad():
+        assert meets(vae(x, keep=counts).reconstruction, x).all()
+        fewer = counts - 1
+        moved = counts > 2
+        assert not meets(vae(x, keep=fewer.clamp_min(1)).reconstruction, x)[moved].any()
+    # A target no budget meets: the largest count, and `met` says so.
+    counts, met = smallest_keep(vae, x, psnr_at_least(200.0), high=20)
+    assert (counts == 20).all() and not met.any()
+
+
+def test_quality_targets_parse_or_say_what_they_take():
+    from mvq.models.keep_budget import parse_quality_target
+
+    assert callable(parse_quality_target("psnr=24"))
+    for bad in ["psnr", "psnr=x", "ssim=0.9", "lpips=0.2"]:  # lpips needs its network
+        with pytest.raises(InvalidInputError, match="psnr=DB"):
+            parse_quality_target(bad)

@@ -351,3 +351,47 @@ def test_cli_tokenize_config_uses_the_vae_resolution(vae, tmp_path, capsys):
     codes, _ = vae.tokenize(torch.stack([reference[i]["image"] for i in range(2)]))
     assert torch.equal(torch.stack([store[i]["codes"] for i in range(2)]), codes)
     assert [store[i]["label"] for i in range(2)] == [reference[i]["label"] for i in range(2)]
+
+
+@pytest.mark.slow
+def test_cli_tokenize_at_a_budget_and_per_image_for_a_quality_target(vae, tmp_path, monkeypatch, capsys):
+    from mvq.cli import main
+    from mvq.data import build
+    from mvq.models.keep_budget import psnr_at_least, smallest_keep
+
+    vae.save_pretrained(tmp_path / "vae")
+    data = ImageSet(5)
+    monkeypatch.setattr(build, "dataset_from_path", lambda path, split, resolution: data)
+    common = ["--vae", str(tmp_path / "vae"), "--data", "images/", "--batch-size", "2", "--num-workers", "0",
+              "--device", "cpu"]
+    with pytest.raises(SystemExit) as done:
+        main(["tokenize", *common, "--keep", "5", "--out", str(tmp_path / "k5")])
+    assert done.value.code == 0
+    fixed = TokenStore(tmp_path / "k5")
+    assert fixed.header.num_tokens == 5 and not fixed.header.variable_length
+    assert torch.equal(fixed[3]["positions"], vae.tokenize(data.images[3:4], keep=5)[1][0])
+
+    # A quality target: each image gets the fewest cells that meet it, found as smallest_keep finds them.
+    target_db = 9.6  # this random model reconstructs at about 9.4-9.7 dB: some images meet it sooner than others
+    with pytest.raises(SystemExit) as done:
+        main(["tokenize", *common, "--quality-target", f"psnr={target_db}", "--keep", "40",
+              "--out", str(tmp_path / "target")])
+    assert done.value.code == 0
+    store = TokenStore(tmp_path / "target")
+    assert store.header.variable_length and store.header.num_tokens == 40
+    assert store.header.source["quality_target"] == f"psnr={target_db}"
+    expected, _ = smallest_keep(vae, data.images, psnr_at_least(target_db), high=40)
+    lengths = [store[i]["length"] for i in range(len(store))]
+    assert lengths == expected.tolist() and len(set(lengths)) > 1, lengths
+    for i, k in enumerate(lengths):
+        codes, positions = vae.tokenize(data.images[i:i + 1], keep=k)
+        assert torch.equal(store[i]["codes"][:k], codes[0]) and torch.equal(store[i]["positions"][:k], positions[0])
+        assert (store[i]["codes"][k:] == -1).all() and (store[i]["positions"][k:] == -1).all()
+    # Stage 2 reads stores of the MQ-VAE's own K: a store of another budget is refused in one line.
+    with pytest.raises(ValueError, match="a budget per image, not the MQ-VAE's K"):
+        check_compatible(store.header, vae.config)
+    with pytest.raises(ValueError, match="5 tokens per image, not the MQ-VAE's K"):
+        check_compatible(fixed.header, vae.config)
+    with pytest.raises(SystemExit) as done:
+        main(["tokenize", *common, "--quality-target", "ssim=0.9", "--out", str(tmp_path / "bad")])
+    assert done.value.code != 0 and "psnr=DB" in capsys.readouterr().err

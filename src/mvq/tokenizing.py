@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mvq.config import dataclass_to_dict
@@ -51,7 +52,9 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
                      flip: bool = False, batch_size: int = 64, num_workers: int = 0,
                      rank: int | None = None, world_size: int | None = None,
                      device: str | torch.device = "cpu", source: Mapping[str, Any] | None = None,
-                     progress: bool = True) -> TokenStoreHeader:
+                     progress: bool = True, keep: int | None = None,
+                     budget: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     max_tokens: int | None = None) -> TokenStoreHeader:
     """Encode `dataset` with an MQ-VAE or a VQGAN into the store at `out`; this rank writes its part.
 
     `model` needs `config` (codebook_size, grid_size, num_tokens, resolution) and
@@ -60,6 +63,10 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
     A part already (partly) written is continued from its recorded progress; with the same
     batch size the finished store is identical to one written without interruption.
     Without `rank`/`world_size` they come from `mvq.distributed.rank_and_world_size`.
+
+    An MQ-VAE may keep another budget than its K: `keep` (one count for every image), or `budget`
+    (images → one count per image, at most `max_tokens`, e.g. `mvq.models.keep_budget.smallest_keep`
+    for a quality target), which writes a variable-length store.
     """
     if rank is None or world_size is None:
         rank, world_size = rank_and_world_size()
@@ -68,6 +75,12 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
     if num_workers < 0:
         raise InvalidInputError(f"the number of data loading workers must be 0 or more, got {num_workers}")
     config = model.config
+    if (keep is not None or budget is not None) and not hasattr(config, "keep_count"):
+        raise InvalidInputError("a token budget needs an MQ-VAE: a VQGAN keeps every cell")
+    if budget is not None and (keep is not None or max_tokens is None):
+        raise InvalidInputError("a budget per image takes max_tokens (the longest row) and no fixed keep")
+    num_tokens = int(config.num_tokens) if keep is None and budget is None else (
+        config.keep_count(keep) if budget is None else int(max_tokens))
     copies = 2 if flip else 1
     num_images = len(dataset)
     bounds = [shard_bounds(num_images, r, world_size) for r in range(world_size)]
@@ -75,9 +88,11 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
     vae_config = dataclass_to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
     header = TokenStoreHeader(
         codebook_size=int(config.codebook_size), grid_size=int(config.grid_size),
-        num_tokens=int(config.num_tokens), num_classes=num_classes,
+        num_tokens=num_tokens, num_classes=num_classes,
         part_sizes=tuple(copies * (stop - start) for start, stop in bounds),
-        dtypes=store_dtypes(int(config.codebook_size), int(config.grid_size) ** 2, num_classes),
+        dtypes=store_dtypes(int(config.codebook_size), int(config.grid_size) ** 2, num_classes,
+                            variable_length=budget is not None),
+        variable_length=budget is not None,
         flip=flip, vae={"config": vae_config, "weights_sha256": weights_fingerprint(model)},
         source={"num_images": num_images, **({"class_names": declared_class_names(dataset)}
                                              if declared_class_names(dataset) else {}), **(source or {})},
@@ -87,13 +102,14 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
     with locked(Path(out) / f".{part_name(rank, world_size)}.lock", f"{out} is being written by another mvq "
                 "tokenize; wait for it to finish, or choose another --out", remove=True):
         _write_part(model, dataset, out, header, rank, bounds[rank], copies, flip, batch_size, num_workers, device,
-                    progress)
+                    progress, keep, budget)
     return header
 
 
 def _write_part(model: torch.nn.Module, dataset: Dataset, out: str | os.PathLike, header: TokenStoreHeader,
                 rank: int, bounds: tuple[int, int], copies: int, flip: bool, batch_size: int, num_workers: int,
-                device: str | torch.device, progress: bool) -> None:
+                device: str | torch.device, progress: bool, keep: int | None = None,
+                budget: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
     """Encode this rank's block of the dataset into its part, continuing from the part's recorded progress."""
     from tqdm.auto import tqdm
 
@@ -119,7 +135,14 @@ def _write_part(model: torch.nn.Module, dataset: Dataset, out: str | os.PathLike
                 if flip:  # original and mirror of each image side by side: rows 2i, 2i + 1
                     images = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
                     labels = labels.repeat_interleave(2)
-                codes, positions = model.tokenize(images)
-                writer.append(codes, positions, labels)
+                if budget is None:
+                    codes, positions = model.tokenize(images) if keep is None else model.tokenize(images, keep=keep)
+                    writer.append(codes, positions, labels)
+                else:
+                    counts = budget(images).clamp_max(header.num_tokens)
+                    codes, positions = model.tokenize(images, keep=counts)
+                    pad = header.num_tokens - codes.shape[1]  # rows as long as the store's longest
+                    writer.append(F.pad(codes, (0, pad), value=-1), F.pad(positions, (0, pad), value=-1), labels,
+                                  lengths=counts)
                 bar.update(len(batch["label"]))
     bar.close()

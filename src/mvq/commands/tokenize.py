@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mvq.commands.options import MODEL_FORMS
+from mvq.commands.options import MODEL_FORMS, add_keep_argument, check_keep_budget
 from mvq.errors import UserError
 
 
@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     parser.add_argument("--num-workers", type=int, default=4, help="data loading processes (default: 4)")
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
+    add_keep_argument(parser)
+    parser.add_argument("--quality-target", metavar="TARGET",
+                        help="an MQ-VAE's budget per image: the fewest cells whose reconstruction meets TARGET, "
+                             "psnr=DB (at least) or lpips=DISTANCE (at most, real LPIPS-VGG weights), found by "
+                             "bisection over the model's ranking (at most --keep cells, default all); writes a "
+                             "store with a length per row")
     parser.set_defaults(func=run)
 
 
@@ -43,13 +49,37 @@ def run(args: argparse.Namespace) -> int:
     rank, world_size = rank_and_world_size()
     device = resolve_device(args.device)
     model = load_tokenizer(args.vae, map_location=device)
+    check_keep_budget(model, args.keep)
+    budget = quality_budget(model, args.quality_target, args.keep, device) if args.quality_target else None
     dataset = build.dataset_from_path(args.data, args.split, model.config.resolution)
     header = tokenize_dataset(
         model, dataset, args.out, flip=args.flip, batch_size=args.batch_size, num_workers=args.num_workers,
         rank=rank, world_size=world_size, device=device,
-        source={"data": str(Path(args.data).resolve()), "split": args.split})
+        source={"data": str(Path(args.data).resolve()), "split": args.split,
+                **({"quality_target": args.quality_target} if args.quality_target else {})},
+        keep=None if budget else args.keep, budget=budget,
+        max_tokens=budget and (model.config.keep_count(args.keep) if args.keep else model.config.num_cells))
     part = f" ({part_name(rank, world_size)}: {header.part_sizes[rank]} rows)" if world_size > 1 else ""
+    if header.variable_length:
+        print(f"a budget per image for {args.quality_target}: rows of up to {header.num_tokens} tokens")
     print(f"token store {args.out}: {header.count} items{part}, K={header.num_tokens} tokens on a "
           f"{header.grid_size}×{header.grid_size} grid, codebook {header.codebook_size}, "
           f"dtypes {dict(header.dtypes)}")
     return 0
+
+
+def quality_budget(model, target: str, keep, device):
+    """Images → the fewest kept cells meeting `target` per image (at most `keep` cells, default all)."""
+    from mvq.models.keep_budget import parse_quality_target, smallest_keep
+
+    if not hasattr(model.config, "keep_count"):
+        raise UserError("--quality-target needs an MQ-VAE: a VQGAN keeps every cell")
+    target_fn = parse_quality_target(target, lpips=lambda: _lpips(device))
+    high = model.config.keep_count(keep) if keep is not None else model.config.num_cells
+    return lambda images: smallest_keep(model, images, target_fn, high=high)[0]
+
+
+def _lpips(device):
+    from mvq.losses.perceptual import LPIPS
+
+    return LPIPS(net="vgg").to(device)

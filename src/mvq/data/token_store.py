@@ -11,8 +11,12 @@ a folder::
         codes.npy                  count × K, smallest unsigned type that holds codebook_size - 1
         positions.npy              count × K, ascending cell indices in [0, H·W)
         labels.npy                 count, class index or -1 (signed type)
+        lengths.npy                count, tokens in each row (only in a store with a budget per image)
         progress.json              rows written so far; the part is complete when done == size
       part-00001-of-00002/ ...
+
+A store made with a budget per image (`variable_length`) has rows of K = the largest budget; row i
+holds its `lengths[i]` tokens first (positions ascending), then zeros, which readers return as -1.
 
 Parts hold contiguous blocks of the dataset, so reading them in order gives the same items in
 the same order whatever the number of ranks. Rows are written in fixed-size chunks and
@@ -67,8 +71,10 @@ def smallest_integer_dtype(min_value: int, max_value: int) -> np.dtype:
     raise ValueError(f"no integer dtype holds [{min_value}, {max_value}]")
 
 
-def store_dtypes(codebook_size: int, num_cells: int, num_classes: int | None) -> dict[str, str]:
-    """Dtypes of the three arrays: codes < codebook_size, positions < num_cells, labels in [-1, C)."""
+def store_dtypes(codebook_size: int, num_cells: int, num_classes: int | None,
+                 variable_length: bool = False) -> dict[str, str]:
+    """Dtypes of the arrays: codes < codebook_size, positions < num_cells, labels in [-1, C); with
+    `variable_length` also lengths ≤ num_cells."""
     label_max = (num_classes - 1) if num_classes else 0
     if num_classes is None:  # classes not declared by the dataset: keep room for any label
         label_max = np.iinfo(np.int32).max
@@ -76,6 +82,7 @@ def store_dtypes(codebook_size: int, num_cells: int, num_classes: int | None) ->
         "codes": smallest_integer_dtype(0, codebook_size - 1).name,
         "positions": smallest_integer_dtype(0, num_cells - 1).name,
         "labels": smallest_integer_dtype(-1, max(label_max, 0)).name,
+        **({"lengths": smallest_integer_dtype(0, num_cells).name} if variable_length else {}),
     }
 
 
@@ -99,6 +106,11 @@ class TokenStoreHeader:
     flip: bool = False
     vae: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     source: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    variable_length: bool = False  # a budget per image: rows of num_tokens, `lengths` of them used
+
+    @property
+    def array_names(self) -> tuple[str, ...]:
+        return (*ARRAY_NAMES, "lengths") if self.variable_length else ARRAY_NAMES
 
     @property
     def count(self) -> int:
@@ -127,6 +139,7 @@ class TokenStoreHeader:
             "flip": self.flip,
             "vae": dict(self.vae),
             "source": dict(self.source),
+            **({"variable_length": True} if self.variable_length else {}),
         }
 
     @classmethod
@@ -147,6 +160,7 @@ class TokenStoreHeader:
                 flip=bool(data.get("flip", False)),
                 vae=dict(data.get("vae", {})),
                 source=dict(data.get("source", {})),
+                variable_length=bool(data.get("variable_length", False)),
             )
         except KeyError as exc:
             raise InvalidInputError(f"{where} lacks the field {exc.args[0]!r}") from exc
@@ -210,6 +224,12 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
         header = TokenStoreHeader.from_json(header)
     expected, found = vae_token_geometry(vae_config), vae_token_geometry(header)
     name = tokenizer_name(vae_config)
+    if header.variable_length or (found["num_tokens"] != expected["num_tokens"]
+                                  and {**found, "num_tokens": 0} == {**expected, "num_tokens": 0}):
+        budget = "a budget per image" if header.variable_length else f"{found['num_tokens']} tokens per image"
+        raise InvalidInputError(f"token store holds {budget}, not the {name}'s K = {expected['num_tokens']}: "
+                                f"what reads it here needs the {name}'s own K (tokenize without --keep or "
+                                "--quality-target)")
     diffs = [f"{k}: store {found[k]}, {name} {expected[k]}" for k in expected if found[k] != expected[k]]
     if diffs:
         raise InvalidInputError(f"token store does not match the {name} (" + "; ".join(diffs) + "). "
@@ -232,7 +252,8 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
 
 def part_shapes(header: TokenStoreHeader, rows: int) -> dict[str, tuple[int, ...]]:
     """The shape of each array of a part of `rows` rows."""
-    return {"codes": (rows, header.num_tokens), "positions": (rows, header.num_tokens), "labels": (rows,)}
+    return {"codes": (rows, header.num_tokens), "positions": (rows, header.num_tokens), "labels": (rows,),
+            "lengths": (rows,)}
 
 
 def _array_problem(path: Path, shape: tuple[int, ...], dtype: str) -> str | None:
@@ -287,7 +308,7 @@ class TokenPartWriter:
         progress_path = self.dir / PROGRESS_NAME
         if progress_path.is_file() and self._arrays_whole():
             self.done = int(json.loads(progress_path.read_text())["done"])
-            self._arrays = {n: np.load(self.dir / f"{n}.npy", mmap_mode="r+") for n in ARRAY_NAMES}
+            self._arrays = {n: np.load(self.dir / f"{n}.npy", mmap_mode="r+") for n in header.array_names}
         else:  # new, or its arrays were cut short (a full disk): written again from its first row
             self._arrays = self._allocate()
             self.done = 0
@@ -295,15 +316,15 @@ class TokenPartWriter:
 
     def _arrays_whole(self) -> bool:
         return all(_array_problem(self.dir / f"{n}.npy", self._shapes[n], self.header.dtypes[n]) is None
-                   for n in ARRAY_NAMES)
+                   for n in self.header.array_names)
 
     def _allocate(self) -> dict[str, np.ndarray]:
-        """Create the three arrays at full size (under temporary names first, then renamed).
+        """Create the arrays at full size (under temporary names first, then renamed).
 
         Their disk space is reserved up front, so a full disk is one error here rather than a
         crash (SIGBUS) when a memory-mapped page can later not be written.
         """
-        for name in ARRAY_NAMES:
+        for name in self.header.array_names:
             tmp = self.dir / f"{name}.npy.tmp"
             try:
                 array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.header.dtypes[name],
@@ -318,7 +339,7 @@ class TokenPartWriter:
                                     f"({self.size} rows); free some space and run the same command again") from exc
                 raise
             os.replace(tmp, self.dir / f"{name}.npy")
-        return {n: np.load(self.dir / f"{n}.npy", mmap_mode="r+") for n in ARRAY_NAMES}
+        return {n: np.load(self.dir / f"{n}.npy", mmap_mode="r+") for n in self.header.array_names}
 
     def _record_progress(self) -> None:
         atomic_write_json(self.dir / PROGRESS_NAME, {"done": self.done, "size": self.size})
@@ -328,25 +349,39 @@ class TokenPartWriter:
         return self.done >= self.size
 
     def append(self, codes: np.ndarray | torch.Tensor, positions: np.ndarray | torch.Tensor,
-               labels: np.ndarray | torch.Tensor) -> None:
-        """Write the next rows (B×K codes, B×K positions, B labels) and record them as done."""
-        codes, positions, labels = (np.asarray(x.cpu() if torch.is_tensor(x) else x)
+               labels: np.ndarray | torch.Tensor, lengths: np.ndarray | torch.Tensor | None = None) -> None:
+        """Write the next rows (B×K codes, B×K positions, B labels; in a variable-length store also B
+        lengths, entries beyond a row's length being -1) and record them as done."""
+        codes, positions, labels = (np.asarray(x.cpu() if torch.is_tensor(x) else x).astype(np.int64)
                                     for x in (codes, positions, labels))
         k, b = self.header.num_tokens, len(codes)
         if codes.shape != (b, k) or positions.shape != (b, k) or labels.shape != (b,):
             raise ValueError(f"expected codes and positions of shape B×{k} and labels of shape B, got "
                              f"{codes.shape}, {positions.shape}, {labels.shape}")
+        if (lengths is not None) != self.header.variable_length:
+            raise ValueError("lengths are given exactly when the store holds a budget per image")
         if self.done + b > self.size:
             raise ValueError(f"part {self.rank} holds {self.size} rows; {self.done} written, {b} more do not fit")
+        used = np.ones((b, k), dtype=bool)
+        arrays = {"codes": codes, "positions": positions, "labels": labels}
+        if lengths is not None:
+            lengths = np.asarray(lengths.cpu() if torch.is_tensor(lengths) else lengths).astype(np.int64)
+            self._check_range("lengths", lengths, 1, k + 1)
+            used = np.arange(k) < lengths[:, None]
+            if ((codes != -1) | (positions != -1))[~used].any():
+                raise ValueError("entries beyond a row's length must be -1")
+            codes, positions = np.where(used, codes, 0), np.where(used, positions, 0)  # stored as 0
+            arrays = {"codes": codes, "positions": positions, "labels": labels, "lengths": lengths}
         self._check_range("codes", codes, 0, self.header.codebook_size)
         self._check_range("positions", positions, 0, self.header.num_cells)
         num_classes = self.header.num_classes
         self._check_range("labels", labels, -1, num_classes if num_classes is not None
                           else int(np.iinfo(self.header.dtypes["labels"]).max))
-        if k > 1 and not (np.diff(positions.astype(np.int64), axis=1) > 0).all():
+        ascending = np.diff(positions, axis=1) > 0
+        if k > 1 and not ascending[used[:, 1:]].all():
             raise ValueError("positions must be strictly ascending along each row (raster order)")
         stop = self.done + b
-        for name, values in zip(ARRAY_NAMES, (codes, positions, labels)):
+        for name, values in arrays.items():
             self._arrays[name][self.done:stop] = values
             self._arrays[name].flush()
         self.done = stop
@@ -367,7 +402,8 @@ class TokenStore(Dataset):
     """All parts of a token store read as one dataset (memory-mapped, nothing loaded up front).
 
     Items are dicts: `codes` (LongTensor K), `positions` (LongTensor K, ascending), `label`
-    (int, -1 when the image has none). Part r's rows come before part r + 1's, which is the
+    (int, -1 when the image has none); in a variable-length store also `length` (int), the
+    entries beyond it being -1. Part r's rows come before part r + 1's, which is the
     order of the dataset that was tokenized (originals and their flips interleaved when the
     store was made with flipping).
     """
@@ -375,6 +411,7 @@ class TokenStore(Dataset):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         header = read_header(self.path)
+        self._array_names = header.array_names
         self._part_dirs = [self.path / part_name(r, header.world_size) for r in range(header.world_size)]
         self._check_complete(header)
         self._offsets = np.cumsum([0, *header.part_sizes])
@@ -405,10 +442,11 @@ class TokenStore(Dataset):
         """Every array whole, of the header's shape and dtype, its values in range: a damaged store is one
         error when it is opened, not a crash deep inside training."""
         limits = {"codes": (0, header.codebook_size), "positions": (0, header.num_cells),
-                  "labels": (-1, header.num_classes if header.num_classes is not None else None)}
+                  "labels": (-1, header.num_classes if header.num_classes is not None else None),
+                  "lengths": (1, header.num_tokens + 1)}
         for part_dir, size in zip(self._part_dirs, header.part_sizes):
             shapes = part_shapes(header, size)
-            for name in ARRAY_NAMES:
+            for name in header.array_names:
                 path = part_dir / f"{name}.npy"
                 problem = _array_problem(path, shapes[name], header.dtypes[name])
                 if problem is None and size:
@@ -425,7 +463,7 @@ class TokenStore(Dataset):
     def _open(self) -> list[dict[str, np.ndarray]]:
         """Memory-map the arrays on first use (per process, so DataLoader workers map their own)."""
         if self._arrays is None:
-            self._arrays = [{n: np.load(d / f"{n}.npy", mmap_mode="r") for n in ARRAY_NAMES}
+            self._arrays = [{n: np.load(d / f"{n}.npy", mmap_mode="r") for n in self._array_names}
                             for d in self._part_dirs]
         return self._arrays
 
@@ -445,11 +483,16 @@ class TokenStore(Dataset):
         part = int(np.searchsorted(self._offsets, index, side="right")) - 1
         row = index - int(self._offsets[part])
         arrays = self._open()[part]
-        return {
+        item = {
             "codes": torch.from_numpy(arrays["codes"][row].astype(np.int64)),
             "positions": torch.from_numpy(arrays["positions"][row].astype(np.int64)),
             "label": int(arrays["labels"][row]),
         }
+        if "lengths" in arrays:
+            item["length"] = length = int(arrays["lengths"][row])
+            item["codes"][length:] = -1
+            item["positions"][length:] = -1
+        return item
 
     def arrays(self) -> Iterator[dict[str, np.ndarray]]:
         """The memory-mapped arrays of each part, in order (for bulk reads and statistics)."""

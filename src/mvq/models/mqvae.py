@@ -18,8 +18,10 @@ from mvq.nn import (DEMASK_ATTENTIONS, MASK_CHOICES, MASK_UPDATES, AdaptiveDemas
                     build_masker)
 
 
-# How an any-K run draws the keep count of each training batch (`MQVAEConfig.train_keep_schedule`).
+# How an any-K run draws keep counts (`MQVAEConfig.train_keep_schedule`), and for what: one count per
+# training batch, or one per image of it (`MQVAEConfig.train_keep_per`).
 KEEP_SCHEDULES = ("uniform", "pow2")
+KEEP_DRAWS = ("batch", "image")
 
 
 @dataclass
@@ -49,6 +51,8 @@ class MQVAEConfig(TokenizerConfig):
     # the step also reconstructs at the full K and adds that loss.
     train_keep_min: float | None = None
     train_keep_schedule: str = "uniform"            # every count equally likely | "pow2": K_min·2^i and K
+    train_keep_per: str = "batch"                   # one count per batch | "image": one per image (cells
+                                                    # beyond an image's count still pass the quantizer)
     train_full_keep_pass: bool = False
 
     def __post_init__(self) -> None:
@@ -72,6 +76,9 @@ class MQVAEConfig(TokenizerConfig):
         if self.train_keep_schedule not in KEEP_SCHEDULES:
             raise ConfigError(f"model.train_keep_schedule must be one of {', '.join(KEEP_SCHEDULES)}; got "
                               f"{self.train_keep_schedule!r}")
+        if self.train_keep_per not in KEEP_DRAWS:
+            raise ConfigError(f"model.train_keep_per must be one of {', '.join(KEEP_DRAWS)}; got "
+                              f"{self.train_keep_per!r}")
         if self.train_keep_min is not None and not (0 < self.train_keep_min <= self.keep_ratio
                                                     and int(self.train_keep_min * self.num_cells) >= 1):
             raise ConfigError(f"model.train_keep_min must keep at least one cell and at most keep_ratio "
@@ -82,10 +89,19 @@ class MQVAEConfig(TokenizerConfig):
         """Trained to keep any number of cells up to K (its tokens at a smaller K are a prefix)."""
         return self.train_keep_min is not None
 
-    def keep_count(self, keep: int | float | None) -> int:
-        """A budget as a cell count: None → K; a float in (0, 1] → that share of the N cells; an int → itself."""
+    def keep_count(self, keep: int | float | torch.Tensor | None) -> int | torch.Tensor:
+        """A budget as a cell count: None → K; a float in (0, 1] → that share of the N cells; an int → itself;
+        a 1-D integer tensor → one count per image (checked)."""
         if keep is None:
             return self.num_tokens
+        if isinstance(keep, torch.Tensor):
+            if keep.dim() != 1 or keep.dtype.is_floating_point or keep.dtype == torch.bool:
+                raise InvalidInputError(f"per-image keep counts must be a 1-D integer tensor, got {keep.dtype} of "
+                                        f"shape {tuple(keep.shape)}")
+            if bool(((keep < 1) | (keep > self.num_cells)).any()):
+                raise InvalidInputError(f"per-image keep counts must be in 1..{self.num_cells}, got "
+                                        f"{int(keep.min())}..{int(keep.max())}")
+            return keep
         if isinstance(keep, float):
             if not 0 < keep <= 1 or int(keep * self.num_cells) < 1:
                 raise InvalidInputError(f"a keep ratio must be in (0, 1] and keep a cell of the {self.num_cells}, "
@@ -95,13 +111,17 @@ class MQVAEConfig(TokenizerConfig):
             raise InvalidInputError(f"keep must be a count in 1..{self.num_cells} or a ratio in (0, 1], got {keep!r}")
         return int(keep)
 
-    def draw_train_keep(self) -> int:
-        """The keep count of one any-K training batch, from torch's global generator (restored on resume)."""
+    def draw_train_keep(self, batch_size: int = 1) -> int | torch.Tensor:
+        """The keep count of one any-K training batch (`train_keep_per: image`: a tensor of `batch_size`
+        counts, one per image), from torch's global generator (restored on resume)."""
         low, high = max(1, int(self.train_keep_min * self.num_cells)), self.num_tokens
+        shape = (batch_size,) if self.train_keep_per == "image" else ()
         if self.train_keep_schedule == "pow2":
-            choices = sorted({min(low * 2 ** i, high) for i in range((high // low).bit_length() + 1)})
-            return choices[int(torch.randint(len(choices), ()))]
-        return int(torch.randint(low, high + 1, ()))
+            choices = torch.tensor(sorted({min(low * 2 ** i, high) for i in range((high // low).bit_length() + 1)}))
+            drawn = choices[torch.randint(len(choices), shape)]
+        else:
+            drawn = torch.randint(low, high + 1, shape)
+        return drawn if shape else int(drawn)
 
     @property
     def num_tokens(self) -> int:
@@ -149,8 +169,9 @@ class MQVAE(Tokenizer):
                                num_res_blocks=c.num_res_blocks, attn_resolutions=c.attn_resolutions,
                                resolution=c.resolution, dropout=c.dropout, norm_groups=c.norm_groups)
 
-    def forward(self, images: torch.Tensor, keep: int | float | None = None) -> MQVAEOutput:
-        """Reconstruct `images` (B×C×R×R in [-1, 1]) from K kept cells, or from `keep` (a count or a ratio).
+    def forward(self, images: torch.Tensor, keep: int | float | torch.Tensor | None = None) -> MQVAEOutput:
+        """Reconstruct `images` (B×C×R×R in [-1, 1]) from K kept cells, or from `keep` (a count or a ratio,
+        or a B-long tensor of counts, one per image: `keep_mask` then marks each image's own cells).
 
         Only the shape is checked (no host sync in training or evaluation steps); call
         `check_images` first on images that may hold NaN or values outside [-1, 1].
@@ -164,16 +185,28 @@ class MQVAE(Tokenizer):
                            masked.keep_mask.view(-1, g, g), masked.scores.view(-1, g, g))
 
     @torch.no_grad()
-    def tokenize(self, images: torch.Tensor, keep: int | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(self, images: torch.Tensor, keep: int | float | torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images → (codes, positions), each B×K long (or B×keep: a count or a ratio of the cells), positions
-        ascending. The cells kept at a budget are a subset of those kept at any larger one. Refuses bad pixels."""
+        ascending. The cells kept at a budget are a subset of those kept at any larger one. Refuses bad pixels.
+
+        With per-image counts (`keep` a B-long tensor) the rows are as long as the largest count: each holds
+        its own tokens (positions ascending), then -1 in both tensors (`detokenize` reads them so)."""
         self.check_images(images)
         masked = self.masker(self.encoder(images), None if keep is None else self.config.keep_count(keep))
-        return self.quantizer.nearest_codes(masked.features), masked.positions
+        codes, positions = self.quantizer.nearest_codes(masked.features), masked.positions
+        if isinstance(keep, torch.Tensor):
+            own = masked.keep_mask.gather(1, positions)
+            order = torch.where(own, positions, positions + self.config.num_cells).argsort(dim=1)  # own cells first
+            own = own.gather(1, order)
+            codes = torch.where(own, codes.gather(1, order), -1)
+            positions = torch.where(own, positions.gather(1, order), -1)
+        return codes, positions
 
     @torch.no_grad()
     def detokenize(self, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """(codes, positions) → images in about [-1, 1]. Positions need not be sorted."""
+        """(codes, positions) → images in about [-1, 1]. Positions need not be sorted; rows of different
+        lengths end in -1 (as `tokenize` with per-image counts writes them; the first entry is a token)."""
         if codes.shape != positions.shape or codes.dim() != 2:
             raise InvalidInputError(f"codes and positions must both be B×K, got {tuple(codes.shape)} and "
                              f"{tuple(positions.shape)}")
@@ -182,6 +215,10 @@ class MQVAE(Tokenizer):
     def decode_tokens(self, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Codes at positions → images; the decode path behind `detokenize` (without its input checks)."""
         n = self.config.num_cells
+        padding = positions < 0
+        # Padding repeats the row's first token (same cell, same code): it writes nothing new.
+        codes = torch.where(padding, codes[:, :1], codes)
+        positions = torch.where(padding, positions[:, :1], positions)
         keep_mask = torch.zeros(codes.shape[0], n, dtype=torch.bool, device=codes.device)
         keep_mask.scatter_(1, positions, True)
         quantized = self.quantizer.lookup(codes)

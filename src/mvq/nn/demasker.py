@@ -74,8 +74,11 @@ class AdaptiveDemasker(nn.Module):
     def forward(self, quantized: torch.Tensor, positions: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
         b, _, d = quantized.shape
         n = self.grid_size * self.grid_size
-        canvas = self.mask_token.to(quantized.dtype).expand(b, n, d)
-        canvas = canvas.scatter(1, positions.unsqueeze(-1).expand(-1, -1, d), quantized)
+        mask_token = self.mask_token.to(quantized.dtype)
+        canvas = mask_token.expand(b, n, d).scatter(1, positions.unsqueeze(-1).expand(-1, -1, d), quantized)
+        # With per-image budgets an image's positions may hold cells beyond its own keep mask: those
+        # become mask tokens again (with one budget for all, this changes nothing).
+        canvas = torch.where(keep_mask.reshape(b, n, 1), canvas, mask_token)
         x = canvas.transpose(1, 2).reshape(b, d, self.grid_size, self.grid_size)
         x = self.conv_in(self.project_in(x))
         weights = self.key_weights(keep_mask.reshape(b, n)) if self.attention == "direction_constrained" else None

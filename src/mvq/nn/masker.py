@@ -39,8 +39,29 @@ class ScoreNetwork(nn.Module):
 class MaskerOutput:
     features: torch.Tensor   # B×K×codebook_dim, kept cells (score-weighted, projected)
     positions: torch.Tensor  # B×K long, ascending indices into the H·W cells
-    keep_mask: torch.Tensor  # B×N bool
+    keep_mask: torch.Tensor  # B×N bool: the cells kept (per image fewer than K with per-image budgets)
     scores: torch.Tensor     # B×N in (0, 1)
+
+
+# A keep budget: one count for every image of a call, or a B-long tensor of counts, one per image.
+Budget = int | torch.Tensor
+
+
+def select_cells(scores: torch.Tensor, keep: Budget) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions B×K ascending, keep mask B×N) of the best `keep` cells of one stable ranking.
+
+    With per-image counts, K is the largest count and every image's positions hold its own count's
+    cells followed, in the same ascending list, by the next-ranked ones up to K; the keep mask marks
+    only its own. The cells kept at any budget are a subset of those at every larger one.
+    """
+    if isinstance(keep, int):
+        positions = ranked_prefix(scores, keep).sort(dim=1).values
+        return positions, keep_mask_from_positions(positions, scores.shape[1])
+    top = ranked_prefix(scores, int(keep.max()))  # best first
+    within = torch.arange(top.shape[1], device=top.device) < keep.to(top.device)[:, None]
+    positions, order = top.sort(dim=1)
+    keep_mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, positions, within.gather(1, order))
+    return positions, keep_mask
 
 
 def ranked_prefix(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -49,8 +70,12 @@ def ranked_prefix(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return scores.argsort(dim=1, descending=True, stable=True)[:, :keep]
 
 
-def check_keep(keep: int, num_cells: int) -> int:
-    """A keep count as an int in 1..num_cells, or ValueError."""
+def check_keep(keep: Budget, num_cells: int) -> Budget:
+    """A keep count as an int in 1..num_cells (or a tensor of such counts, one per image), or ValueError."""
+    if isinstance(keep, torch.Tensor):
+        if keep.dim() != 1 or keep.dtype.is_floating_point or bool(((keep < 1) | (keep > num_cells)).any()):
+            raise ValueError(f"per-image keep counts must be a 1-D integer tensor of counts in 1..{num_cells}")
+        return keep
     if isinstance(keep, bool) or int(keep) != keep or not 1 <= keep <= num_cells:
         raise ValueError(f"keep must be a whole number of cells in 1..{num_cells}, got {keep!r}")
     return int(keep)
@@ -71,22 +96,22 @@ class AdaptiveMasker(nn.Module):
         self.score_net = ScoreNetwork(channels)
         self.project = nn.Linear(channels, codebook_dim, bias=False)
 
-    def forward(self, h: torch.Tensor, keep: int | None = None) -> MaskerOutput:
-        """Keep the model's K cells, or the best `keep` (a prefix of the ranking of every cell)."""
+    def forward(self, h: torch.Tensor, keep: Budget | None = None) -> MaskerOutput:
+        """Keep the model's K cells, or the best `keep` (a prefix of the ranking of every cell; one count,
+        or one per image)."""
         b, c = h.shape[:2]
         scores = self.score_net(h)
         # Ranking uses detached scores; the kept features are multiplied by the live scores below,
         # which is the only path by which the score network receives gradient.
         if keep is None:
-            top = scores.detach().topk(self.num_tokens, dim=1).indices
+            positions = scores.detach().topk(self.num_tokens, dim=1).indices.sort(dim=1).values
+            keep_mask = keep_mask_from_positions(positions, scores.shape[1])
         else:
-            top = ranked_prefix(scores.detach(), check_keep(keep, scores.shape[1]))
-        positions = top.sort(dim=1).values
+            positions, keep_mask = select_cells(scores.detach(), check_keep(keep, scores.shape[1]))
         tokens = h.flatten(2).transpose(1, 2)  # B×N×C
         kept = tokens.gather(1, positions.unsqueeze(-1).expand(-1, -1, c))
         kept = F.layer_norm(kept, (c,)) * scores.gather(1, positions).unsqueeze(-1)
-        return MaskerOutput(self.project(kept), positions, keep_mask_from_positions(positions, scores.shape[1]),
-                            scores)
+        return MaskerOutput(self.project(kept), positions, keep_mask, scores)
 
 
 class RandomMasker(nn.Module):
@@ -103,16 +128,17 @@ class RandomMasker(nn.Module):
         self.num_tokens = num_tokens
         self.project = nn.Linear(channels, codebook_dim, bias=False)
 
-    def forward(self, h: torch.Tensor, keep: int | None = None) -> MaskerOutput:
+    def forward(self, h: torch.Tensor, keep: Budget | None = None) -> MaskerOutput:
         b, c = h.shape[:2]
         scores = torch.rand(b, h.shape[2] * h.shape[3], device=h.device)
-        top = (scores.topk(self.num_tokens, dim=1).indices if keep is None
-               else ranked_prefix(scores, check_keep(keep, scores.shape[1])))
-        positions = top.sort(dim=1).values
+        if keep is None:
+            positions = scores.topk(self.num_tokens, dim=1).indices.sort(dim=1).values
+            keep_mask = keep_mask_from_positions(positions, scores.shape[1])
+        else:
+            positions, keep_mask = select_cells(scores, check_keep(keep, scores.shape[1]))
         tokens = h.flatten(2).transpose(1, 2)  # B×N×C
         kept = F.layer_norm(tokens.gather(1, positions.unsqueeze(-1).expand(-1, -1, c)), (c,))
-        return MaskerOutput(self.project(kept), positions, keep_mask_from_positions(positions, scores.shape[1]),
-                            scores)
+        return MaskerOutput(self.project(kept), positions, keep_mask, scores)
 
 
 def build_masker(choice: str, channels: int, codebook_dim: int, num_tokens: int) -> AdaptiveMasker | RandomMasker:

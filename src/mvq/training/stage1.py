@@ -105,12 +105,14 @@ class TokenizerTraining(TrainingState, L.LightningModule):
         """(output, loss, logs) of the generator on a batch. An any-K model keeps a drawn K cells (and, with
         `train_full_keep_pass`, adds the loss at its full K); a fixed-K model keeps its K."""
         model = self.config.model
-        keep = model.draw_train_keep() if getattr(model, "any_k", False) else None
+        keep = model.draw_train_keep(images.shape[0]) if getattr(model, "any_k", False) else None
+        if isinstance(keep, torch.Tensor):
+            keep = keep.to(images.device)
         out = self.model(images) if keep is None else self.model(images, keep=keep)
         loss, logs = self.loss.generator_loss(images, out.reconstruction, out.codebook_loss, self.global_step,
                                               self.model.last_layer)
         if keep is not None:
-            logs["train_keep"] = torch.tensor(float(keep))
+            logs["train_keep"] = torch.as_tensor(keep, dtype=torch.float32).mean()
             if model.train_full_keep_pass:
                 full = self.model(images)
                 full_loss, _ = self.loss.generator_loss(images, full.reconstruction, full.codebook_loss,
