@@ -198,3 +198,21 @@ def test_quality_targets_parse_or_say_what_they_take():
     for bad in ["psnr", "psnr=x", "ssim=0.9", "lpips=0.2"]:  # lpips needs its network
         with pytest.raises(InvalidInputError, match="psnr=DB"):
             parse_quality_target(bad)
+
+
+def test_score_mass_budgets_grow_with_the_mass_and_keep_the_best_cells(vae):
+    from mvq.models.keep_budget import calibrate_mass, psnr_at_least, score_mass_keep
+
+    x = images(4, seed=5)
+    small, large = score_mass_keep(vae, x, 0.2), score_mass_keep(vae, x, 0.8)
+    assert (small <= large).all() and (small >= 1).all() and (large <= 64).all()
+    assert (score_mass_keep(vae, x, 1.0) >= 63).all()  # all the mass: (nearly) every cell
+    with torch.no_grad():
+        scores = vae.masker.score_net(vae.encoder(x))
+    ranked = scores.sort(dim=1, descending=True).values
+    for i, k in enumerate(large.tolist()):  # the fewest cells holding 80 % of the score
+        assert ranked[i, :k].sum() >= 0.8 * ranked[i].sum() - 1e-5
+        assert k == 1 or ranked[i, :k - 1].sum() < 0.8 * ranked[i].sum()
+    assert calibrate_mass(vae, x, psnr_at_least(-1.0), fraction=1.0, steps=4) == 2 ** -4  # met at any budget
+    with pytest.raises(InvalidInputError, match="score mass"):
+        score_mass_keep(vae, x, 0.0)

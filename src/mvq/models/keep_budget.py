@@ -9,6 +9,10 @@ not necessarily the smallest such count.
 
     counts, met = smallest_keep(vae, images, psnr_at_least(24.0))
     codes, positions = vae.tokenize(images, keep=counts)     # rows of different lengths, -1 padded
+
+`score_mass_keep` is the one-pass estimate: no reconstruction, only the importance scores. An image
+keeps the fewest best-ranked cells that hold a share `mass` of its total score; `calibrate_mass`
+picks the share on held-out images so that a given fraction of them meets the target.
 """
 
 from __future__ import annotations
@@ -75,3 +79,33 @@ def smallest_keep(vae: MQVAE, images: torch.Tensor, target: QualityTarget, low: 
         lo = torch.where(~meets & (lo < hi), mid + 1, lo)
     met = target(vae(images, keep=hi).reconstruction.float(), images)
     return hi, met
+
+
+@torch.no_grad()
+def score_mass_keep(vae: MQVAE, images: torch.Tensor, mass: float, low: int = 1, high: int | None = None
+                    ) -> torch.Tensor:
+    """Per image, the fewest best-ranked cells whose scores sum to at least `mass` (in (0, 1]) of all its
+    cells' scores, within [low, high]: one encoder pass, no reconstruction."""
+    if not 0 < mass <= 1:
+        raise InvalidInputError(f"the score mass must be in (0, 1], got {mass}")
+    n = vae.config.num_cells
+    high = n if high is None else high
+    scores = vae.masker.score_net(vae.encoder(images)).float()  # B×N in (0, 1)
+    ranked = scores.sort(dim=1, descending=True, stable=True).values
+    share = ranked.cumsum(1) / ranked.sum(1, keepdim=True)
+    counts = (share < mass - 1e-6).sum(1) + 1  # the first count whose share reaches `mass`
+    return counts.clamp(low, high)
+
+
+@torch.no_grad()
+def calibrate_mass(vae: MQVAE, images: torch.Tensor, target: QualityTarget, fraction: float,
+                   low: int = 1, high: int | None = None, steps: int = 12) -> float:
+    """The smallest score mass (bisection over (0, 1]) with which at least `fraction` of `images` meet
+    `target` at the `score_mass_keep` budget."""
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        counts = score_mass_keep(vae, images, mid, low, high)
+        met = target(vae(images, keep=counts).reconstruction.float(), images).float().mean()
+        lo, hi = (lo, mid) if float(met) >= fraction else (mid, hi)
+    return hi
