@@ -647,3 +647,24 @@ def test_psnr_is_put_in_words():
     assert [psnr_words(db) for db in (40.0, 30.0, 24.0, 8.0)] == [
         "hard to tell from the input", "close: small differences in fine detail",
         "recognisable, with visible loss of detail", "far from the input: the shapes and colours change"]
+
+
+@pytest.mark.slow
+def test_tokenize_takes_a_budget_or_a_psnr_target(pipeline, tmp_path):
+    from mvq.app.page import tokenize_handler
+    from mvq.models.keep_budget import psnr_at_least, smallest_keep
+
+    vae = pipeline.vae
+    path = save(Image.fromarray(shapes_photo(16, 16, index=1)[..., :3]), tmp_path, "shape.png")
+    tokenize = tokenize_handler(vae)
+    pictures, summary, _ = tokenize(str(path), 5, 0)
+    assert "**5 tokens**" in summary and pictures[1][1].startswith("Kept cells: 5 of")
+    image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        reachable = float(tokenize_view(vae, np.asarray(Image.open(path).convert("RGB")), keep=vae.config.num_cells).psnr)
+    target = reachable - 0.5
+    expected = int(smallest_keep(vae, image, psnr_at_least(target))[0][0])
+    _, summary, _ = tokenize(str(path), 5, target)  # the target overrides the slider
+    assert f"**{expected} tokens**" in summary and f"reach {target:g} dB" in summary
+    _, summary, _ = tokenize(str(path), 5, 99.0)
+    assert "99 dB is out of reach" in summary and f"**{vae.config.num_cells} tokens**" in summary

@@ -102,13 +102,15 @@ Captioned = tuple[np.ndarray, str]
 
 
 def tokenize_handler(vae: MQVAE | VQGAN) -> Callable:
-    """Uploaded file → (captioned pictures: input, kept cells, scores, reconstruction; summary; status)."""
-    def handle(path: str | None):
+    """Uploaded file (+ an MQ-VAE's token budget, or a PSNR target that picks it) → (captioned pictures:
+    input, kept cells, scores, reconstruction; summary; status)."""
+    def handle(path: str | None, keep: float | None = None, psnr_target: float | None = None):
         if not path:
             return None, "", "Upload an image first, or click an example."
         try:
             upload = prepare_upload(path, vae.config.resolution)
-            view = tokenize_view(vae, upload.pixels)
+            target = float(psnr_target) if psnr_target else None  # 0 or empty: no target
+            view = tokenize_view(vae, upload.pixels, None if keep is None else int(keep), target)
         except SHOWN_ERRORS as exc:
             return None, "", _error(exc)
         r = vae.config.resolution
@@ -119,6 +121,9 @@ def tokenize_handler(vae: MQVAE | VQGAN) -> Callable:
         summary = (f"**{view.num_tokens} tokens** for {view.num_cells} cells "
                    f"({view.num_tokens / view.num_cells:.0%} kept) · PSNR of the reconstruction "
                    f"**{view.psnr:.2f} dB** ({psnr_words(view.psnr)})")
+        if target is not None:
+            summary += (f" · the fewest tokens that reach {target:g} dB" if view.psnr >= target else
+                        f" · {target:g} dB is out of reach: every cell kept gives {view.psnr:.2f} dB")
         status = _sentence(upload.notes) or "The image was used as it is."
         return pictures, summary, status
     return handle
@@ -301,6 +306,19 @@ def _clear_on_new_upload(upload: Any, outputs: list, button: str) -> None:
 FIRST_STEP = "Upload an image or click an example."
 
 
+def _budget_inputs(gr: ModuleType, vae: MQVAE | VQGAN) -> list:
+    """An MQ-VAE's token budget (a slider) and a PSNR target that picks it per image; none for a VQGAN."""
+    c = vae.config
+    if not hasattr(c, "keep_count"):
+        return []
+    trained = ("trained for any budget up to K" if c.any_k else
+               f"trained to keep {c.num_tokens}: other budgets work outside what it learned")
+    return [gr.Slider(1, c.num_cells, value=c.num_tokens, step=1, label="Tokens to keep", elem_id="tokenize-keep",
+                      info=f"the best-ranked cells; this model was {trained}"),
+            gr.Number(0, label="Or a PSNR target in dB (0: off)", minimum=0, maximum=100, elem_id="tokenize-target",
+                      info="keeps the fewest tokens whose reconstruction reaches it (overrides the slider)")]
+
+
 def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN, examples: Sequence[Path]) -> Any:
     """The Tokenize tab; returns its status line."""
     r = vae.config.resolution
@@ -310,16 +328,22 @@ def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN, examples: Sequence[Path]) 
                 "from them.")
     with gr.Row():
         upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="tokenize-upload")
-        button = gr.Button("Tokenize", variant="primary", elem_id="tokenize-button")
+        with gr.Column():
+            budget = _budget_inputs(gr, vae)
+            button = gr.Button("Tokenize", variant="primary", elem_id="tokenize-button")
     picks = _examples(gr, examples, r, "tokenize-examples")
     status = gr.Markdown(elem_id="tokenize-status")
     summary = gr.Markdown(elem_id="tokenize-summary")
     _, pictures = _pictures(gr, "Results", "tokenize-results", columns=4)
     gr.HTML(colour_scale_html(), elem_id="tokenize-score-scale")
     outputs = [pictures, summary, status]
-    button.click(tokenize_handler(vae), inputs=upload, outputs=outputs)
+    button.click(tokenize_handler(vae), inputs=[upload, *budget], outputs=outputs)
+    if budget:  # a new budget or target shows its result at once
+        keep, target = budget
+        keep.release(tokenize_handler(vae), inputs=[upload, *budget], outputs=outputs)
+        target.submit(tokenize_handler(vae), inputs=[upload, *budget], outputs=outputs)
     if picks is not None:
-        picks.select(_run_example(gr, examples, tokenize_handler(vae)), outputs=[upload, *outputs])
+        picks.select(_run_example(gr, examples, tokenize_handler(vae)), inputs=budget, outputs=[upload, *outputs])
     _clear_on_new_upload(upload, outputs, "Tokenize")
     return status
 

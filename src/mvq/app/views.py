@@ -14,6 +14,7 @@ import torch
 
 from mvq.errors import UserError
 from mvq.evaluation.image_metrics import from_uint8_hwc, psnr, to_uint8, to_uint8_hwc
+from mvq.models.keep_budget import psnr_at_least, smallest_keep
 from mvq.models.mqvae import MQVAE
 from mvq.nn.masker import keep_mask_from_positions
 from mvq.pipeline import sample_generator
@@ -64,10 +65,16 @@ class TokenizeView:
 
 
 @torch.no_grad()
-def tokenize_view(vae: MQVAE | VQGAN, pixels: np.ndarray) -> TokenizeView:
-    """R×R×3 uint8 image → kept cells over it, score heat-map, reconstruction, token count, PSNR."""
+def tokenize_view(vae: MQVAE | VQGAN, pixels: np.ndarray, keep: int | None = None,
+                  psnr_target: float | None = None) -> TokenizeView:
+    """R×R×3 uint8 image → kept cells over it, score heat-map, reconstruction, token count, PSNR.
+
+    An MQ-VAE keeps `keep` cells (default its K), or with `psnr_target` the fewest cells whose
+    reconstruction reaches that PSNR (`mvq.models.keep_budget.smallest_keep`)."""
     images = from_uint8_hwc(pixels).to(_device(vae))
-    out = vae(images)
+    if psnr_target is not None:
+        keep = int(smallest_keep(vae, images, psnr_at_least(psnr_target))[0][0])
+    out = vae(images) if keep is None else vae(images, keep=keep)
     reconstruction = out.reconstruction.float().clamp(-1, 1)
     value = float(psnr(to_uint8(reconstruction), to_uint8(images))[0])
     pictures = shown(torch.cat([images, keep_mask_overlay(images, out.keep_mask),
