@@ -177,15 +177,26 @@ def test_saved_config_holds_absolute_paths_and_export_takes_overrides(tmp_path, 
     monkeypatch.chdir(assets)
     raw, _ = load_training_config(stage2_config(tmp_path, assets), ["vae=vae", "data.tokens=tokens"])
     assert raw["vae"] == str(assets / "vae") and raw["data"]["tokens"] == str(assets / "tokens")
-    # A run whose MQ-VAE folder moved exports once told where it is now.
+    # The saved config records the complete model (geometry, classes), so a run whose MQ-VAE folder and
+    # token stores have moved still exports: export opens neither.
     run_dir = Path(shutil.copytree(trained[0], tmp_path / "run"))
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["vae"] == str(assets / "vae")
-    moved = Path(shutil.copytree(assets / "vae", tmp_path / "moved_vae"))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({**saved, "vae": str(tmp_path / "gone")}))
+    assert {k: saved["model"][k] for k in ("codebook_size", "grid_size", "num_tokens", "num_classes")} == {
+        "codebook_size": 64, "grid_size": 8, "num_tokens": 16, "num_classes": NUM_CLASSES}
+    gone = {"vae": str(tmp_path / "gone"), "data": {**saved["data"], "tokens": str(tmp_path / "gone_tokens")}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**saved, **gone}))
+    exported = Stackformer.from_pretrained(export(run_dir, tmp_path / "out"))
+    assert exported.config == Stackformer.from_pretrained(trained[1]).config
+    # A config saved by an older mvq (no geometry recorded) is resolved from the files, which must exist.
+    old = {**saved, **gone, "model": {k: v for k, v in saved["model"].items()
+                                      if k not in ("codebook_size", "grid_size", "num_tokens")}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(ConfigError, match="not found"):
-        export(run_dir, tmp_path / "out")
-    Stackformer.from_pretrained(export(run_dir, tmp_path / "out", overrides=[f"vae={moved}"]))
+        export(run_dir, tmp_path / "out2")
+    moved = Path(shutil.copytree(assets / "vae", tmp_path / "moved_vae"))
+    Stackformer.from_pretrained(export(run_dir, tmp_path / "out2",
+                                       overrides=[f"vae={moved}", f"data.tokens={assets / 'tokens'}"]))
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvq.config import ConfigError, apply_overrides, load_yaml
+from mvq.config import ConfigError, apply_overrides, dataclass_to_dict, load_yaml
 from mvq.convert.layout import reject_reference_layout
 from mvq.training import stage1_config, stage2_config
 from mvq.training.stage1_config import Stage1Config
@@ -30,9 +30,9 @@ def config_stage(raw: dict) -> int:
     return stage
 
 
-def parse_training_config(raw: dict) -> TrainingConfig:
-    """Validate a resolved config mapping into the dataclasses of its stage."""
-    return stage1_config.parse_stage1(raw) if config_stage(raw) == 1 else stage2_config.parse_stage2(raw)
+def parse_training_config(raw: dict, resolve: bool = True) -> TrainingConfig:
+    """Validate a resolved config mapping into the dataclasses of its stage (`resolve`: see `parse_stage2`)."""
+    return stage1_config.parse_stage1(raw) if config_stage(raw) == 1 else stage2_config.parse_stage2(raw, resolve)
 
 
 def _with_absolute_paths(raw: dict) -> dict:
@@ -63,10 +63,12 @@ def _use_data_folder(raw: dict, data_folder: str) -> dict:
 
 
 def load_training_config(path: str | Path, overrides: list[str] | None = None,
-                         data_folder: str | None = None) -> tuple[dict, TrainingConfig]:
+                         data_folder: str | None = None, resolve: bool = True) -> tuple[dict, TrainingConfig]:
     """Read, override and validate a training config; returns (resolved mapping, parsed config).
 
-    The mapping is what a run saves as its config.yaml: overrides applied, paths absolute.
+    The mapping is what a run saves as its config.yaml: overrides applied, paths absolute, and for
+    stage 2 the complete model section (geometry and classes), so that reading it back with
+    `resolve=False` opens no other file.
     """
     raw = load_yaml(path)
     reject_reference_layout(raw, path)
@@ -74,4 +76,7 @@ def load_training_config(path: str | Path, overrides: list[str] | None = None,
     if data_folder:
         raw = _use_data_folder(raw, data_folder)
     raw = _with_absolute_paths(raw)
-    return raw, parse_training_config(raw)
+    config = parse_training_config(raw, resolve)
+    if isinstance(config, Stage2Config):
+        raw = {**raw, "model": dataclass_to_dict(config.model)}
+    return raw, config

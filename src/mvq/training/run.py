@@ -202,7 +202,10 @@ def export(run_dir: str | Path, out_dir: str | Path, which: str = "last", overri
     if not path.is_file():
         raise UserError(f"{path} not found (is {run_dir} a run folder? checkpoints are 'last' and 'best')")
     check_writable_destination(out_dir, overwrite, inputs=[run_dir])
-    _, config = load_training_config(run_dir / CONFIG_NAME, overrides)
+    try:  # the run's own record: no tokenizer folder or token store is opened
+        _, config = load_training_config(run_dir / CONFIG_NAME, overrides, resolve=False)
+    except ConfigError:  # a config saved by an older mvq records no geometry: resolve it from the files
+        _, config = load_training_config(run_dir / CONFIG_NAME, overrides)
     checkpoint = read_checkpoint(path)
     stage = 1 if isinstance(config, Stage1Config) else 2
     check_stage(checkpoint, stage, str(path))

@@ -2,9 +2,10 @@
 
 A stage-2 config names the tokenizer folder (`vae:`, an MQ-VAE or a VQGAN) and the token store (`data.tokens`); the
 codebook size, grid and K come from the MQ-VAE, so the `model:` section only holds the
-Stackformer's own architecture. Everything is checked here, before any work: the MQ-VAE
-folder, the store (complete, and made by an MQ-VAE of this geometry), and any geometry a
-config repeats anyway.
+Stackformer's own architecture. A run resolves it once, before any work: the MQ-VAE folder, the
+store (complete, and made by an MQ-VAE of this geometry), and any geometry a config repeats anyway
+are checked, and the run's saved config records the complete model section. Reading that record
+back (`resolve=False`: `mvq export`) opens no file, so a run exports after its stores have moved.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class TokenDataConfig:
 class Stage2Config:
     """A validated stage-2 config: the Stackformer (its geometry taken from the tokenizer in `vae`) and its training.
 
-    `parse_stage2` builds it, after checking the tokenizer folder and the token stores against each other.
+    `parse_stage2` builds it, after checking the tokenizer folder and the token stores against each other
+    (or from a run's complete record of it).
     """
 
     model: StackformerConfig
@@ -135,8 +137,22 @@ def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_
     return build_dataclass(StackformerConfig, section, "model")
 
 
-def parse_stage2(raw: dict) -> Stage2Config:
-    """Validate a stage-2 config mapping into a Stage2Config with a complete StackformerConfig."""
+def recorded_model(raw_model: Any) -> StackformerConfig:
+    """The Stackformer config a run recorded (geometry and classes included), read without any file."""
+    section = stackformer_config_section(raw_model or {}) if isinstance(raw_model, dict) else {}
+    missing = [key for key in ("codebook_size", "grid_size", "num_tokens", "num_classes") if key not in section]
+    if missing:
+        raise ConfigError(f"model: does not record {', '.join(missing)} (a config saved by an older mvq): "
+                          "resolve it from vae: and data.tokens instead")
+    return build_dataclass(StackformerConfig, section, "model")
+
+
+def parse_stage2(raw: dict, resolve: bool = True) -> Stage2Config:
+    """Validate a stage-2 config mapping into a Stage2Config with a complete StackformerConfig.
+
+    With `resolve` the model's geometry and classes come from the tokenizer folder and the token
+    store, which are checked; without, from the complete `model:` section a run recorded (no file read).
+    """
     check_sections(raw, SECTIONS, 2)
     run, trainer = common_sections(raw)
     vae = raw.get("vae")
@@ -148,17 +164,19 @@ def parse_stage2(raw: dict) -> Stage2Config:
                           "`python train.py --base CONFIG ...`")
     if not isinstance(vae, str):
         raise ConfigError(f"vae: must be the path of a pretrained MQ-VAE folder, got {vae!r}")
-    vae_config = read_vae_config(vae)
-
     data = build_dataclass(TokenDataConfig, raw.get("data"), "data")
     if data.tokens is None:
         raise ConfigError(f"data.tokens is not set: give the token store to train on with data.tokens=STORE "
                           f"({TOKENIZE_HINT})")
-    store = _open_store(data.tokens, "data.tokens", vae_config)
-    if data.val_tokens is not None:
-        _open_store(data.val_tokens, "data.val_tokens", vae_config)
-    model = _model_section(raw.get("model"), vae_config, store.header.num_classes or 0,
-                           store.header.source.get("class_names"))
+    if resolve:
+        vae_config = read_vae_config(vae)
+        store = _open_store(data.tokens, "data.tokens", vae_config)
+        if data.val_tokens is not None:
+            _open_store(data.val_tokens, "data.val_tokens", vae_config)
+        model = _model_section(raw.get("model"), vae_config, store.header.num_classes or 0,
+                               store.header.source.get("class_names"))
+    else:
+        model = recorded_model(raw.get("model"))
 
     optim_section = dict(raw.get("optim") or {})
     if "base_lr" in optim_section:  # a scaled lr was asked for: do not fix lr
