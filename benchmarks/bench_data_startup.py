@@ -1,11 +1,13 @@
 """What building a training dataset costs before the first step, on a large synthetic image tree.
 
 Writes N tiny JPEGs into 1,000-file class folders under `--root` (ImageNet's layout: a folder per
-class), then builds the training dataset of a folder config with `data.check_images` = `name` (the
-default: the folder walk only) and `decode` (every file decoded once, the earlier default), each in a
-fresh process, alternating the arms. Prints JSON lines: seconds and peak memory of each build, and
-the seconds extrapolated linearly to ImageNet's 1,281,167 training images.
-    python benchmarks/bench_data_startup.py [--files N] [--root DIR] [--repeats R]
+class), then builds the training dataset of a folder config, each build in a fresh process, alternating
+the arms: `walk` (`data.check_images: name`, the default, with no kept listing: one folder walk),
+`kept` (the same with the listing an earlier build kept in ROOT/.mvq: one stat per folder) and
+`decode` (`check_images: decode`, every file decoded once, the earlier default). Prints JSON lines:
+seconds and peak memory of each build, and the seconds extrapolated linearly to ImageNet's 1,281,167
+training images.
+    python benchmarks/bench_data_startup.py [--files N] [--root DIR] [--repeats R] [--arms walk kept decode]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -52,11 +55,23 @@ def build_once(root: Path, check: str) -> None:
     print(json.dumps({"images": len(dataset), "seconds": seconds, "peak_rss_mib": peak_mib}))
 
 
+# Each arm: the data.check_images it builds with (the kept listing is prepared or removed per arm).
+ARMS = {"walk": "name", "kept": "name", "decode": "decode"}
+
+
+def build_once_in_child(root: Path, check: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", check, "--root", str(root)],
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--root", type=Path, default=Path("/tmp/mvq-bench-tree"))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--child", choices=["name", "decode"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -64,16 +79,17 @@ def main() -> None:
     start = time.perf_counter()
     make_tree(args.root, args.files)
     emit(environment(files=args.files, tree_seconds=time.perf_counter() - start))
-    results: dict[str, list[dict]] = {"name": [], "decode": []}
+    results: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     for _ in range(args.repeats):
-        for check in results:
-            done = subprocess.run([sys.executable, __file__, "--child", check, "--root", str(args.root)],
-                                  capture_output=True, text=True, check=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
-            results[check].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    for check, runs in results.items():
+        for arm in results:
+            if arm == "walk":
+                shutil.rmtree(args.root / ".mvq", ignore_errors=True)  # no kept listing: the folder is walked
+            elif not (args.root / ".mvq").is_dir():
+                build_once_in_child(args.root, "name")  # keep a listing first
+            results[arm].append(build_once_in_child(args.root, ARMS[arm]))
+    for arm, runs in results.items():
         seconds = sorted(r["seconds"] for r in runs)[len(runs) // 2]
-        emit({"bench": "data_startup", "check_images": check, "images": runs[0]["images"],
+        emit({"bench": "data_startup", "arm": arm, "check_images": ARMS[arm], "images": runs[0]["images"],
               "seconds_median": seconds, "seconds_runs": [r["seconds"] for r in runs],
               "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
               "seconds_per_million": seconds / runs[0]["images"] * 1e6,

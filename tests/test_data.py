@@ -416,3 +416,72 @@ def test_training_data_is_listed_by_name_not_decoded(tmp_path, monkeypatch):
     assert [p.name for p, _ in data.skipped] == ["notes.txt"]
     with pytest.warns(SkippedFilesWarning, match="b.JPG"):
         assert data[1]["image"].shape == (3, 16, 16)  # the truncated file: the next one stands in
+
+
+# --- the kept listing of a data folder --------------------------------------------------------------------------
+
+def _tree(root, names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+
+
+def _age(root, seconds=10.0):
+    """Date every folder under `root` back, as if it had last changed `seconds` ago."""
+    import os
+    import time
+
+    for folder in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        then = time.time() - seconds
+        os.utime(folder, (then, then))
+
+
+def test_a_kept_listing_is_reused_until_a_folder_changes(tmp_path, monkeypatch):
+    from mvq.data import discovery
+
+    root = tmp_path / "data"
+    _tree(root, ["a/1.png", "a/2.png", "b/3.png", "4.png"])
+    _age(root)
+    expected = discovery.list_files(root)
+    walked = []
+    walk = discovery._walk
+    monkeypatch.setattr(discovery, "_walk", lambda r: walked.append(r) or walk(r))
+    first = discovery.list_files(root, cache=True)
+    assert first == expected and len(walked) == 1
+    assert (root / discovery.LISTING_DIR / discovery.LISTING_NAME).is_file()
+    assert discovery.list_files(root, cache=True) == first and len(walked) == 1  # reused: no second walk
+    (root / "b" / "5.png").write_bytes(b"x")  # a new file changes its folder
+    _age(root)
+    again = discovery.list_files(root, cache=True)
+    assert len(walked) == 2 and root / "b" / "5.png" in again and again == walk(root)[0]
+    (root / discovery.LISTING_DIR / discovery.LISTING_NAME).write_text("{not json")  # damaged: listed again
+    assert discovery.list_files(root, cache=True) == again and len(walked) == 3
+
+
+def test_a_listing_of_a_folder_that_just_changed_is_not_trusted(tmp_path, monkeypatch):
+    from mvq.data import discovery
+
+    root = tmp_path / "data"
+    _tree(root, ["a/1.png"])  # changed now: a change in the same clock tick would not show in its time
+    walked = []
+    walk = discovery._walk
+    monkeypatch.setattr(discovery, "_walk", lambda r: walked.append(r) or walk(r))
+    discovery.list_files(root, cache=True)
+    (root / "a" / "2.png").write_bytes(b"x")
+    assert root / "a" / "2.png" in discovery.list_files(root, cache=True) and len(walked) == 2
+
+
+def test_a_read_only_folder_keeps_its_listing_in_the_user_cache(tmp_path, monkeypatch):
+    import os
+
+    from mvq.data import discovery
+
+    root = tmp_path / "data"
+    _tree(root, ["a/1.png", "b/2.png"])
+    _age(root)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).startswith(str(root)))
+    files = discovery.list_files(root, cache=True)
+    assert not (root / discovery.LISTING_DIR).exists()
+    kept = list((tmp_path / "cache" / "mvq" / "listings").glob("*.json"))
+    assert len(kept) == 1 and files == discovery.list_files(root)

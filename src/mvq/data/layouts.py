@@ -72,7 +72,7 @@ def imagenet_dataset(root: str | os.PathLike, split: str, resolution: int, augme
         raise MissingInputError(f"no synset folders (e.g. n01440764/) in {class_dir}")
     index_of = {name: i for i, name in enumerate(synsets)}
     files, labels, skipped = [], [], []
-    for path in list_files(split_dir):
+    for path in list_files(split_dir, cache=True):
         top = path.relative_to(split_dir).parts[0]
         if len(path.relative_to(split_dir).parts) == 1:
             skipped.append((path, "not inside a synset folder"))
@@ -122,7 +122,7 @@ def folder_dataset(path: str | os.PathLike, resolution: int, train: bool, *, aug
     split = "train" if train else "val"
     has_splits = (root / "train").is_dir() and (root / "val").is_dir()
     base = root / split if has_splits else root
-    readable, skipped = scan_images(list_files(base), check, num_threads)  # scanned once, here
+    readable, skipped = scan_images(list_files(base, cache=True), check, num_threads)  # scanned once, here
     classes = subfolders(root / "train" if has_splits else base)
     files, labels = readable, None
     prefix = os.path.join(os.fspath(base), "")  # the walk's paths start with it: string slices, not Path arithmetic
