@@ -501,10 +501,17 @@ class Page:
         return found[0].get_attribute("src") if found else None
 
     def gallery(self, elem_id: str) -> list[tuple[str, str]]:
-        """A gallery's pictures: (address, caption) each, in order."""
-        items = self.element(elem_id).find_elements(self.by.CSS_SELECTOR, "button.thumbnail-item")
-        return [(item.find_element(self.by.CSS_SELECTOR, "img").get_attribute("src"),
-                 item.find_element(self.by.CSS_SELECTOR, ".caption-label").text) for item in items]
+        """A gallery's pictures: (address, caption) each, in order (read again if the page redraws it meanwhile)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for attempt in range(10):
+            try:
+                items = self.element(elem_id).find_elements(self.by.CSS_SELECTOR, "button.thumbnail-item")
+                return [(item.find_element(self.by.CSS_SELECTOR, "img").get_attribute("src"),
+                         item.find_element(self.by.CSS_SELECTOR, ".caption-label").text) for item in items]
+            except StaleElementReferenceException:
+                time.sleep(0.2)
+        raise AssertionError(f"the gallery {elem_id} kept being redrawn")
 
     def click_example(self, elem_id: str, index: int, results_id: str) -> None:
         """Click example `index` and wait until the results gallery shows new pictures."""
@@ -513,8 +520,13 @@ class Page:
         self.wait.until(lambda _: self.image_src(results_id) not in (None, before))
 
     def element_visible(self, elem_id: str) -> bool:
-        found = self.driver.find_elements(self.by.ID, elem_id)
-        return bool(found) and found[0].is_displayed()
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        try:
+            found = self.driver.find_elements(self.by.ID, elem_id)
+            return bool(found) and found[0].is_displayed()
+        except StaleElementReferenceException:  # redrawn meanwhile: the next poll looks again
+            return True
 
     def click_and_wait(self, button_id: str, status_id: str, image_ids: list[str], expect: str) -> str:
         """Press a button, wait for `expect` in the status line and new images; return the status text."""
@@ -568,6 +580,7 @@ def test_app_in_a_real_browser(browser, app_url, model_dirs, pipeline, tmp_path)
     assert examples[1][1] in page.element("tokenize-upload").text  # the upload box holds the example
     assert page.element("tokenize-score-scale").find_elements(page.by.CSS_SELECTOR, "img")  # the colour scale
     assert "least important" in page.element("tokenize-score-scale").text
+    page.screenshot("tokenize")
 
     # Bad uploads get a message on the page, and the server keeps serving; a new upload clears the results.
     not_image = tmp_path / "notes.png"
@@ -581,7 +594,6 @@ def test_app_in_a_real_browser(browser, app_url, model_dirs, pipeline, tmp_path)
     status = page.click_and_wait("tokenize-button", "tokenize-status", ["tokenize-results"], "transparen")
     assert "80×48" in status and f"{r}×{r}" in status
     assert f"{k} tokens" in page.element("tokenize-summary").text and "PSNR" in page.element("tokenize-summary").text
-    page.screenshot("tokenize")
 
     # Generate: the example setting, clicked, samples at once; the token-order frames say why cells stay dark.
     page.open_tab("Generate")
