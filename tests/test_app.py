@@ -680,3 +680,29 @@ def test_tokenize_takes_a_budget_or_a_psnr_target(pipeline, tmp_path):
     assert f"**{expected} tokens**" in summary and f"reach {target:g} dB" in summary
     _, summary, _ = tokenize(str(path), 5, 99.0)
     assert "99 dB is out of reach" in summary and f"**{vae.config.num_cells} tokens**" in summary
+
+
+@pytest.mark.slow
+def test_app_serves_a_zoo_tokenizer_and_its_stackformer_by_default(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("gradio", reason="the app needs the optional extra mvq[app] (pip install 'mvq[app]')")
+    import mvq.app.page
+    from mvq.commands.app import zoo_pair
+
+    zoo = tmp_path / "zoo"
+    vae_dir, stackformer_dir = tiny_models(zoo)
+    other = tiny_vqgan_models(tmp_path / "elsewhere")[1]  # a generator of another tokenizer: never paired
+    import shutil
+
+    shutil.copytree(other, zoo / "a-gpt")
+    monkeypatch.setenv("MVQ_ZOO", str(zoo))
+    monkeypatch.chdir(tmp_path)  # no demo-output here
+    assert zoo_pair() == (vae_dir, stackformer_dir)
+    served = []
+    monkeypatch.setattr(mvq.app.page, "serve", lambda app, host, port: served.append(app))
+    main(["app", "--device", "cpu"])
+    assert len(served) == 1 and f"mvq app: MQ-VAE {vae_dir}, Stackformer {stackformer_dir}" in capsys.readouterr().out
+    shutil.rmtree(stackformer_dir)  # a tokenizer alone in the zoo: no pair, so the demo's models (absent here)
+    assert zoo_pair() is None
+    with pytest.raises(SystemExit):
+        main(["app", "--device", "cpu"])
+    assert "mvq demo" in capsys.readouterr().err

@@ -16,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve a web page (Gradio; install with pip install 'mvq[app]') with three tabs: Tokenize "
                     "(upload an image → kept cells, importance scores, reconstruction, token count, PSNR), "
                     "Generate (class, seed, guidance and per-stream sampling settings → samples) and Complete. "
-                    f"Without --vae and --stackformer it uses the models of `mvq demo` ({DEMO_VAE} and "
-                    f"{DEMO_STACKFORMER}) when they exist.")
+                    "Without --vae and --stackformer it serves the first zoo tokenizer and the zoo Stackformer "
+                    f"trained on its tokens, else the models of `mvq demo` ({DEMO_VAE} and {DEMO_STACKFORMER}) "
+                    "when they exist.")
     parser.add_argument("--vae", metavar="DIR", help=f"pretrained MQ-VAE or VQGAN folder (default: {DEMO_VAE})")
     parser.add_argument("--stackformer", metavar="DIR",
                         help="pretrained Stackformer folder trained on that MQ-VAE's tokens (default with no "
@@ -34,17 +35,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def model_folders(vae: str | None, stackformer: str | None) -> tuple[Path, Path | None]:
-    """The folders to load: the ones given, or the demo's when none is given."""
+    """The folders to load: the ones given; else a zoo tokenizer and its Stackformer; else the demo's."""
     from mvq.errors import UserError
+    from mvq.models.hub import resolve_pretrained
 
     if vae is None and stackformer is not None:
         raise UserError("--stackformer needs --vae DIR, the MQ-VAE whose tokens it was trained on")
     if vae is not None:
-        return Path(vae), None if stackformer is None else Path(stackformer)
+        return resolve_pretrained(vae), None if stackformer is None else resolve_pretrained(stackformer)
+    zoo = zoo_pair()
+    if zoo is not None:
+        return zoo
     if not DEMO_VAE.is_dir():
         raise UserError(f"no models to serve: pass --vae DIR (and --stackformer DIR), or run `mvq demo` first, "
                         f"which writes {DEMO_VAE} and {DEMO_STACKFORMER}")
     return DEMO_VAE, DEMO_STACKFORMER if DEMO_STACKFORMER.is_dir() else None
+
+
+def zoo_pair() -> tuple[Path, Path] | None:
+    """The first zoo tokenizer (by name) with a zoo Stackformer trained on its tokens (its tokenizer.json
+    records the tokenizer's weight fingerprint), or None."""
+    from mvq.models.hub import zoo_models
+    from mvq.models.pretrained import read_pretrained_config, read_tokenizer_record, weights_fingerprint
+    from mvq.models.tokenizer import ARCHITECTURES, load_tokenizer
+
+    models = zoo_models()
+    kinds = {name: read_pretrained_config(folder).get("model_type") for name, folder in models.items()}
+    generators = {name: read_tokenizer_record(models[name]) for name, kind in kinds.items()
+                  if kind not in ARCHITECTURES}
+    for name, kind in kinds.items():
+        if kind in ARCHITECTURES and generators:
+            fingerprint = weights_fingerprint(load_tokenizer(models[name]))
+            for generator, record in generators.items():
+                if record is not None and record["tokenizer_fingerprint"] == fingerprint:
+                    return models[name], models[generator]
+    return None
 
 
 def run(args: argparse.Namespace) -> None:
