@@ -15,6 +15,7 @@ BENCHMARKS = [
     ["bench_training.py"],
     ["bench_stackformer.py"],
     ["bench_generation.py"],
+    ["bench_sampling_vs_k.py"],
     ["profile_generation.py"],
 ]
 

@@ -216,3 +216,66 @@ def test_score_mass_budgets_grow_with_the_mass_and_keep_the_best_cells(vae):
     assert calibrate_mass(vae, x, psnr_at_least(-1.0), fraction=1.0, steps=4) == 2 ** -4  # met at any budget
     with pytest.raises(InvalidInputError, match="score mass"):
         score_mass_keep(vae, x, 0.0)
+
+
+# --- tokens in rank order, and generation that stops after k tokens -----------------------------------------------
+
+def test_rank_order_lists_the_same_tokens_most_important_first(vae):
+    x = images(3, seed=6)
+    raster = vae.tokenize(x)
+    rank = vae.tokenize(x, order="rank")
+    with torch.no_grad():
+        scores = vae(x).scores.flatten(1)
+    for i in range(3):
+        assert dict(zip(raster[1][i].tolist(), raster[0][i].tolist())) == dict(zip(rank[1][i].tolist(),
+                                                                                    rank[0][i].tolist()))
+        assert (scores[i][rank[1][i]].diff() <= 0).all()  # falling scores
+        for k in (1, 5, 16):  # every prefix is the image's tokens at that budget
+            codes, positions = vae.tokenize(x[i:i + 1], keep=k)
+            assert set(rank[1][i, :k].tolist()) == set(positions[0].tolist())
+    counts = torch.tensor([3, 9, 16])
+    per_image = vae.tokenize(x, keep=counts, order="rank")
+    for i, k in enumerate(counts.tolist()):
+        assert torch.equal(per_image[1][i, :k], rank[1][i, :k]) and (per_image[1][i, k:] == -1).all()
+    with pytest.raises(InvalidInputError, match="token order"):
+        vae.tokenize(x, order="score")
+
+
+@pytest.mark.parametrize("token_order", ["raster", "rank"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_stops_after_k_tokens_as_a_prefix_of_the_whole(token_order, use_cache):
+    from mvq.models.sampling import SamplingError
+    from tests.test_sampling import seeded, tiny_model
+
+    model = tiny_model(num_classes=3, token_order=token_order).double()
+    full = model.generate(3, labels=[0, 1, 2], generator=[seeded(i) for i in range(3)], use_cache=use_cache)
+    for k in (1, 3, 6):
+        part = model.generate(3, labels=[0, 1, 2], generator=[seeded(i) for i in range(3)], num_tokens=k,
+                              use_cache=use_cache)
+        assert part[0].shape == (3, k)
+        assert torch.equal(part[0], full[0][:, :k]) and torch.equal(part[1], full[1][:, :k])
+    if token_order == "rank":  # positions need not ascend: the raster constraint is for raster-order models
+        assert any(bool((row.diff() < 0).any()) for row in full[1])
+    with pytest.raises(SamplingError, match="num_tokens must be in 1..6"):
+        model.generate(1, labels=[0], num_tokens=7)
+
+
+def test_a_rank_order_store_trains_a_rank_order_stackformer(tmp_path):
+    from mvq.config import ConfigError
+    from mvq.data.token_store import TokenStore
+    from mvq.tokenizing import tokenize_dataset
+    from mvq.training.stage2_config import parse_stage2
+    from tests.test_token_store import ImageSet, TINY_VAE as STORE_VAE
+
+    torch.manual_seed(0)
+    model = MQVAE.from_config(STORE_VAE).eval()
+    vae_dir = model.save_pretrained(tmp_path / "vae")
+    tokenize_dataset(model, ImageSet(4), tmp_path / "rank", rank=0, world_size=1, progress=False, order="rank")
+    store = TokenStore(tmp_path / "rank")
+    assert store.header.order == "rank"
+    assert torch.equal(store[1]["positions"], model.tokenize(ImageSet(4).images[1:2], order="rank")[1][0])
+    raw = {"stage": 2, "vae": str(vae_dir), "data": {"tokens": str(tmp_path / "rank")},
+           "model": {"code_layers": 1, "position_layers": 1, "dim": 32, "heads": 2}}
+    assert parse_stage2(raw).model.token_order == "rank"
+    with pytest.raises(ConfigError, match="token_order is raster"):
+        parse_stage2({**raw, "model": {**raw["model"], "token_order": "raster"}})

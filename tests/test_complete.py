@@ -138,24 +138,28 @@ def test_complete_command_end_to_end(pipe, tmp_path, capsys):
 def test_demo_completion_figure(pipe, tmp_path):
     from PIL import Image
 
-    from mvq.demo.pipeline import completion_figure
+    from mvq.demo.pipeline import completion_figure, figure_scale
     from mvq.evaluation.image_metrics import from_uint8
 
     val_set = [{"image": from_uint8(torch.from_numpy(p).permute(2, 0, 1)), "label": i % 3}
                for i, p in enumerate(photos(5))]
     completion_figure(pipe.stackformer, pipe.vae, val_set, 3, seed=0, figures=tmp_path, count=4, per_image=3)
     figure = np.asarray(Image.open(tmp_path / "completions.png"))
-    scale = 64 // 16
-    assert figure.shape == ((4 * 18 + 2) * scale, (5 * 18 + 2) * scale, 3)  # 4 images × (2 + 3) pictures, padded
+    rows, columns = 4, 2 + 3  # 4 images: the input, its kept tokens, 3 completions each; labels beside them
+    row_labels = [pipe.stackformer.config.class_label(c) for c in (0, 1, 2, 0)]
+    scale = figure_scale(pipe.vae, columns, row_labels)  # every picture the same integer enlargement of 16 px
+    size = 16 * scale
+    left, top = figure.shape[1] - columns * (size + 2), figure.shape[0] - rows * (size + 2)
+    assert left > 0 and top > 0  # room for the row labels and the column labels
 
     def picture(row: int, column: int) -> np.ndarray:  # the figure's picture there, back at 16 px
-        top, left = (2 + row * 18) * scale, (2 + column * 18) * scale
-        return figure[top:top + 16 * scale:scale, left:left + 16 * scale:scale]
+        y, x = top + row * (size + 2), left + column * (size + 2)
+        return figure[y:y + size:scale, x:x + size:scale]
 
     for row, image in enumerate(photos(5)[:4]):  # each row starts with its input image, enlarged
         assert np.array_equal(picture(row, 0), image)
-        assert np.array_equal(figure[(2 + row * 18) * scale:(18 + row * 18) * scale, 2 * scale:18 * scale],
-                              image.repeat(scale, 0).repeat(scale, 1))
+        y = top + row * (size + 2)
+        assert np.array_equal(figure[y:y + size, left:left + size], image.repeat(scale, 0).repeat(scale, 1))
     completions = pipe.complete(photos(5)[:4], keep_rows=4, labels=[0, 1, 2, 0], n=3, seed=0)
     assert np.abs(picture(3, 4).astype(int) - completions[3, 2]).max() <= 1  # the last completion of the last row
 

@@ -54,7 +54,7 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
                      device: str | torch.device = "cpu", source: Mapping[str, Any] | None = None,
                      progress: bool = True, keep: int | None = None,
                      budget: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     max_tokens: int | None = None) -> TokenStoreHeader:
+                     max_tokens: int | None = None, order: str = "raster") -> TokenStoreHeader:
     """Encode `dataset` with an MQ-VAE or a VQGAN into the store at `out`; this rank writes its part.
 
     `model` needs `config` (codebook_size, grid_size, num_tokens, resolution) and
@@ -66,7 +66,8 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
 
     An MQ-VAE may keep another budget than its K: `keep` (one count for every image), or `budget`
     (images → one count per image, at most `max_tokens`, e.g. `mvq.models.keep_budget.smallest_keep`
-    for a quality target), which writes a variable-length store.
+    for a quality target), which writes a variable-length store. `order="rank"` lists each image's tokens
+    most important first (an MQ-VAE's `tokenize(order=)`), so that every prefix is a smaller budget.
     """
     if rank is None or world_size is None:
         rank, world_size = rank_and_world_size()
@@ -75,8 +76,8 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
     if num_workers < 0:
         raise InvalidInputError(f"the number of data loading workers must be 0 or more, got {num_workers}")
     config = model.config
-    if (keep is not None or budget is not None) and not hasattr(config, "keep_count"):
-        raise InvalidInputError("a token budget needs an MQ-VAE: a VQGAN keeps every cell")
+    if (keep is not None or budget is not None or order != "raster") and not hasattr(config, "keep_count"):
+        raise InvalidInputError("a token budget or order needs an MQ-VAE: a VQGAN keeps every cell, in raster order")
     if budget is not None and (keep is not None or max_tokens is None):
         raise InvalidInputError("a budget per image takes max_tokens (the longest row) and no fixed keep")
     num_tokens = int(config.num_tokens) if keep is None and budget is None else (
@@ -92,24 +93,25 @@ def tokenize_dataset(model: torch.nn.Module, dataset: Dataset, out: str | os.Pat
         part_sizes=tuple(copies * (stop - start) for start, stop in bounds),
         dtypes=store_dtypes(int(config.codebook_size), int(config.grid_size) ** 2, num_classes,
                             variable_length=budget is not None),
-        variable_length=budget is not None,
+        variable_length=budget is not None, order=order,
         flip=flip, vae={"config": vae_config, "weights_sha256": weights_fingerprint(model)},
         source={"num_images": num_images, **({"class_names": declared_class_names(dataset)}
-                                             if declared_class_names(dataset) else {}), **(source or {})},
+                                             if declared_class_names(dataset) else {}),
+                **({"keep": num_tokens} if keep is not None else {}), **(source or {})},
     )
     create_store(out, header)
     # One writer per part: a second `mvq tokenize` into the same store is refused, not interleaved.
     with locked(Path(out) / f".{part_name(rank, world_size)}.lock", f"{out} is being written by another mvq "
                 "tokenize; wait for it to finish, or choose another --out", remove=True):
         _write_part(model, dataset, out, header, rank, bounds[rank], copies, flip, batch_size, num_workers, device,
-                    progress, keep, budget)
+                    progress, keep, budget, order)
     return header
 
 
 def _write_part(model: torch.nn.Module, dataset: Dataset, out: str | os.PathLike, header: TokenStoreHeader,
                 rank: int, bounds: tuple[int, int], copies: int, flip: bool, batch_size: int, num_workers: int,
                 device: str | torch.device, progress: bool, keep: int | None = None,
-                budget: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                budget: Callable[[torch.Tensor], torch.Tensor] | None = None, order: str = "raster") -> None:
     """Encode this rank's block of the dataset into its part, continuing from the part's recorded progress."""
     from tqdm.auto import tqdm
 
@@ -135,12 +137,14 @@ def _write_part(model: torch.nn.Module, dataset: Dataset, out: str | os.PathLike
                 if flip:  # original and mirror of each image side by side: rows 2i, 2i + 1
                     images = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
                     labels = labels.repeat_interleave(2)
+                options = {} if order == "raster" else {"order": order}  # a VQGAN takes no order
                 if budget is None:
-                    codes, positions = model.tokenize(images) if keep is None else model.tokenize(images, keep=keep)
+                    codes, positions = model.tokenize(images, **options) if keep is None else model.tokenize(
+                        images, keep=keep, **options)
                     writer.append(codes, positions, labels)
                 else:
                     counts = budget(images).clamp_max(header.num_tokens)
-                    codes, positions = model.tokenize(images, keep=counts)
+                    codes, positions = model.tokenize(images, keep=counts, **options)
                     pad = header.num_tokens - codes.shape[1]  # rows as long as the store's longest
                     writer.append(F.pad(codes, (0, pad), value=-1), F.pad(positions, (0, pad), value=-1), labels,
                                   lengths=counts)

@@ -34,6 +34,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let positions come in any order (only repeats are forbidden)")
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole prefix every step (slow; for checking)")
+    parser.add_argument("--num-tokens", type=int, default=None, metavar="K",
+                        help="stop after K tokens (default: the model's K); a Stackformer trained on tokens in rank "
+                             "order (mvq tokenize --order rank) then gives whole images at budget K")
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,4 +94,5 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           position_temperature=args.position_temperature, position_top_k=args.position_top_k,
                           position_top_p=args.position_top_p, cfg_scale=args.cfg_scale,
-                          raster_constraint=args.raster_constraint, use_cache=args.use_cache)
+                          raster_constraint=args.raster_constraint, use_cache=args.use_cache,
+                          num_tokens=args.num_tokens)

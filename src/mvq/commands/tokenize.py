@@ -27,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, default=4, help="data loading processes (default: 4)")
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
     add_keep_argument(parser)
+    parser.add_argument("--order", choices=["raster", "rank"], default="raster",
+                        help="how each image's tokens are listed: by position (raster, the paper's; default) or "
+                             "most important first (rank: every prefix is the image at a smaller budget, so a "
+                             "Stackformer trained on it can stop after any number of tokens)")
     parser.add_argument("--quality-target", metavar="TARGET",
                         help="an MQ-VAE's budget per image: the fewest cells whose reconstruction meets TARGET, "
                              "psnr=DB (at least) or lpips=DISTANCE (at most, real LPIPS-VGG weights), found by "
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         rank=rank, world_size=world_size, device=device,
         source={"data": str(Path(args.data).resolve()), "split": args.split,
                 **({"quality_target": args.quality_target} if args.quality_target else {})},
-        keep=None if budget else args.keep, budget=budget,
+        keep=None if budget else args.keep, budget=budget, order=args.order,
         max_tokens=budget and (model.config.keep_count(args.keep) if args.keep else model.config.num_cells))
     part = f" ({part_name(rank, world_size)}: {header.part_sizes[rank]} rows)" if world_size > 1 else ""
     if header.variable_length:

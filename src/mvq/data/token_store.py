@@ -9,7 +9,8 @@ a folder::
                                    the MQ-VAE's config and weight fingerprint) and how they were made
       part-00000-of-00002/         one part per rank that wrote it
         codes.npy                  count × K, smallest unsigned type that holds codebook_size - 1
-        positions.npy              count × K, ascending cell indices in [0, H·W)
+        positions.npy              count × K, cell indices in [0, H·W): ascending, or (a store in rank
+                                   order) the most important cell first
         labels.npy                 count, class index or -1 (signed type)
         lengths.npy                count, tokens in each row (only in a store with a budget per image)
         progress.json              rows written so far; the part is complete when done == size
@@ -107,6 +108,7 @@ class TokenStoreHeader:
     vae: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     source: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     variable_length: bool = False  # a budget per image: rows of num_tokens, `lengths` of them used
+    order: str = "raster"          # positions ascending | "rank": the most important cell first
 
     @property
     def array_names(self) -> tuple[str, ...]:
@@ -140,6 +142,7 @@ class TokenStoreHeader:
             "vae": dict(self.vae),
             "source": dict(self.source),
             **({"variable_length": True} if self.variable_length else {}),
+            **({"order": self.order} if self.order != "raster" else {}),
         }
 
     @classmethod
@@ -161,6 +164,7 @@ class TokenStoreHeader:
                 vae=dict(data.get("vae", {})),
                 source=dict(data.get("source", {})),
                 variable_length=bool(data.get("variable_length", False)),
+                order=str(data.get("order", "raster")),
             )
         except KeyError as exc:
             raise InvalidInputError(f"{where} lacks the field {exc.args[0]!r}") from exc
@@ -224,8 +228,8 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
         header = TokenStoreHeader.from_json(header)
     expected, found = vae_token_geometry(vae_config), vae_token_geometry(header)
     name = tokenizer_name(vae_config)
-    if header.variable_length or (found["num_tokens"] != expected["num_tokens"]
-                                  and {**found, "num_tokens": 0} == {**expected, "num_tokens": 0}):
+    if header.variable_length or (header.source.get("keep") is not None
+                                  and found["num_tokens"] != expected["num_tokens"]):
         budget = "a budget per image" if header.variable_length else f"{found['num_tokens']} tokens per image"
         raise InvalidInputError(f"token store holds {budget}, not the {name}'s K = {expected['num_tokens']}: "
                                 f"what reads it here needs the {name}'s own K (tokenize without --keep or "
@@ -377,9 +381,12 @@ class TokenPartWriter:
         num_classes = self.header.num_classes
         self._check_range("labels", labels, -1, num_classes if num_classes is not None
                           else int(np.iinfo(self.header.dtypes["labels"]).max))
-        ascending = np.diff(positions, axis=1) > 0
-        if k > 1 and not ascending[used[:, 1:]].all():
-            raise ValueError("positions must be strictly ascending along each row (raster order)")
+        if self.header.order == "raster":
+            ascending = np.diff(positions, axis=1) > 0
+            if k > 1 and not ascending[used[:, 1:]].all():
+                raise ValueError("positions must be strictly ascending along each row (raster order)")
+        elif any(len(set(row[:n])) != n for row, n in zip(positions.tolist(), used.sum(1).tolist())):
+            raise ValueError("a row's positions must all differ")
         stop = self.done + b
         for name, values in arrays.items():
             self._arrays[name][self.done:stop] = values

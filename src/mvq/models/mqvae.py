@@ -22,6 +22,8 @@ from mvq.nn import (DEMASK_ATTENTIONS, MASK_CHOICES, MASK_UPDATES, AdaptiveDemas
 # training batch, or one per image of it (`MQVAEConfig.train_keep_per`).
 KEEP_SCHEDULES = ("uniform", "pow2")
 KEEP_DRAWS = ("batch", "image")
+# How tokens are listed: by position (the paper's raster order) or by importance, best first.
+TOKEN_ORDERS = ("raster", "rank")
 
 
 @dataclass
@@ -185,22 +187,29 @@ class MQVAE(Tokenizer):
                            masked.keep_mask.view(-1, g, g), masked.scores.view(-1, g, g))
 
     @torch.no_grad()
-    def tokenize(self, images: torch.Tensor, keep: int | float | torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images → (codes, positions), each B×K long (or B×keep: a count or a ratio of the cells), positions
-        ascending. The cells kept at a budget are a subset of those kept at any larger one. Refuses bad pixels.
+    def tokenize(self, images: torch.Tensor, keep: int | float | torch.Tensor | None = None,
+                 order: str = "raster") -> tuple[torch.Tensor, torch.Tensor]:
+        """Images → (codes, positions), each B×K long (or B×keep: a count or a ratio of the cells). The cells
+        kept at a budget are a subset of those kept at any larger one. Refuses bad pixels.
 
-        With per-image counts (`keep` a B-long tensor) the rows are as long as the largest count: each holds
-        its own tokens (positions ascending), then -1 in both tensors (`detokenize` reads them so)."""
+        `order`: "raster" (positions ascending) or "rank" (the most important cell first: the first k
+        tokens are then the image's tokens at budget k). With per-image counts (`keep` a B-long tensor)
+        the rows are as long as the largest count: each holds its own tokens, then -1 in both tensors
+        (`detokenize` reads them so)."""
+        if order not in TOKEN_ORDERS:
+            raise InvalidInputError(f"token order must be one of {', '.join(TOKEN_ORDERS)}, got {order!r}")
         self.check_images(images)
         masked = self.masker(self.encoder(images), None if keep is None else self.config.keep_count(keep))
         codes, positions = self.quantizer.nearest_codes(masked.features), masked.positions
-        if isinstance(keep, torch.Tensor):
-            own = masked.keep_mask.gather(1, positions)
-            order = torch.where(own, positions, positions + self.config.num_cells).argsort(dim=1)  # own cells first
-            own = own.gather(1, order)
-            codes = torch.where(own, codes.gather(1, order), -1)
-            positions = torch.where(own, positions.gather(1, order), -1)
+        own = masked.keep_mask.gather(1, positions)
+        # Sort key: an image's own cells first, then by position (raster) or by falling score (rank; ties
+        # to the lower cell, as the ranking itself breaks them).
+        rank = (masked.scores.gather(1, positions).argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+                if order == "rank" else positions)
+        order_index = torch.where(own, rank, rank + self.config.num_cells).argsort(dim=1)
+        own = own.gather(1, order_index)
+        codes = torch.where(own, codes.gather(1, order_index), -1)
+        positions = torch.where(own, positions.gather(1, order_index), -1)
         return codes, positions
 
     @torch.no_grad()

@@ -45,7 +45,8 @@ class SamplingConfig:
 
     A top-k of 0 or None and a top-p of 1 or None turn that filter off; `cfg_scale` ≠ 1 mixes
     conditional and unconditional logits (u + s·(c − u)) in both streams; `use_cache=False`
-    recomputes the whole prefix every step (same results, slower; for checking the cache).
+    recomputes the whole prefix every step (same results, slower; for checking the cache);
+    `num_tokens` stops after that many tokens (≤ the model's K; see `generate`).
     """
 
     temperature: float = 1.0
@@ -57,8 +58,12 @@ class SamplingConfig:
     cfg_scale: float = 1.0
     raster_constraint: bool = True
     use_cache: bool = True
+    num_tokens: int | None = None
 
     def __post_init__(self) -> None:
+        if self.num_tokens is not None and (isinstance(self.num_tokens, bool) or int(self.num_tokens) != self.num_tokens
+                                            or self.num_tokens < 1):
+            raise SamplingError(f"num_tokens must be a whole number ≥ 1 (None: the model's K), got {self.num_tokens}")
         for name in ("temperature", "position_temperature"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -93,7 +98,12 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
              sampling: SamplingConfig | None = None, generator: Generators = None,
              prefix_codes: torch.Tensor | None = None, prefix_positions: torch.Tensor | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample `batch_size` sequences → (codes, positions), each B×K long.
+    """Sample `batch_size` sequences → (codes, positions), each B×K long, or B×`sampling.num_tokens` (≤ K).
+
+    Stopping early keeps every draw of the steps taken, so the first k tokens are the same whatever
+    `num_tokens` is; for a model trained in rank order (`token_order: rank`) they are a whole image at
+    budget k, for a raster-order model only its first rows. The raster constraint applies to
+    raster-order models only.
 
     `generator` may be one generator or one per sample (then results do not depend on the
     batching). `prefix_codes` / `prefix_positions` (B×P, or P for all samples) are forced as
@@ -108,13 +118,22 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
     if sampling.guided and not c.has_null_class:
         raise SamplingError("classifier-free guidance (cfg_scale != 1) needs a class-conditional model trained "
                             "with label dropout (model.class_dropout > 0)")
-    prefix = _check_prefix(prefix_codes, prefix_positions, model, batch_size, sampling.raster_constraint, device)
+    raster = sampling.raster_constraint and c.token_order == "raster"
+    steps = c.num_tokens if sampling.num_tokens is None else int(sampling.num_tokens)
+    if not 1 <= steps <= c.num_tokens:
+        raise SamplingError(f"num_tokens must be in 1..{c.num_tokens} (the model's K), got {sampling.num_tokens}")
+    if steps < c.num_tokens and not c.has_position_transformer:
+        raise SamplingError("num_tokens below K needs a Stackformer with a Position-Transformer: this model's "
+                            "tokenizer (a VQGAN) decodes only whole grids")
+    prefix = _check_prefix(prefix_codes, prefix_positions, model, batch_size, raster, device)
+    if prefix is not None and prefix[0].shape[1] > steps:
+        raise SamplingError(f"a prefix of {prefix[0].shape[1]} steps is longer than num_tokens ({steps})")
     uniforms = draw_uniforms(batch_size, c.num_tokens, generator).to(device)
 
     k, n = c.num_tokens, c.num_cells
     cells = torch.arange(n, device=device)
-    codes = torch.empty(batch_size, k, dtype=torch.long, device=device)
-    positions = torch.empty(batch_size, k, dtype=torch.long, device=device)
+    codes = torch.empty(batch_size, steps, dtype=torch.long, device=device)
+    positions = torch.empty(batch_size, steps, dtype=torch.long, device=device)
     used = torch.zeros(batch_size, n, dtype=torch.bool, device=device)
     previous = torch.full((batch_size, 1), -1, dtype=torch.long, device=device)
 
@@ -142,13 +161,13 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
             first = forced_codes.shape[1]
             decoder.force(both(forced_codes), both(forced_positions))
             codes[:, :first], positions[:, :first] = forced_codes, forced_positions
-            if not sampling.raster_constraint:
+            if not raster:
                 used = used.scatter(1, forced_positions, True)
             previous = forced_positions[:, -1:]
 
         def draw_position(code: torch.Tensor, t: int) -> torch.Tensor:
             position_logits = guide(decoder.position_logits(both(code))[:, :n]) / sampling.position_temperature
-            if sampling.raster_constraint:  # ascending, and leave K-1-t cells after this one
+            if raster:  # ascending, and leave K-1-t cells after this one
                 forbidden = (cells <= previous) | (cells > n - k + t)
             else:
                 forbidden = used
@@ -156,7 +175,7 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
             return sample_from_logits(position_logits, sampling.position_top_k, sampling.position_top_p,
                                       uniforms[:, t, 1])
 
-        for t in range(first, k):
+        for t in range(first, steps):
             code_logits = guide(decoder.code_logits()[:, :c.codebook_size]) / sampling.temperature
             code = sample_from_logits(code_logits, sampling.top_k, sampling.top_p, uniforms[:, t, 0])
             if c.has_position_transformer:
@@ -168,7 +187,7 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
 
             codes[:, t], positions[:, t] = code, position
             previous = position[:, None]
-            if not sampling.raster_constraint:  # the raster constraint alone already forbids used cells
+            if not raster:  # the raster constraint alone already forbids used cells
                 used = used.scatter(1, position[:, None], True)
     finally:
         model.train(was_training)

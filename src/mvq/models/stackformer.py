@@ -51,8 +51,13 @@ class StackformerConfig:
     # What each class is called (from the training data: folder names, a dataset's labels); shown by the app,
     # the demo report and messages. Not part of the architecture.
     class_names: tuple[str, ...] | None = None
+    # The order of the tokens it learnt (its token store's): "raster" (positions ascending, the paper's)
+    # or "rank" (most important first: generation may stop after any number of tokens).
+    token_order: str = "raster"
 
     def __post_init__(self) -> None:
+        if self.token_order not in ("raster", "rank"):
+            raise ConfigError(f"model.token_order must be raster or rank, got {self.token_order!r}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ConfigError(f"model.class_names has {len(self.class_names)} names for {self.num_classes} classes")
         for name in ("codebook_size", "grid_size", "num_tokens", "code_layers", "dim", "heads"):
@@ -262,7 +267,8 @@ class Stackformer(nn.Module, PretrainedMixin):
                  generator: torch.Generator | Sequence[torch.Generator] | None = None,
                  prefix_codes: torch.Tensor | None = None, prefix_positions: torch.Tensor | None = None,
                  **settings: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample `batch_size` sequences → (codes, positions), each B×K long (see `mvq.models.sampling`).
+        """Sample `batch_size` sequences → (codes, positions), each B×K long, or B×`num_tokens` (a setting; see
+        `mvq.models.sampling`).
 
         Settings come as a `SamplingConfig` and/or as its fields by name (`temperature=0.8`),
         which override it. With one generator per sample, results do not depend on the batching.

@@ -94,18 +94,20 @@ def read_vae_config(path: str | Path) -> MQVAEConfig | VQGANConfig:
                           f"`mvq export STAGE1_RUN_DIR OUT_DIR`") from exc
 
 
-def _open_store(path: str, key: str, vae_config: MQVAEConfig | VQGANConfig):
-    """A complete token store whose tokens the MQ-VAE can decode; errors name the config key."""
+def _open_store(path: str, key: str, vae_config: MQVAEConfig | VQGANConfig, order: str | None = None):
+    """A complete token store whose tokens the MQ-VAE can decode (in `order`, when given); errors name the key."""
     try:
         store = TokenStore(path)
         check_compatible(store.header, vae_config)
+        if order is not None and store.header.order != order:
+            raise ValueError(f"its tokens are in {store.header.order} order, those of data.tokens in {order} order")
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"{key}={path}: {exc}") from exc
     return store
 
 
 def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_classes: int,
-                   store_class_names: list[str] | None = None) -> StackformerConfig:
+                   store_class_names: list[str] | None = None, store_order: str = "raster") -> StackformerConfig:
     """Validate `model:` and complete it with the MQ-VAE's geometry and the store's classes (and their names)."""
     if raw_model is not None and not isinstance(raw_model, dict):
         raise ConfigError(f"model: must be a mapping of Stackformer settings, got {raw_model!r}")
@@ -122,6 +124,11 @@ def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_
                               f"Stage 2 reads {', '.join(geometry)} from the MQ-VAE: remove model.{key} "
                               f"from the config or use the MQ-VAE it was meant for")
     section.update(geometry)
+    given_order = section.get("token_order")
+    if given_order is not None and given_order != store_order:
+        raise ConfigError(f"model.token_order is {given_order}, but the token store (data.tokens) lists its tokens in "
+                          f"{store_order} order: remove model.token_order (it is read from the store)")
+    section["token_order"] = store_order
     num_classes = section.get("num_classes")
     if num_classes is None:  # not set: as many as the token store's labels have
         section["num_classes"] = store_classes
@@ -172,9 +179,9 @@ def parse_stage2(raw: dict, resolve: bool = True) -> Stage2Config:
         vae_config = read_vae_config(vae)
         store = _open_store(data.tokens, "data.tokens", vae_config)
         if data.val_tokens is not None:
-            _open_store(data.val_tokens, "data.val_tokens", vae_config)
+            _open_store(data.val_tokens, "data.val_tokens", vae_config, store.header.order)
         model = _model_section(raw.get("model"), vae_config, store.header.num_classes or 0,
-                               store.header.source.get("class_names"))
+                               store.header.source.get("class_names"), store.header.order)
     else:
         model = recorded_model(raw.get("model"))
 
