@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mvq.cli import COMMANDS, build_parser, main, parse_arguments
+from mvq.config import ConfigError
 from mvq.convert.train_args import translate
 from mvq.models.mqvae import MQVAE
 from tests.conftest import TINY_MQVAE, reference_path
@@ -364,3 +365,60 @@ def test_only_input_errors_are_one_line_a_librarys_value_error_keeps_its_traceba
     monkeypatch.setattr(export_command, "run", lambda args: shard_bounds(4, rank=2, world_size=2))
     with pytest.raises(ValueError, match="outside world size"):
         main(command)
+
+
+def _reference_stage1_yaml(tmp_path: Path) -> Path:
+    """A reference-layout stage-1 YAML (the small parity fixture's model) with a loss, lr and data section."""
+    ref = json.loads(reference_path("mqvae_small.json").read_text())["reference_config"]
+    config = {"model": {"base_learning_rate": 4.5e-6, "target": "models.stage1_masked.mqvae.MaskedVectorQuantizationModel",
+                        "params": {"encoder_config": {"params": ref["encoder"]}, "decoder_config": {"params": ref["decoder"]},
+                                   "masker_config": {"params": ref["masker"]}, "demasker_config": {"params": ref["demasker"]},
+                                   "vqconfig": {"params": ref["vq"]},
+                                   "lossconfig": {"target": "x.VQLPIPSWithDiscriminator",
+                                                  "params": {"disc_start": 250001, "disc_weight": 0.8, "codebook_weight": 1.0,
+                                                             "disc_conditional": False}}}},
+              "data": {"target": "main.DataModuleFromConfig",
+                       "params": {"batch_size": 3, "num_workers": 2,
+                                  "train": {"target": "data.imagenet.ImageNetTrain", "params": {"size": 32}}}}}
+    path = tmp_path / "reference_stage1.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_convert_config_writes_the_mvq_config_of_a_reference_config(tmp_path, capsys):
+    from mvq.convert.mqvae import config_from_original
+    from mvq.training.config import load_training_config
+
+    reference = _reference_stage1_yaml(tmp_path)
+    out = tmp_path / "ours.yaml"
+    with pytest.raises(SystemExit) as done:
+        main(["convert-config", str(reference), "--out", str(out)])
+    assert done.value.code == 0
+    converted = yaml.safe_load(out.read_text())
+    assert converted["model"] == config_from_original(yaml.safe_load(reference.read_text())["model"])
+    assert converted["loss"] == {"disc_start": 250001, "disc_weight": 0.8, "codebook_weight": 1.0}
+    assert converted["optim"] == {"base_lr": 4.5e-6}
+    assert converted["data"] == {"batch_size": 3, "num_workers": 2, "dataset": "imagenet"}
+    _, parsed = load_training_config(out, ["data.root=/nowhere"])  # parses as an mvq config (no file read)
+    assert parsed.model.keep_ratio == 0.25 and parsed.loss.disc_start == 250001
+    # Nothing is overwritten unasked; an mvq config needs no conversion.
+    with pytest.raises(SystemExit) as done:
+        main(["convert-config", str(reference), "--out", str(out)])
+    assert done.value.code == 1 and "--overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["convert-config", str(out), "--out", str(tmp_path / "again.yaml")])
+    assert done.value.code != 0 and "needs no conversion" in capsys.readouterr().err
+
+
+def test_train_py_converts_a_reference_config_and_renames_reference_keys(tmp_path):
+    from mvq.training.config import load_training_config
+
+    args = translate(["--base", str(_reference_stage1_yaml(tmp_path)), "--gpus", "0", "model.topk_ratio=0.5"])
+    converted = Path(args[1])
+    assert converted.suffix == ".yaml" and converted.parent != tmp_path  # converted into a file of its own
+    assert "model.keep_ratio=0.5" in args
+    _, parsed = load_training_config(converted, [a for a in args[2:] if "=" in a] + ["data.root=/nowhere"])
+    assert parsed.model.keep_ratio == 0.5
+    # `mvq train` itself takes mvq's key names only, and says which ones to use.
+    with pytest.raises(ConfigError, match="model.topk_ratio → model.keep_ratio"):
+        load_training_config(converted, ["model.topk_ratio=0.5"])

@@ -255,11 +255,13 @@ def test_config_errors_fail_before_work(tmp_path, assets):
     # Geometry comes from the MQ-VAE; repeating it wrongly names both values.
     with pytest.raises(ConfigError, match=r"model.codebook_size is 32.*MQ-VAE.*codebook_size 64"):
         train(str(stage2_config(tmp_path, assets, model={"codebook_size": 32})), [], run_dir=run)
-    # ...and repeating it rightly is fine (and so are the reference's key names).
+    # ...and repeating it rightly is fine; the reference's key names are one error naming mvq's.
     from mvq.training.config import load_training_config
 
-    _, parsed = load_training_config(stage2_config(tmp_path, assets, model={"codebook_size": 64, "n_embd": 64}))
+    _, parsed = load_training_config(stage2_config(tmp_path, assets, model={"codebook_size": 64, "dim": 64}))
     assert parsed.model.codebook_size == 64 and parsed.model.dim == 64
+    with pytest.raises(ConfigError, match=r"model.n_embd → model.dim: .*mvq convert-config"):
+        load_training_config(stage2_config(tmp_path, assets, model={"n_embd": 64}))
     assert parsed.model.num_classes == NUM_CLASSES  # from the store's header
     with pytest.raises(ConfigError, match="num_classes is 10.*3 classes"):
         train(str(stage2_config(tmp_path, assets, model={"num_classes": 10})), [], run_dir=run)

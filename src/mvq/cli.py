@@ -13,7 +13,8 @@ import sys
 
 from mvq.errors import UserError
 
-COMMANDS = ["train", "export", "tokenize", "reconstruct", "sample", "complete", "eval", "demo", "convert_original", "app", "weights"]
+COMMANDS = ["train", "export", "tokenize", "reconstruct", "sample", "complete", "eval", "demo", "convert_original", "convert_config",
+            "app", "weights"]
 
 
 def build_parser() -> argparse.ArgumentParser:

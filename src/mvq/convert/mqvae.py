@@ -8,7 +8,7 @@ are dropped; their `loss.*` weights are returned separately for continuing train
 
 Their stage-1 config nests the architecture under `model.params.{encoder,decoder,masker,
 demasker,vq}_config.params`; `config_from_original` flattens it into our `model:` section,
-and `mqvae_config_section` accepts either layout (and the reference's key names) for the loader.
+and `mqvae_config_section` turns either layout (and the reference's key names) into ours.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
     python train.py --gpus -1 --base configs/stage1/mqvae_imagenet_f8_r25.yml --max_epochs 50
 
-`--base X.yml` finds mvq's `X.yaml` of the same stem; `--gpus`, `--max_epochs`, `--max_steps`,
+`--base X.yml` finds mvq's `X.yaml` of the same stem (a config in the reference's own layout is
+converted by `mvq.convert.config`); `--gpus`, `--max_epochs`, `--max_steps`,
 `--seed`, `--resume`, `--logdir` and `key=value` overrides anywhere on the line (mvq's keys, or
 the reference's own names for the commonly tuned ones) are mapped.
 """
@@ -84,7 +85,25 @@ def _our_key(item: str) -> str:
         if key not in REFERENCE_KEYS:
             raise UserError(f"reference key {key} has no mvq equivalent here; use mvq's config keys (see configs/)")
         key = REFERENCE_KEYS[key]
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] == "model" and parts[1] in _MODEL_NAMES:  # model.topk_ratio → model.keep_ratio
+        key = f"model.{_MODEL_NAMES[parts[1]]}"
     return f"{key}={value}"
+
+
+def native_base(base: str) -> str:
+    """The config `--base` names; a reference-layout YAML is converted (once, into a temporary file)."""
+    import tempfile
+
+    from mvq.config import load_yaml
+    from mvq.convert.config import write_native_config
+    from mvq.convert.layout import is_reference_model_section
+
+    path = resolve_config(base)
+    if not is_reference_model_section(load_yaml(path).get("model")):
+        return path
+    folder = Path(tempfile.mkdtemp(prefix="mvq-converted-"))
+    return str(write_native_config(path, folder / (Path(path).stem + ".yaml")))
 
 
 def translate(argv: list[str], gpu_available: bool | None = None) -> list[str]:
@@ -103,7 +122,7 @@ def translate(argv: list[str], gpu_available: bool | None = None) -> list[str]:
             run_dir = run_dir.parent.parent
         out += ["--resume", str(run_dir)]
     elif bases:
-        out.append(resolve_config(bases[0]))
+        out.append(native_base(bases[0]))
     if args.logdir:
         out += ["--run-dir", args.logdir]
     if args.gpus is not None:

@@ -135,7 +135,8 @@ class MQVAEConfig(TokenizerConfig):
         """Validate a `model:` section in mvq's layout (`mvq.convert.mqvae_config_section` translates others)."""
         if "params" in mapping or "target" in mapping:
             raise ConfigError("model: has 'target'/'params' keys, the layout of the reference release; translate "
-                              "it first with mvq.convert.mqvae_config_section (or `mvq convert-original`)")
+                              "it first with mvq.convert.mqvae_config_section (a whole training config: "
+                              "`mvq convert-config`; a checkpoint: `mvq convert-original`)")
         return build_dataclass(cls, mapping, "model")
 
 

@@ -26,7 +26,7 @@ def tokenizer_config(section: Mapping[str, Any]) -> MQVAEConfig | VQGANConfig:
     """A stage-1 `model:` section in mvq's names → the config of the architecture it names (default mqvae).
 
     A section in the reference release's layout or names is translated first by
-    `mvq.convert.mqvae_config_section` (the training config loader does that).
+    `mvq.convert.mqvae_config_section` (`mvq convert-config` does that for a whole training config).
     """
     section = dict(section)
     architecture = section.pop("architecture", "mqvae")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mvq.config import ConfigError, build_dataclass
-from mvq.convert.mqvae import mqvae_config_section
+from mvq.convert.config import refuse_reference_names
 from mvq.data.config import DataConfig
 from mvq.losses.stage1 import Stage1LossConfig
 from mvq.models.mqvae import MQVAEConfig
@@ -39,8 +39,7 @@ def parse_stage1(raw: dict) -> Stage1Config:
         raise ConfigError("a stage-1 config needs a 'model:' section")
     run, trainer = common_sections(raw)
     model = raw["model"]
-    if isinstance(model, dict) and model.get("architecture", "mqvae") == "mqvae":
-        model = mqvae_config_section(model)  # the reference release's names and layout are accepted here
+    refuse_reference_names(model, 1)
     return Stage1Config(model=tokenizer_config(model),
                         data=build_dataclass(DataConfig, raw.get("data"), "data"),
                         loss=build_dataclass(Stage1LossConfig, raw.get("loss"), "loss"),

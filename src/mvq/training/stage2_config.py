@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mvq.config import ConfigError, build_dataclass
-from mvq.convert.stackformer import stackformer_config_section
+from mvq.convert.config import refuse_reference_names
 from mvq.data.token_store import TokenStore, check_compatible, vae_token_geometry
 from mvq.errors import UserError
 from mvq.models.mqvae import MQVAEConfig
@@ -111,7 +111,8 @@ def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_
     """Validate `model:` and complete it with the MQ-VAE's geometry and the store's classes (and their names)."""
     if raw_model is not None and not isinstance(raw_model, dict):
         raise ConfigError(f"model: must be a mapping of Stackformer settings, got {raw_model!r}")
-    section = stackformer_config_section(raw_model or {})
+    refuse_reference_names(raw_model, 2)
+    section = dict(raw_model or {})
     valid = {f.name for f in fields(StackformerConfig)}
     unknown = [key for key in section if key not in valid]
     if unknown:  # fails naming the key, the closest valid one and the list of valid ones
@@ -146,7 +147,7 @@ def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_
 
 def recorded_model(raw_model: Any) -> StackformerConfig:
     """The Stackformer config a run recorded (geometry and classes included), read without any file."""
-    section = stackformer_config_section(raw_model or {}) if isinstance(raw_model, dict) else {}
+    section = dict(raw_model) if isinstance(raw_model, dict) else {}
     missing = [key for key in ("codebook_size", "grid_size", "num_tokens", "num_classes") if key not in section]
     if missing:
         raise ConfigError(f"model: does not record {', '.join(missing)} (a config saved by an older mvq): "
