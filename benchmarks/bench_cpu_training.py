@@ -37,7 +37,7 @@ from harness import REPOSITORY, emit, environment, interleaved, ratio, summary
 from mvq.losses.stage1 import Stage1Loss
 from mvq.models.mqvae import MQVAE
 from mvq.training.config import load_training_config
-from mvq.weights import VGG16, find
+from mvq.storage.network_weights import VGG16, find
 
 CONFIG = Path(REPOSITORY) / "configs" / "zoo" / "mqvae_photos_64.yaml"
 STACKFORMER = dict(codebook_size=1024, grid_size=8, num_tokens=16, num_classes=10, class_dropout=0.1,

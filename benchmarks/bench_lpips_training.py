@@ -26,7 +26,7 @@ from mvq.losses.stage1 import Stage1Loss
 from mvq.models.mqvae import MQVAE
 from mvq.training.common import peak_lr
 from mvq.training.config import load_training_config
-from mvq.weights import VGG16, find
+from mvq.storage.network_weights import VGG16, find
 
 CONFIG = Path(REPOSITORY) / "configs" / "stage1" / "mqvae_photos_64.yaml"
 DEFAULT_PHOTOS = Path(REPOSITORY).parent / "shared" / "photos"

@@ -263,7 +263,7 @@ def test_generation_stops_after_k_tokens_as_a_prefix_of_the_whole(token_order, u
 def test_a_rank_order_store_trains_a_rank_order_stackformer(tmp_path):
     from mvq.config import ConfigError
     from mvq.data.token_store import TokenStore
-    from mvq.tokenizing import tokenize_dataset
+    from mvq.inference.tokenizing import tokenize_dataset
     from mvq.training.stage2_config import parse_stage2
     from tests.test_token_store import ImageSet, TINY_VAE as STORE_VAE
 

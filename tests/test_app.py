@@ -28,7 +28,7 @@ from mvq.models.card import EXAMPLES_DIR, ModelCard, example_images
 from mvq.models.mqvae import MQVAE, MQVAEConfig
 from mvq.models.sampling import SamplingConfig
 from mvq.models.stackformer import Stackformer, StackformerConfig
-from mvq.pipeline import MVQPipeline, sample_generator
+from mvq.inference.pipeline import MVQPipeline, sample_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-import mvq.atomic
-from mvq.atomic import atomic_directory, atomic_write, atomic_write_text
+import mvq.storage.atomic
+from mvq.storage.atomic import atomic_directory, atomic_write, atomic_write_text
 from mvq.errors import UserError
 
 
@@ -20,8 +20,8 @@ def test_writes_never_change_the_umask_and_get_its_permissions(tmp_path, monkeyp
     with atomic_directory(tmp_path / "folder") as tmp:
         (tmp / "x").write_text("x")
     assert path.read_text() == "hello" and (tmp_path / "folder" / "x").read_text() == "x"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mvq.atomic.UMASK
-    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~mvq.atomic.UMASK
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mvq.storage.atomic.UMASK
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~mvq.storage.atomic.UMASK
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def pipe():
     from mvq.models.mqvae import MQVAE
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     torch.manual_seed(0)
     vae = MQVAE.from_config(TINY_VAE)
@@ -119,7 +119,7 @@ def test_complete_command_end_to_end(pipe, tmp_path, capsys):
     assert completions == [f"p{i}_{j}.png" for i in range(2) for j in range(3)]
 
     # The same completions as the pipeline's, from the same resized input.
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     loaded = MVQPipeline.from_pretrained(sf_dir, vae_dir, device="cpu")
     image = eval_transform(16)(load_rgb(inputs / "p1.png"))[None]

@@ -13,7 +13,7 @@ from mvq.config import ConfigError, build_dataclass
 from mvq.data import DataConfig, build_dataset
 from mvq.data.build import dataset_from_path
 from mvq.errors import UserError
-from mvq.tokenizing import declared_num_classes
+from mvq.inference.tokenizing import declared_num_classes
 
 # ------------------------------------------------------------------------ torchvision
 

@@ -55,7 +55,7 @@ def test_two_processes_write_the_bytes_of_one_process(models, tmp_path):
 
 def sample_interrupted_after_two_batches(models, out, monkeypatch) -> list[int]:
     """Run `mvq sample` (batch size 2) into `out` and stop it after two batches; returns their starts."""
-    from mvq import sample_output
+    from mvq.inference import sample_output
 
     real_write = sample_output.write_batch
     written = []
@@ -75,7 +75,7 @@ def sample_interrupted_after_two_batches(models, out, monkeypatch) -> list[int]:
 
 def test_an_interrupted_run_resumes_where_it_stopped(models, tmp_path, monkeypatch):
     from mvq.errors import UserError
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     run_sample_command(sample_argv(models, tmp_path / "whole", "--batch-size", "2"))
     out = tmp_path / "out"
@@ -103,7 +103,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(models, tmp_path, monkeypat
 
 
 def test_overwrite_replaces_an_unfinished_run_of_another_request(models, tmp_path, monkeypatch):
-    from mvq import sample_output
+    from mvq.inference import sample_output
 
     out = tmp_path / "out"
 
@@ -140,7 +140,7 @@ def test_fp16_on_the_cpu_is_one_line_error_and_bf16_samples(models, tmp_path, ca
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_precision_runs_both_models_in_that_dtype(models, tmp_path, monkeypatch, precision, dtype):
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     seen = {"stackformer": set(), "vae": set()}
     real_range = MVQPipeline.sample_range
@@ -159,7 +159,7 @@ def test_precision_runs_both_models_in_that_dtype(models, tmp_path, monkeypatch,
 
 
 def test_a_second_run_on_an_out_in_use_is_refused(models, tmp_path, capsys):
-    from mvq import sample_output
+    from mvq.inference import sample_output
     from mvq.cli import main
 
     out = tmp_path / "out"
@@ -179,7 +179,7 @@ def test_a_second_run_on_an_out_in_use_is_refused(models, tmp_path, capsys):
 def test_every_process_of_a_refused_distributed_run_says_one_line(models, tmp_path):
     import socket
 
-    from mvq import sample_output
+    from mvq.inference import sample_output
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -199,7 +199,7 @@ def test_every_process_of_a_refused_distributed_run_says_one_line(models, tmp_pa
 
 
 def test_finish_reads_overlapping_shards_once(tmp_path):
-    from mvq import sample_output
+    from mvq.inference import sample_output
     from mvq.errors import UserError
 
     folder = sample_output.SampleFolder(tmp_path / "out", tmp_path / "out", resume=False)
@@ -218,7 +218,7 @@ def test_finish_reads_overlapping_shards_once(tmp_path):
 def test_compile_gives_the_images_of_eager_sampling(models, tmp_path):
     """torch.compile on this CPU takes about a minute even for a tiny model (inductor builds C++ kernels)."""
     from mvq.models.mqvae import MQVAE
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     argv = [*sample_argv(models, tmp_path / "eager", "--no-png", "--batch-size", "5")]
     run_sample_command(argv)

@@ -20,7 +20,7 @@ from PIL import Image
 from mvq.evaluation import (GaussianAccumulator, ImageSet, InceptionV3, codebook_usage, evaluate_generation,
                             evaluate_reconstruction, evaluation_indices, frechet_distance, has_statistics,
                             load_statistics, psnr, save_statistics, ssim)
-from mvq.weights import INCEPTION, VGG16, MissingWeightsError
+from mvq.storage.network_weights import INCEPTION, VGG16, MissingWeightsError
 
 
 # 2048×2048 eigen-decompositions and Inception convolutions run on one thread: on a busy machine,

@@ -54,7 +54,7 @@ def test_a_zoo_name_loads_from_the_zoo_folders(saved_vae, tmp_path, monkeypatch)
 
 
 def test_commands_and_the_pipeline_take_names(tmp_path, monkeypatch):
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     torch.manual_seed(0)
     vae = MQVAE.from_config(TINY_VAE)

@@ -324,7 +324,7 @@ def test_perceptual_term_is_weighted_and_kept_out_of_checkpoints(monkeypatch):
 
 def test_missing_vgg_weights_stop_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    from mvq.weights import MissingWeightsError
+    from mvq.storage.network_weights import MissingWeightsError
 
     with pytest.raises(MissingWeightsError, match="vgg16"):
         Stage1Loss(Stage1LossConfig(perceptual_weight=1.0))

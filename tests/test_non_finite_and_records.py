@@ -83,7 +83,7 @@ def test_export_refuses_a_diverged_checkpoint(tmp_path):
 
 
 def _pipeline(sf_dir, vae_dir, **kwargs):
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     return MVQPipeline.from_pretrained(sf_dir, vae_dir, device="cpu", **kwargs)
 
@@ -116,7 +116,7 @@ def test_an_edited_tokenizer_config_is_refused(models, tmp_path):  # noqa: F811
 def test_a_token_store_of_an_edited_tokenizer_config_is_refused(tmp_path):
     from mvq.data.token_store import check_compatible, read_header
     from mvq.models.mqvae import MQVAEConfig
-    from mvq.tokenizing import tokenize_dataset
+    from mvq.inference.tokenizing import tokenize_dataset
     from tests.test_token_store import TINY_VAE as STORE_VAE, ImageSet
 
     torch.manual_seed(0)

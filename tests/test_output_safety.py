@@ -96,7 +96,7 @@ def test_destinations_that_cannot_be_written_are_one_line_before_any_work(models
 
 
 def test_atomic_write_keeps_no_file_that_fails_its_check(tmp_path):
-    from mvq.atomic import atomic_write
+    from mvq.storage.atomic import atomic_write
     from mvq.errors import UserError
 
     def short(tmp):
@@ -108,7 +108,7 @@ def test_atomic_write_keeps_no_file_that_fails_its_check(tmp_path):
 
 
 def test_npy_check_tells_a_cut_short_file(tmp_path):
-    from mvq.atomic import atomic_save_npy, npy_is_complete
+    from mvq.storage.atomic import atomic_save_npy, npy_is_complete
 
     path = atomic_save_npy(tmp_path / "a.npy", np.zeros((4, 8, 8, 3), np.uint8))
     assert npy_is_complete(path, rows=4, dtype=np.uint8)

@@ -266,7 +266,7 @@ def test_sample_command_needs_labels_for_a_class_model(pretrained_pair, tmp_path
 def test_pipeline_matches_generate_and_checks_compatibility(pretrained_pair):
     from mvq.models.mqvae import MQVAE
     from mvq.evaluation.image_metrics import to_uint8_hwc
-    from mvq.pipeline import MVQPipeline, balanced_labels, sample_generator
+    from mvq.inference.pipeline import MVQPipeline, balanced_labels, sample_generator
 
     sf_dir, vae_dir = pretrained_pair
     pipe = MVQPipeline.from_pretrained(sf_dir, vae_dir, device="cpu")
@@ -313,7 +313,7 @@ def test_sample_command_refuses_non_finite_settings_in_one_line(pretrained_pair,
 
 def test_sampling_config_travels_from_pipeline_to_generate(pretrained_pair):
     from mvq.models.sampling import SamplingConfig
-    from mvq.pipeline import MVQPipeline, sample_generator
+    from mvq.inference.pipeline import MVQPipeline, sample_generator
 
     pipe = MVQPipeline.from_pretrained(*pretrained_pair, device="cpu")
     config = SamplingConfig(temperature=0.7, top_k=5, top_p=0.9, position_top_k=3, raster_constraint=False)
@@ -378,7 +378,7 @@ def test_stackformer_of_another_mqvae_is_refused(pretrained_pair, tmp_path, caps
     from mvq.errors import UserError
     from mvq.models.mqvae import MQVAE
     from mvq.models.pretrained import weights_fingerprint
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     sf_dir, vae_dir = pretrained_pair
     vae = MQVAE.from_pretrained(vae_dir)
@@ -399,7 +399,7 @@ def test_stackformer_of_another_mqvae_is_refused(pretrained_pair, tmp_path, caps
 
 def test_decoded_pixels_do_not_depend_on_the_batch_they_were_sampled_in():
     from mvq.models.mqvae import MQVAE
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     torch.manual_seed(0)
     vae = MQVAE.from_config(TINY_VAE).eval()

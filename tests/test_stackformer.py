@@ -238,7 +238,7 @@ def test_class_names_travel_from_the_data_to_the_model_and_its_folder(tmp_path):
     from mvq.config import ConfigError
     from mvq.data.token_store import TokenStore
     from mvq.models.mqvae import MQVAE
-    from mvq.tokenizing import tokenize_dataset
+    from mvq.inference.tokenizing import tokenize_dataset
     from mvq.training.stage2_config import _model_section
     from tests.test_token_store import TINY_VAE as STORE_VAE, ImageSet
 

@@ -23,7 +23,7 @@ from mvq.data.token_store import (
 )
 from mvq.models.mqvae import MQVAE, MQVAEConfig
 from mvq.models.pretrained import weights_fingerprint
-from mvq.tokenizing import tokenize_dataset
+from mvq.inference.tokenizing import tokenize_dataset
 
 TINY_VAE = dict(resolution=32, ch=16, ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], z_channels=32,
                 keep_ratio=0.25, codebook_size=64, codebook_dim=16, demask_layers=1)

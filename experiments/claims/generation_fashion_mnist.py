@@ -149,8 +149,8 @@ def main() -> None:
     from mvq.models.sampling import SamplingConfig
     from mvq.models.stackformer import Stackformer
     from mvq.models.tokenizer import load_tokenizer
-    from mvq.pipeline import MVQPipeline
-    from mvq.tokenizing import tokenize_dataset
+    from mvq.inference.pipeline import MVQPipeline
+    from mvq.inference.tokenizing import tokenize_dataset
     from mvq.visualize import image_grid, save_image
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

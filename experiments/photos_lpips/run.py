@@ -42,8 +42,8 @@ def timed(args: list[str], threads: int | None) -> tuple[str, float]:
 
 def weights_used() -> dict:
     """For each network: the file found, its SHA-256 and where it came from."""
-    from mvq.weights import ALEXNET, INCEPTION, VGG16, find, sha256_of
-    from mvq.weights_install import provenance_summary
+    from mvq.storage.network_weights import ALEXNET, INCEPTION, VGG16, find, sha256_of
+    from mvq.weights.install import provenance_summary
 
     used = {}
     for weights in (VGG16, ALEXNET, INCEPTION):
@@ -90,7 +90,7 @@ def main() -> None:
         raise SystemExit(f"{args.photos}: expected a photo folder with train/ and val/")
     import torch
 
-    from mvq.atomic import atomic_write_json
+    from mvq.storage.atomic import atomic_write_json
 
     run_dir, exported = args.run_dir, args.run_dir / "mqvae"
     weights = weights_used()

@@ -23,7 +23,7 @@ _LAZY = {
     "StackformerConfig": "mvq.models.stackformer",
     "VQGAN": "mvq.models.vqgan",
     "VQGANConfig": "mvq.models.vqgan",
-    "MVQPipeline": "mvq.pipeline",
+    "MVQPipeline": "mvq.inference.pipeline",
 }
 
 __all__ = list(_LAZY)

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from mvq.atomic import atomic_write
+from mvq.storage.atomic import atomic_write
 from mvq.nn.masker import keep_mask_from_positions
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from mvq.models.sampling import SamplingConfig
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
 
 def enlargement(resolution: int, size: int) -> int:

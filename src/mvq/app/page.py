@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mvq.models.card import ModelCard
     from mvq.models.mqvae import MQVAE
     from mvq.models.vqgan import VQGAN
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
 # Errors a handler shows on the page; anything else is a bug and gets the framework's error report.
 SHOWN_ERRORS = (UserError,)

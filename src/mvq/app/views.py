@@ -17,13 +17,13 @@ from mvq.evaluation.image_metrics import from_uint8_hwc, psnr, to_uint8, to_uint
 from mvq.models.keep_budget import psnr_at_least, smallest_keep
 from mvq.models.mqvae import MQVAE
 from mvq.nn.masker import keep_mask_from_positions
-from mvq.pipeline import sample_generator
+from mvq.inference.pipeline import sample_generator
 from mvq.visualize import completion_pictures, enlarge, enlargement, keep_mask_overlay, score_heatmap
 
 if TYPE_CHECKING:
     from mvq.models.sampling import SamplingConfig
     from mvq.models.vqgan import VQGAN
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
 # Pictures are enlarged (nearest neighbour, integer factor) to at least about this many pixels.
 DISPLAY_SIZE = 256

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     import_gradio()  # fail on a missing extra before loading any model
     from mvq.distributed import resolve_device
     from mvq.models.tokenizer import load_tokenizer
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     from mvq.models.card import ModelCard, example_images
 

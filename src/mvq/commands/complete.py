@@ -63,7 +63,7 @@ def figure_row(image: torch.Tensor, overlay: torch.Tensor, completions: torch.Te
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from mvq.atomic import atomic_directory, check_writable_destination
+    from mvq.storage.atomic import atomic_directory, check_writable_destination
     from mvq.commands.options import sampling_config
     from mvq.data.discovery import collect_images, output_stems
     from mvq.data.images import load_rgb, notice
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     from mvq.distributed import resolve_device
     from mvq.models.labels import labels_list
     from mvq.models.sampling import SamplingError
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
     from mvq.visualize import completion_pictures, image_grid, save_image
 
     if args.n < 1 or args.batch_size < 1:

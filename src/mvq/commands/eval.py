@@ -110,7 +110,7 @@ def _check_output_file(path: str, inputs: list[str], suffix: str | None = None) 
     command's inputs (it would be overwritten), or a place that cannot be written (its folder is made later)."""
     from pathlib import Path
 
-    from mvq.atomic import check_can_create
+    from mvq.storage.atomic import check_can_create
     from mvq.errors import UserError
 
     out = Path(path)

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mvq.atomic import check_writable_destination
+    from mvq.storage.atomic import check_writable_destination
     from mvq.data.discovery import collect_images, output_stems
     from mvq.data.images import load_rgb, notice
     from mvq.data.transforms import eval_transform

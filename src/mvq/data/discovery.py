@@ -25,7 +25,7 @@ from pathlib import Path
 
 import filelock
 
-from mvq.atomic import atomic_write_text
+from mvq.storage.atomic import atomic_write_text
 
 from mvq.data.images import scan_images
 from mvq.errors import UserError

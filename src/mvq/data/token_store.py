@@ -1,7 +1,7 @@
 """The token store file format: a dataset encoded once by an MQ-VAE, read by stage-2 training.
 
 Stage 2 never runs the image encoder per step; it reads the (code, position) pairs of every
-image from a store written by `mvq tokenize` (the job itself is `mvq.tokenizing`). A store is
+image from a store written by `mvq tokenize` (the job itself is `mvq.inference.tokenizing`). A store is
 a folder::
 
     STORE/
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mvq.atomic import atomic_write_json
+from mvq.storage.atomic import atomic_write_json
 from mvq.config import recorded_config_differences
 from mvq.errors import InvalidInputError, MissingInputError, UserError
 

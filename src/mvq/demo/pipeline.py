@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mvq.atomic import atomic_write, atomic_write_text
+from mvq.storage.atomic import atomic_write, atomic_write_text
 from mvq.config import build_dataclass, load_yaml
 from mvq.data import build_dataset
 from mvq.data.config import DataConfig
@@ -32,8 +32,8 @@ from mvq.models.card import EXAMPLES_DIR, ModelCard
 from mvq.models.mqvae import MQVAE
 from mvq.models.sampling import SamplingConfig
 from mvq.models.stackformer import Stackformer
-from mvq.pipeline import MVQPipeline
-from mvq.tokenizing import tokenize_dataset
+from mvq.inference.pipeline import MVQPipeline
+from mvq.inference.tokenizing import tokenize_dataset
 from mvq.training.run import export, train
 from mvq.visualize import completion_pictures, fit_scale, labelled_figure, reconstruction_rows, save_figure
 

@@ -6,7 +6,7 @@ import html
 import math
 from pathlib import Path
 
-from mvq.atomic import atomic_write, atomic_write_text
+from mvq.storage.atomic import atomic_write, atomic_write_text
 
 
 def read_scalars(log_dir: Path) -> dict[str, tuple[list[int], list[float]]]:

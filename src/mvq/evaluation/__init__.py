@@ -1,7 +1,7 @@
 """Evaluation of tokenizers and generators: rFID, FID, IS, KID, PSNR, SSIM, LPIPS, codebook usage.
 
 FID/IS/KID use torch-fidelity's Inception (its port of the TensorFlow FID network); LPIPS
-uses the `lpips` package with a VGG16 trunk. Weights are found offline (`mvq.weights`).
+uses the `lpips` package with a VGG16 trunk. Weights are found offline (`mvq.storage.network_weights`).
 """
 
 from mvq.evaluation.codebook import code_counts, codebook_usage, codebook_usage_from_counts

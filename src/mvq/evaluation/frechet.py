@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvq.atomic import atomic_write
+from mvq.storage.atomic import atomic_write
 from mvq.distributed import all_reduce_sum
 from mvq.errors import InvalidInputError, MissingInputError
 

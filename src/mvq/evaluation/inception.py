@@ -1,6 +1,6 @@
 """The FID/IS feature network: torch-fidelity's port of the TensorFlow FID Inception-v3.
 
-Its weights are found offline through `mvq.weights` (explicit path, $MVQ_WEIGHTS_DIR or the
+Its weights are found offline through `mvq.storage.network_weights` (explicit path, $MVQ_WEIGHTS_DIR or the
 torch hub cache) and read as tensors only: torch-fidelity's own file with
 `torch.load(weights_only=True)`, the registry-package conversion from safetensors.
 torch-fidelity is never asked to read or download a file itself (it would unpickle with
@@ -19,7 +19,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from mvq.weights import INCEPTION, WeightsFileError, locate, read_state
+from mvq.storage.network_weights import INCEPTION, WeightsFileError, locate, read_state
 
 POOL_FEATURES = "2048"          # FID / KID features (pool3)
 LOGITS_FEATURES = "logits_unbiased"  # Inception Score logits, as torch-fidelity computes IS

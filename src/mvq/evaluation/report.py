@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mvq.atomic import atomic_write_json
+from mvq.storage.atomic import atomic_write_json
 
 LABELS = {
     "rfid": "rFID", "fid": "FID", "psnr": "PSNR (dB)", "ssim": "SSIM", "l1": "L1 ([-1, 1] pixels)", "lpips": "LPIPS",

@@ -2,7 +2,7 @@
 
 The `lpips` package ships its calibrated linear layers (version 0.1); the ImageNet trunk it
 would normally download through torchvision is loaded here from a local file found by
-`mvq.weights`: torchvision's own state dict (read with `weights_only=True`) or the same
+`mvq.storage.network_weights`: torchvision's own state dict (read with `weights_only=True`) or the same
 `features.N.*` tensors converted from a registry package (safetensors).
 Used as a training loss (gradients flow to the images) and as an evaluation metric.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mvq.weights import ALEXNET, VGG16, WeightsFile, WeightsFileError, locate, read_state
+from mvq.storage.network_weights import ALEXNET, VGG16, WeightsFile, WeightsFileError, locate, read_state
 
 NETS = ("vgg", "alex")
 

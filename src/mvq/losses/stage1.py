@@ -79,7 +79,7 @@ class Stage1Loss(nn.Module):
     """Holds the discriminator (trained by its own optimizer) and the frozen LPIPS network.
 
     `perceptual_weight > 0` needs the VGG16 weights; a missing file raises
-    `mvq.weights.MissingWeightsError` here, before any training step.
+    `mvq.storage.network_weights.MissingWeightsError` here, before any training step.
     """
 
     def __init__(self, config: Stage1LossConfig | None = None):

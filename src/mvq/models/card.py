@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from mvq.atomic import atomic_write_text
+from mvq.storage.atomic import atomic_write_text
 from mvq.errors import UserError
 
 CARD_FILE = "README.md"

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping, TypeVar
 
 import torch
 
-from mvq.atomic import atomic_write, atomic_write_json
+from mvq.storage.atomic import atomic_write, atomic_write_json
 from mvq.config import ConfigError, dataclass_to_dict, load_yaml
 from mvq.errors import UserError
 from mvq.models.hub import push_folder, push_model, resolve_pretrained

@@ -46,7 +46,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from mvq.atomic import atomic_write
+from mvq.storage.atomic import atomic_write
 from mvq.errors import UserError
 
 LAST, BEST = "last", "best"

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvq.atomic import atomic_directory, check_writable_destination
+from mvq.storage.atomic import atomic_directory, check_writable_destination
 from mvq.config import ConfigError
 from mvq.distributed import check_accelerator
 from mvq.errors import UserError

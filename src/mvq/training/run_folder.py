@@ -19,10 +19,10 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
-from mvq.atomic import atomic_write_text, remove_stale_temporaries
+from mvq.storage.atomic import atomic_write_text, remove_stale_temporaries
 from mvq.distributed import local_rank, rank_and_world_size
 from mvq.errors import UserError
-from mvq.locks import locked as hold_lock
+from mvq.storage.locks import locked as hold_lock
 
 CONFIG_NAME = "config.yaml"
 LOCK_NAME = ".lock"

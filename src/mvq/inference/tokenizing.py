@@ -20,7 +20,7 @@ from mvq.data.token_store import (TokenPartWriter, TokenStoreHeader, create_stor
                                   store_dtypes)
 from mvq.distributed import rank_and_world_size
 from mvq.errors import InvalidInputError
-from mvq.locks import locked
+from mvq.storage.locks import locked
 from mvq.models.pretrained import weights_fingerprint
 
 

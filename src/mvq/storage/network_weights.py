@@ -1,6 +1,6 @@
 """Where mvq finds the pretrained networks it uses (VGG16 / AlexNet for LPIPS, Inception for FID/IS).
 
-Nothing here downloads: `mvq weights install` (mvq.weights_install) puts the files in place.
+Nothing here downloads: `mvq weights install` (mvq.weights.install) puts the files in place.
 Each network is looked for as an explicit path when one is given, else in each search folder
 (`$MVQ_WEIGHTS_DIR` when set, then the torch hub cache `$TORCH_HOME/hub/checkpoints/`): first
 under the file name of its canonical download, then under the name of the same network
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mvq.atomic import atomic_write_json
+from mvq.storage.atomic import atomic_write_json
 from mvq.errors import UserError
 
 WEIGHTS_DIR_ENV = "MVQ_WEIGHTS_DIR"

