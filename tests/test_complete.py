@@ -173,3 +173,17 @@ def test_the_stackformer_predicts_the_class_whose_tokens_it_finds_most_likely(pi
     k = codes.shape[1]
     expected = -(one.code_loss + one.position_loss) * k  # mean losses over the K steps
     torch.testing.assert_close(scores[1, 0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_completion_checks_the_images_once_and_refuses_bad_pixels(pipe, monkeypatch):
+    from mvq.errors import UserError
+
+    calls = []
+    check = type(pipe.vae).check_images
+    monkeypatch.setattr(type(pipe.vae), "check_images", lambda self, images: calls.append(1) or check(self, images))
+    pipe.complete(photos(2), keep_rows=2, labels=[0, 1], n=2)
+    assert len(calls) == 1  # once per tokenization: the pipeline does not check them again
+    bad = torch.zeros(1, 3, 16, 16)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(UserError, match="NaN|finite"):
+        pipe.complete(bad, keep_rows=2, labels=[0])

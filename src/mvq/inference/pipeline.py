@@ -180,15 +180,14 @@ class MVQPipeline:
     # ------------------------------------------------------------------------- completion and editing
 
     def _as_model_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 R×R×3 / B×R×R×3 pixels, or float B×3×R×R in [-1, 1] → float images on the device."""
+        """uint8 R×R×3 / B×R×R×3 pixels, or float B×3×R×R in [-1, 1] → float images on the device (their
+        values are checked once, by the tokenizer that reads them)."""
         if isinstance(images, np.ndarray) or (isinstance(images, torch.Tensor) and images.dtype == torch.uint8):
             try:
                 images = from_uint8_hwc(images)
             except ValueError as exc:
                 raise SamplingError(str(exc)) from None
-        images = images.to(self.device, torch.float32)
-        self.vae.check_images(images)
-        return images
+        return images.to(self.device, torch.float32)
 
     @torch.no_grad()
     def prefix_tokens(self, images: np.ndarray | torch.Tensor, keep_rows: int
