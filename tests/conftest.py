@@ -11,6 +11,20 @@ TINY_MQVAE = dict(resolution=32, ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, att
                   z_channels=64, keep_ratio=0.25, codebook_size=64, codebook_dim=16, demask_layers=2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_folder(tmp_path_factory):
+    """mvq's caches (fingerprints, listings of read-only folders) go to a folder of the test session's own."""
+    import os
+
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -278,3 +278,27 @@ def test_upsample_equals_nearest_interpolation_then_conv(size):
     actual = torch.autograd.grad(fast, [x, *up.parameters()], grad)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
+
+def test_a_loaded_models_fingerprint_is_computed_once_per_file(tmp_path, monkeypatch):
+    import os
+
+    from mvq.models import pretrained
+
+    folder = MQVAE.from_config(TINY_MQVAE).save_pretrained(tmp_path / "vae")
+    first = MQVAE.from_pretrained(folder)
+    expected = pretrained._hash_state(first)
+    assert pretrained.weights_fingerprint(first) == expected
+    hashed = []
+    monkeypatch.setattr(pretrained, "_hash_state", lambda model: hashed.append(1) or expected)
+    again = MQVAE.from_pretrained(folder)
+    assert pretrained.weights_fingerprint(again) == expected and hashed == []  # from the cache
+    with torch.no_grad():
+        again.decoder.conv_out.bias.add_(1.0)  # changed in place: hashed again
+    pretrained.weights_fingerprint(again)
+    assert hashed == [1]
+    stat = os.stat(folder / "model.safetensors")  # the file rewritten (its time changes): hashed again
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    pretrained.weights_fingerprint(MQVAE.from_pretrained(folder))
+    assert hashed == [1, 1]
+    assert pretrained.weights_fingerprint(MQVAE.from_config(TINY_MQVAE)) and hashed == [1, 1, 1]  # not loaded

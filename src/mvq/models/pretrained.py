@@ -155,7 +155,9 @@ class PretrainedMixin:
             raise PretrainedFolderError(f"{weights_path} holds NaN or infinite values in {len(broken)} of "
                                         f"{len(state)} tensors ({describe_names(broken)}): the model diverged "
                                         "in training; export an earlier checkpoint")
-        return model.to(map_location).eval()
+        model = model.to(map_location).eval()
+        remember_weights_file(model, weights_path)
+        return model
 
 
 # tokenizer.json's keys, and the names folders written before VQGAN tokenizers existed gave them.
@@ -195,12 +197,57 @@ def read_tokenizer_record(directory: str | os.PathLike) -> dict | None:
     return record
 
 
+def _tensor_identity(model: torch.nn.Module) -> list[list[int]]:
+    """Where each tensor of the state dict lives and how often it was changed in place (torch counts that)."""
+    return [[t.data_ptr(), t._version] for t in model.state_dict().values()]
+
+
+def remember_weights_file(model: torch.nn.Module, path: Path) -> None:
+    """Note the file a model's weights were read from, so that `weights_fingerprint` can use a fingerprint
+    computed earlier for that file (as long as the model's tensors are the ones read, unchanged)."""
+    status = path.stat()
+    model._mvq_weights_file = (f"{path.resolve()}|{status.st_size}|{status.st_mtime_ns}", _tensor_identity(model))
+
+
+# The fingerprint cache keeps the most recent files' fingerprints, this many.
+FINGERPRINTS_KEPT = 256
+
+
+def _fingerprint_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mvq" / "fingerprints.json"
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """SHA-256 over a model's state dict (names, dtypes, shapes, bytes): identifies its weights.
 
     Token stores and Stackformer folders record their MQ-VAE's fingerprint, so tokens are
-    never decoded with another MQ-VAE of the same shapes.
+    never decoded with another MQ-VAE of the same shapes. A model read by `from_pretrained`, and
+    neither moved, cast nor changed since, takes its file's fingerprint from a cache (the user's
+    cache folder, keyed by the file's path, size and modification time): it is computed once per file.
     """
+    source = getattr(model, "_mvq_weights_file", None)
+    key = source[0] if source is not None and source[1] == _tensor_identity(model) else None
+    cache = _fingerprint_cache()
+    known: dict[str, str] = {}
+    if key is not None:
+        try:
+            known = json.loads(cache.read_text())
+            if isinstance(known.get(key), str):
+                return known[key]
+        except (OSError, ValueError, AttributeError):
+            known = {}
+    fingerprint = _hash_state(model)
+    if key is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            kept = list((known if isinstance(known, dict) else {}).items())[-(FINGERPRINTS_KEPT - 1):]
+            atomic_write_json(cache, {**dict(kept), key: fingerprint})
+        except OSError:
+            pass  # no cache: computed again next time
+    return fingerprint
+
+
+def _hash_state(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
