@@ -686,7 +686,7 @@ def test_tokenize_takes_a_budget_or_a_psnr_target(pipeline, tmp_path):
 def test_app_serves_a_zoo_tokenizer_and_its_stackformer_by_default(tmp_path, monkeypatch, capsys):
     pytest.importorskip("gradio", reason="the app needs the optional extra mvq[app] (pip install 'mvq[app]')")
     import mvq.app.page
-    from mvq.commands.app import zoo_pair
+    from mvq.models.zoo import first_pair as zoo_pair
 
     zoo = tmp_path / "zoo"
     vae_dir, stackformer_dir = tiny_models(zoo)
@@ -697,6 +697,8 @@ def test_app_serves_a_zoo_tokenizer_and_its_stackformer_by_default(tmp_path, mon
     monkeypatch.setenv("MVQ_ZOO", str(zoo))
     monkeypatch.chdir(tmp_path)  # no demo-output here
     assert zoo_pair() == (vae_dir, stackformer_dir)
+    assert MVQPipeline.from_pretrained("stackformer", device="cpu").vae.config == MVQPipeline.from_pretrained(
+        stackformer_dir, vae_dir, device="cpu").vae.config  # one name: its tokenizer found in the zoo
     served = []
     monkeypatch.setattr(mvq.app.page, "serve", lambda app, host, port: served.append(app))
     main(["app", "--device", "cpu"])

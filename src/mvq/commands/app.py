@@ -43,33 +43,15 @@ def model_folders(vae: str | None, stackformer: str | None) -> tuple[Path, Path 
         raise UserError("--stackformer needs --vae DIR, the MQ-VAE whose tokens it was trained on")
     if vae is not None:
         return resolve_pretrained(vae), None if stackformer is None else resolve_pretrained(stackformer)
-    zoo = zoo_pair()
+    from mvq.models.zoo import first_pair
+
+    zoo = first_pair()
     if zoo is not None:
         return zoo
     if not DEMO_VAE.is_dir():
         raise UserError(f"no models to serve: pass --vae DIR (and --stackformer DIR), or run `mvq demo` first, "
                         f"which writes {DEMO_VAE} and {DEMO_STACKFORMER}")
     return DEMO_VAE, DEMO_STACKFORMER if DEMO_STACKFORMER.is_dir() else None
-
-
-def zoo_pair() -> tuple[Path, Path] | None:
-    """The first zoo tokenizer (by name) with a zoo Stackformer trained on its tokens (its tokenizer.json
-    records the tokenizer's weight fingerprint), or None."""
-    from mvq.models.hub import zoo_models
-    from mvq.models.pretrained import read_pretrained_config, read_tokenizer_record, weights_fingerprint
-    from mvq.models.tokenizer import ARCHITECTURES, load_tokenizer
-
-    models = zoo_models()
-    kinds = {name: read_pretrained_config(folder).get("model_type") for name, folder in models.items()}
-    generators = {name: read_tokenizer_record(models[name]) for name, kind in kinds.items()
-                  if kind not in ARCHITECTURES}
-    for name, kind in kinds.items():
-        if kind in ARCHITECTURES and generators:
-            fingerprint = weights_fingerprint(load_tokenizer(models[name]))
-            for generator, record in generators.items():
-                if record is not None and record["tokenizer_fingerprint"] == fingerprint:
-                    return models[name], models[generator]
-    return None
 
 
 def run(args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ from mvq.models.labels import labels_list, labels_tensor
 from mvq.models.mqvae import MQVAE
 from mvq.models.pretrained import TOKENIZER_NAME, read_tokenizer_record, weights_fingerprint
 from mvq.models.sampling import SamplingConfig, SamplingError
+from mvq.models.zoo import tokenizer_of
 from mvq.models.stackformer import Stackformer
 from mvq.models.tokenizer import load_tokenizer
 from mvq.models.vqgan import VQGAN
@@ -79,15 +80,21 @@ class MVQPipeline:
         autocast(self.device, precision)  # refuse an unknown or unavailable precision now, not mid-run
 
     @classmethod
-    def from_pretrained(cls, stackformer_dir: str | os.PathLike, vae_dir: str | os.PathLike,
+    def from_pretrained(cls, stackformer_dir: str | os.PathLike, vae_dir: str | os.PathLike | None = None,
                         device: torch.device | str | None = None,
                         allow_tokenizer_mismatch: bool = False, precision: str = "fp32") -> "MVQPipeline":
-        """Load both pretrained folders (default device: this process's GPU when there is one).
+        """Load both pretrained folders (default device: this process's GPU when there is one). Each may be
+        a folder, a zoo name or a Hub id; without `vae_dir`, the zoo tokenizer the Stackformer learnt from.
 
         A Stackformer folder that records its MQ-VAE's weights fingerprint (tokenizer.json) is
         refused with any other MQ-VAE — same shapes, other weights decode its tokens into
         garbage — unless `allow_tokenizer_mismatch`, which only warns.
         """
+        if vae_dir is None:
+            vae_dir = tokenizer_of(stackformer_dir)
+            if vae_dir is None:
+                raise SamplingError(f"no zoo tokenizer matches {stackformer_dir}'s tokenizer.json: pass its "
+                                    "tokenizer folder as vae_dir")
         device = resolve_device("auto" if device is None else str(device))
         pipe = cls(Stackformer.from_pretrained(stackformer_dir, map_location=device),
                    load_tokenizer(vae_dir, map_location=device), precision=precision)
