@@ -34,7 +34,9 @@ def test_release_exports_measures_and_writes_the_card(tmp_path):
     from mvq.training.run import train
     from tests.train_helpers import tiny_stage1_config
 
-    run = train(str(tiny_stage1_config(tmp_path)), [], run_dir=str(tmp_path / "run"))
+    config = tiny_stage1_config(tmp_path, trainer={"max_steps": 2, "val_check_interval": 2},
+                                run={"image_every_n_steps": 0})
+    run = train(str(config), [], run_dir=str(tmp_path / "run"))
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "zoo" / "release.py"), "--run", str(run),
                            "--name", "test-tiny", "--summary", "A tiny test tokenizer.",
                            "--training-data", "48 synthetic images (made by code).", "--command", "mvq train x",

@@ -54,11 +54,26 @@ def model_folders(vae: str | None, stackformer: str | None) -> tuple[Path, Path 
     return DEMO_VAE, DEMO_STACKFORMER if DEMO_STACKFORMER.is_dir() else None
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error when `host:port` cannot be served on (in use, or not this machine's address)."""
+    import socket
+
+    from mvq.errors import UserError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError:
+        raise UserError(f"cannot serve on {host}:{port}: the port is in use or the address is not this "
+                        f"machine's; pass another --port or --host") from None
+
+
 def run(args: argparse.Namespace) -> None:
     from mvq.errors import UserError
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
+    check_port_free(args.host, args.port)  # before any model loads: a port in use answers at once
     vae_dir, stackformer_dir = model_folders(args.vae, args.stackformer)
     from mvq.app.page import build_app, import_gradio, serve, warm_up
 
