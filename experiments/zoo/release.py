@@ -73,9 +73,7 @@ def main() -> None:
 
     folder = export(args.run, args.zoo / args.name, which=args.checkpoint, overwrite=True)
     metrics = measure(folder, args.run, args.overrides, args.num_images)
-    remeasure = " ".join(["python experiments/zoo/release.py", "--run", str(args.run), "...",
-                          *(["--num-images", str(args.num_images)] if args.num_images else []),
-                          *map(shlex.quote, args.overrides)])
+    remeasure = " ".join(["python", "experiments/zoo/release.py", *map(shlex.quote, sys.argv[1:])])  # exactly this
     card = ModelCard(name=args.name, summary=args.summary, training_data=args.training_data, license=args.license,
                      datasets=args.dataset, tags=["image-tokenizer"], command=args.command, hardware=args.hardware,
                      wall_time=args.wall_time, metrics=metrics, metrics_command=remeasure, notes=args.notes)

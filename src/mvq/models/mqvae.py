@@ -202,6 +202,8 @@ class MQVAE(Tokenizer):
         self.check_images(images)
         masked = self.masker(self.encoder(images), None if keep is None else self.config.keep_count(keep))
         codes, positions = self.quantizer.nearest_codes(masked.features), masked.positions
+        if order == "raster" and not isinstance(keep, torch.Tensor):
+            return codes, positions  # one budget, positions ascending: already in order
         own = masked.keep_mask.gather(1, positions)
         # Sort key: an image's own cells first, then by position (raster) or by falling score (rank; ties
         # to the lower cell, as the ranking itself breaks them).
