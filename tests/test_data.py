@@ -401,6 +401,28 @@ def test_dataset_from_path_reads_folders_and_configs(tmp_path, capsys):
         dataset_from_path(tmp_path / "other.yaml", "val", 16)
 
 
+def test_a_data_config_is_changed_on_the_command_line(tmp_path, capsys):
+    """`data.root=/path` and friends: a config names where its data lie on one machine only."""
+    from mvq.cli import main
+    from mvq.data.build import dataset_from_path
+
+    config = tmp_path / "data.yaml"
+    config.write_text("data:\n  dataset: synthetic\n  resolution: 16\n  num_val: 3\n")
+    assert len(dataset_from_path(config, "val", overrides=["data.num_val=5"])) == 5
+    assert len(dataset_from_path(config, "val")) == 3  # the file itself is unchanged
+    with pytest.raises(ConfigError, match="only the data section"):
+        dataset_from_path(config, "val", overrides=["model.ch=4"])
+    save(rgb_image(seed=1), tmp_path / "images" / "a.png")
+    with pytest.raises(UserError, match="apply to a config's data section"):
+        dataset_from_path(tmp_path / "images", "val", 16, overrides=["data.num_val=5"])
+    stats = tmp_path / "stats.npz"
+    with pytest.raises(SystemExit):  # the command line takes them (and then finds no Inception weights here)
+        main(["eval", "stats", "--data", str(config), "--split", "val", "--out", str(stats), "data.num_val=2",
+              "--inception-weights", str(tmp_path / "missing.pth"), "--no-progress"])
+    error = capsys.readouterr().err
+    assert "missing.pth" in error and "unrecognized" not in error
+
+
 def test_training_data_is_listed_by_name_not_decoded(tmp_path, monkeypatch):
     import mvq.data.images as images
 

@@ -12,6 +12,7 @@ import pytest
 
 from mvq.models.card import ModelCard
 from mvq.models.hub import zoo_models
+from mvq.models.zoo import example_check
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASED = {name: folder for name, folder in zoo_models().items() if ModelCard.load(folder) is not None}
@@ -19,14 +20,19 @@ RELEASED = {name: folder for name, folder in zoo_models().items() if ModelCard.l
 
 @pytest.mark.parametrize("name", sorted(RELEASED) or [pytest.param(None, marks=pytest.mark.skip(
     reason="no released zoo model yet (zoo/README.md lists those in training)"))])
-def test_a_released_models_card_holds_its_recorded_metrics(name):
-    from mvq.models.tokenizer import load_tokenizer
-
+def test_a_released_model_reproduces_its_record_on_its_examples(name):
+    """The card states the recorded metrics, and the model gives the recorded numbers on its fixed examples
+    again: a damaged file or a changed model (or decoder) cannot pass."""
     card = ModelCard.load(RELEASED[name])
     record = json.loads((ROOT / "experiments" / "results" / f"zoo_{name}.json").read_text())
     assert card.metrics == record["metrics"] and card.metrics_command == record["metrics_command"]
     assert card.training_data and card.command and card.license
-    load_tokenizer(RELEASED[name])  # loads: weights whole, finite and of its config
+    if "tokenizer" in record:
+        check = example_check(RELEASED[record["tokenizer"]], RELEASED[name], record["example_labels"])
+        assert check["examples_nll_nats"] == pytest.approx(record["check"]["examples_nll_nats"], rel=1e-4)
+    else:
+        check = example_check(RELEASED[name])
+        assert check["examples_psnr"] == pytest.approx(record["check"]["examples_psnr"], abs=0.01)
 
 
 @pytest.mark.slow
@@ -49,3 +55,7 @@ def test_release_exports_measures_and_writes_the_card(tmp_path):
     assert {"psnr", "ssim", "l1", "codebook_usage_percent"} <= set(card.metrics)
     assert card.training_data == "48 synthetic images (made by code)." and "--num-images 8" in card.metrics_command
     assert (tmp_path / "zoo" / "test-tiny" / "model.safetensors").is_file()
+    assert len(list((tmp_path / "zoo" / "test-tiny" / "examples").glob("*.png"))) == 4  # one per shape kind
+    assert record["example_labels"] == [0, 1, 2, 3]
+    assert record["check"] == example_check(tmp_path / "zoo" / "test-tiny")
+    assert "reconstructions.png" in card.notes and (tmp_path / "zoo" / "test-tiny" / "reconstructions.png").is_file()

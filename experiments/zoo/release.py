@@ -1,43 +1,66 @@
-"""Release a trained tokenizer into the zoo: export its run, measure it, write its model card.
+"""Release a trained model into the zoo: export its run, measure it, write its model card.
 
+A tokenizer (stage-1 run):
     python experiments/zoo/release.py --run runs/zoo/fashion-mnist-32 --name fashion-mnist-32 \
         --summary "..." --training-data "... (licence)" --license mit --dataset fashion_mnist \
         --command "mvq train configs/zoo/... ; mvq train --resume ..." --hardware "2 CPU cores" \
         --wall-time "9.5 h" [--num-images 1000] [--zoo zoo] [key=value data overrides ...]
+A Stackformer (stage-2 run) on a released zoo tokenizer:
+    python experiments/zoo/release.py --run runs/zoo/fashion-mnist-32-stackformer --name ... \
+        --tokenizer fashion-mnist-32 --fid-reference STATS.npz --num-samples 10000 [--cfg-scale S] ... \
+        [key=value overrides of the tokenizer's data config, e.g. data.root=...]
 
-Exports the run's best checkpoint to ZOO/NAME (config.json, model.safetensors), evaluates it on the
-validation split of the run's own data config (overridable, e.g. data.root=...): PSNR, SSIM, L1 and
-codebook use, LPIPS-VGG and rFID when their networks are installed (`mvq weights install`), writes
-the card (`mvq.models.card.ModelCard`) whose metrics and re-measuring command come from that, and the
-same record to experiments/results/zoo_NAME.json, which `tests/test_zoo.py` holds the card against.
+A tokenizer is exported from its run's best checkpoint to ZOO/NAME (config.json, model.safetensors)
+and evaluated on the validation split of the run's own data config: PSNR, SSIM, L1 and codebook
+use, LPIPS-VGG and rFID when their networks are installed (`mvq weights install`). A few validation
+images (one per class where the data have classes) go to ZOO/NAME/examples/, the app's examples,
+with a figure of their reconstructions.
+
+A Stackformer is exported from its run's last checkpoint and measured by what it generates:
+`--num-samples` class-balanced samples (`mvq sample`, resumable in --work), FID against
+`--fid-reference` (`mvq eval stats` of the validation images; computed there when missing), class
+consistency by a small classifier trained on the training images (its own validation accuracy is
+reported beside it), and the validation NLL of its run's held-out token store; a figure of samples
+per class.
+
+Both write the card (`mvq.models.card.ModelCard`) whose metrics and re-measuring command come from
+that, and the same record to experiments/results/zoo_NAME.json with `check`: the numbers
+`mvq.models.zoo.example_check` gives on the examples, which `tests/test_zoo.py` recomputes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 CARD_METRICS = {"psnr": "psnr", "ssim": "ssim", "l1": "l1", "lpips": "lpips_vgg", "rfid": "rfid",
                 "codebook_usage_percent": "codebook_usage_percent"}
+EXAMPLES_WITHOUT_CLASSES = 8
+CLASSIFIER_EPOCHS = 5
+FIGURE_SAMPLES_PER_CLASS = 10
 
 
-def measure(model_dir: Path, run_dir: Path, overrides: list[str], num_images: int | None) -> dict:
-    """The card's metrics of the exported tokenizer on its run's validation data."""
-    from mvq.config import build_dataclass
-    from mvq.data import build_dataset
+def data_config(raw: dict, overrides: list[str]):
+    """A data section (as a run's config or a zoo record holds it) with `key=value` overrides."""
+    from mvq.config import apply_overrides, build_dataclass
     from mvq.data.config import DataConfig
+
+    return build_dataclass(DataConfig, apply_overrides({"data": raw}, overrides)["data"], "data")
+
+
+def measure_tokenizer(model_dir: Path, dataset, num_images: int | None) -> dict:
+    """The card's metrics of an exported tokenizer on its validation data."""
     from mvq.errors import UserError
     from mvq.evaluation import InceptionV3, evaluate_reconstruction
     from mvq.losses.perceptual import LPIPS
     from mvq.models.tokenizer import load_tokenizer
-    from mvq.training.config import load_training_config
 
-    raw, _ = load_training_config(run_dir / "config.yaml", overrides)
-    dataset = build_dataset(build_dataclass(DataConfig, raw["data"], "data"), "val", augment=False)
     networks = {}
     for name, build in (("lpips", lambda: LPIPS(net="vgg")), ("inception", InceptionV3)):
         try:
@@ -47,6 +70,128 @@ def measure(model_dir: Path, run_dir: Path, overrides: list[str], num_images: in
     result = evaluate_reconstruction(load_tokenizer(model_dir), dataset, num_images=num_images, progress=True,
                                      **networks)
     return {CARD_METRICS[key]: float(value) for key, value in result.items() if key in CARD_METRICS}
+
+
+def write_examples(model_dir: Path, dataset) -> list[int]:
+    """A few validation images as ZOO/NAME/examples/NN[-class].png: the first of each class (or the first
+    few); returns their labels (empty without classes)."""
+    import torch
+
+    from mvq.models.card import EXAMPLES_DIR
+    from mvq.visualize import save_image
+
+    classes = list(getattr(dataset, "classes", None) or [])
+    chosen: list[tuple[int, int | None]] = []
+    if classes:
+        seen: set[int] = set()
+        for index in range(len(dataset)):
+            label = int(dataset[index]["label"])
+            if label not in seen:
+                seen.add(label)
+                chosen.append((index, label))
+            if len(seen) == len(classes):
+                break
+        chosen.sort(key=lambda item: item[1])
+    else:
+        chosen = [(i, None) for i in range(min(EXAMPLES_WITHOUT_CLASSES, len(dataset)))]
+    folder = model_dir / EXAMPLES_DIR
+    folder.mkdir(exist_ok=True)
+    for n, (index, label) in enumerate(chosen):
+        suffix = "" if label is None else "-" + "".join(c if c.isalnum() else "-" for c in classes[label].lower())
+        save_image((torch.as_tensor(dataset[index]["image"]) + 1) / 2, folder / f"{n:02d}{suffix}.png")
+    return [label for _, label in chosen if label is not None]
+
+
+def reconstruction_figure(model_dir: Path) -> str:
+    """ZOO/NAME/reconstructions.png: the examples, their reconstructions and the cells kept."""
+    from mvq.models.tokenizer import load_tokenizer
+    from mvq.models.zoo import example_images_tensor
+    from mvq.visualize import fit_scale, labelled_figure, reconstruction_rows, save_figure
+
+    images = example_images_tensor(model_dir)
+    rows = reconstruction_rows(load_tokenizer(model_dir).eval(), images)[:3]
+    scale = fit_scale(images.shape[-1], images.shape[0], 900, margin=140)
+    save_figure(labelled_figure(rows, ["original", "reconstruction", "kept cells"], scale),
+                model_dir / "reconstructions.png")
+    return "reconstructions.png"
+
+
+def mvq_command(*args: str) -> None:
+    command = [sys.executable, "-m", "mvq.cli", *args]
+    print("release: " + " ".join(map(shlex.quote, command[2:])), flush=True)
+    subprocess.run(command, check=True)
+
+
+def validation_nll(model_dir: Path, run_dir: Path) -> float:
+    """Teacher-forced NLL per image (nats, codes + positions) of the run's held-out token store."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mvq.data.token_store import TokenStore
+    from mvq.models.stackformer import Stackformer
+    from mvq.training.config import load_training_config
+
+    _, config = load_training_config(run_dir / "config.yaml", [], resolve=False)
+    model = Stackformer.from_pretrained(model_dir).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in DataLoader(TokenStore(config.data.val_tokens), batch_size=500):
+            labels = batch["label"] if model.config.num_classes else None
+            out = model(batch["codes"], batch["positions"], labels)
+            total += float(out.code_loss + out.position_loss) * batch["codes"].numel()
+            count += batch["codes"].shape[0]
+    return total / count
+
+
+def measure_stackformer(model_dir: Path, tokenizer: Path, args: argparse.Namespace, data) -> tuple[dict, str]:
+    """FID, class consistency (and the classifier's own accuracy) and validation NLL; the samples figure."""
+    import numpy as np
+    import torch
+
+    from mvq.data import build_dataset
+    from mvq.demo.classifier import accuracy, predict, train_classifier
+    from mvq.models.stackformer import Stackformer
+    from mvq.visualize import fit_scale, labelled_figure, save_figure
+
+    work = args.work / args.name
+    reference = args.fid_reference
+    if not reference.is_file():
+        config_file = work / "images.yaml"
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        config_file.write_text(yaml.safe_dump({"data": dataclasses.asdict(data)}))
+        mvq_command("eval", "stats", "--data", str(config_file), "--split", "val", "--out", str(reference),
+                    "--num-workers", "0", "--no-progress")
+    sampling = ["--cfg-scale", str(args.cfg_scale), "--temperature", str(args.temperature),
+                "--top-k", str(args.top_k), "--top-p", str(args.top_p)]
+    mvq_command("sample", "--stackformer", str(model_dir), "--vae", str(tokenizer), "--n", str(args.num_samples),
+                "--classes-balanced", "--seed", "0", "--batch-size", str(args.sample_batch_size), "--no-png",
+                *sampling, "--out", str(work / "samples"))
+    mvq_command("eval", "gen", "--samples", str(work / "samples" / "samples.npz"), "--ref", str(reference),
+                "--num-workers", "0", "--no-progress", "--out", str(work / "fid.json"))
+    metrics = {"fid": float(json.loads((work / "fid.json").read_text())["fid"])}
+    with np.load(work / "samples" / "samples.npz", allow_pickle=False) as stored:
+        samples = torch.from_numpy(stored["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        labels = torch.from_numpy(stored["labels"]).long() if "labels" in stored else None
+    model = Stackformer.from_pretrained(model_dir)
+    names = list(model.config.class_names or [str(c) for c in range(model.config.num_classes)])
+    if labels is not None:
+        torch.manual_seed(0)
+        train_set, val_set = build_dataset(data, "train", augment=False), build_dataset(data, "val")
+        classifier, _ = train_classifier(train_set, val_set, len(names), epochs=CLASSIFIER_EPOCHS, progress=False)
+        metrics["classifier_accuracy"] = accuracy(classifier, val_set)
+        metrics["class_consistency"] = float((predict(classifier, samples) == labels).float().mean())
+    metrics["nll_per_image_nats"] = validation_nll(model_dir, args.run)
+    if labels is not None:
+        rows = [samples[labels == c][:FIGURE_SAMPLES_PER_CLASS] for c in range(len(names))]
+    else:
+        rows = [samples[i: i + FIGURE_SAMPLES_PER_CLASS] for i in range(0, 4 * FIGURE_SAMPLES_PER_CLASS,
+                                                                         FIGURE_SAMPLES_PER_CLASS)]
+        names = [""] * len(rows)
+    scale = fit_scale(samples.shape[-1], FIGURE_SAMPLES_PER_CLASS, 900, margin=140)
+    save_figure(labelled_figure(rows, names, scale), model_dir / "samples.png")
+    return metrics, "samples.png"
 
 
 def main() -> None:
@@ -60,26 +205,67 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact commands that trained it")
     parser.add_argument("--hardware", default="")
     parser.add_argument("--wall-time", default="")
-    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    parser.add_argument("--checkpoint", default=None, choices=["best", "last"],
+                        help="default: best for a tokenizer, last for a Stackformer")
     parser.add_argument("--num-images", type=int, default=None, help="validation images to measure (default: all)")
     parser.add_argument("--zoo", type=Path, default=REPOSITORY / "zoo")
     parser.add_argument("--results", type=Path, default=REPOSITORY / "experiments" / "results")
     parser.add_argument("--notes", default="", help="more Markdown for the card")
-    parser.add_argument("overrides", nargs="*", help="key=value changes of the run's data config (e.g. data.root=)")
+    stage2 = parser.add_argument_group("a Stackformer")
+    stage2.add_argument("--tokenizer", help="the zoo tokenizer it learnt (a name or folder)")
+    stage2.add_argument("--fid-reference", type=Path, help="FID statistics of the validation images (.npz)")
+    stage2.add_argument("--num-samples", type=int, default=10_000)
+    stage2.add_argument("--sample-batch-size", type=int, default=100)
+    stage2.add_argument("--cfg-scale", type=float, default=1.0)
+    stage2.add_argument("--temperature", type=float, default=1.0)
+    stage2.add_argument("--top-k", type=int, default=0)
+    stage2.add_argument("--top-p", type=float, default=1.0)
+    stage2.add_argument("--work", type=Path, default=REPOSITORY / "runs" / "release",
+                        help="where samples are kept (resumed when the command is run again)")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value changes of the (tokenizer's) run's data config (e.g. data.root=)")
     args = parser.parse_args()
 
+    from mvq.data import build_dataset
     from mvq.models.card import ModelCard
+    from mvq.models.hub import resolve_pretrained
+    from mvq.models.zoo import example_check
     from mvq.training.run import export
 
-    folder = export(args.run, args.zoo / args.name, which=args.checkpoint, overwrite=True)
-    metrics = measure(folder, args.run, args.overrides, args.num_images)
+    is_stackformer = args.tokenizer is not None
+    if is_stackformer and args.fid_reference is None:
+        parser.error("a Stackformer needs --fid-reference STATS.npz (written there when missing)")
+    which = args.checkpoint or ("last" if is_stackformer else "best")
+    folder = export(args.run, args.zoo / args.name, which=which, overwrite=True)
+    record: dict = {"name": args.name, "checkpoint": which, "overrides": args.overrides}
+    if is_stackformer:
+        tokenizer = resolve_pretrained(args.tokenizer)
+        tokenizer_record = json.loads((args.results / f"zoo_{tokenizer.name}.json").read_text())
+        data = data_config(tokenizer_record["data"], args.overrides)
+        metrics, figure = measure_stackformer(folder, tokenizer, args, data)
+        labels = tokenizer_record.get("example_labels") or None
+        record.update(tokenizer=tokenizer.name, example_labels=labels,
+                      check=example_check(tokenizer, folder, labels),
+                      sampling={"num_samples": args.num_samples, "cfg_scale": args.cfg_scale, "seed": 0,
+                                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p})
+        picture = f"![samples, one row per class]({figure})"
+    else:
+        import yaml
+
+        data = data_config(yaml.safe_load((args.run / "config.yaml").read_text())["data"], args.overrides)
+        dataset = build_dataset(data, "val", augment=False)
+        metrics = measure_tokenizer(folder, dataset, args.num_images)
+        record.update(data=dataclasses.asdict(data), num_images=args.num_images, example_labels=write_examples(folder, dataset),
+                      check=example_check(folder))
+        picture = f"![examples, their reconstructions and the cells kept]({reconstruction_figure(folder)})"
     remeasure = " ".join(["python", "experiments/zoo/release.py", *map(shlex.quote, sys.argv[1:])])  # exactly this
+    notes = "\n\n".join(part for part in (picture, args.notes) if part)
     card = ModelCard(name=args.name, summary=args.summary, training_data=args.training_data, license=args.license,
-                     datasets=args.dataset, tags=["image-tokenizer"], command=args.command, hardware=args.hardware,
-                     wall_time=args.wall_time, metrics=metrics, metrics_command=remeasure, notes=args.notes)
+                     datasets=args.dataset, tags=["image-generation" if is_stackformer else "image-tokenizer"],
+                     command=args.command, hardware=args.hardware, wall_time=args.wall_time, metrics=metrics,
+                     metrics_command=remeasure, notes=notes)
     card.save(folder)
-    record = {"name": args.name, "metrics": metrics, "num_images": args.num_images, "checkpoint": args.checkpoint,
-              "metrics_command": remeasure, "overrides": args.overrides}
+    record.update(metrics=metrics, metrics_command=remeasure)
     out = args.results / f"zoo_{args.name}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from mvq.commands.options import MODEL_FORMS, add_keep_argument, check_keep_budget
+from mvq.commands.options import MODEL_FORMS, add_data_overrides, add_keep_argument, check_keep_budget
 
 WEIGHTS_HELP = (": the file {name} (default: look in the torch hub cache, $TORCH_HOME/hub/checkpoints/); "
                 "nothing is downloaded")
@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="the LPIPS trunk's weights" + WEIGHTS_HELP.format(
                            name="vgg16-397923af.pth / alexnet-owt-7be5be79.pth, or what `mvq weights install` wrote"))
     add_keep_argument(recon)
+    add_data_overrides(recon)
     recon.add_argument("--no-fid", action="store_true", help="skip rFID (no Inception needed)")
     recon.add_argument("--no-lpips", action="store_true", help="skip LPIPS (no VGG16 needed)")
     _add_common(recon, "eval_recon.json")
@@ -85,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="use a seeded random subset of N ≥ 2 images (default: all)")
     stats.add_argument("--resolution", type=int, default=None, metavar="R",
                        help="resize and centre-crop to R×R (default: the config's resolution, or the images' own)")
+    add_data_overrides(stats)
     _add_common(stats, None)
     stats.set_defaults(func=run_stats)
 
@@ -160,7 +162,7 @@ def run_recon(args: argparse.Namespace) -> int:
         rank, world_size = rank_and_world_size()
         model = load_tokenizer(args.vae, map_location=device)
         check_keep_budget(model, args.keep)
-        dataset = dataset_from_path(args.data, args.split, model.config.resolution)
+        dataset = dataset_from_path(args.data, args.split, model.config.resolution, args.overrides)
         inception = None if args.no_fid else InceptionV3(args.inception_weights).to(device)
         lpips = None if args.no_lpips else LPIPS(args.lpips_weights, net=args.lpips_net).to(device)
         metrics = evaluate_reconstruction(model, dataset, inception=inception, lpips=lpips, num_images=args.n,
@@ -214,7 +216,7 @@ def run_stats(args: argparse.Namespace) -> int:
     _check_output_file(args.out, [args.data], suffix=".npz")
     device = resolve_device(args.device)
     images = ReferenceImages(args.data, resolution=args.resolution, split=args.split, num_images=args.n,
-                             num_workers=args.num_workers)
+                             num_workers=args.num_workers, overrides=args.overrides)
     inception = InceptionV3(args.inception_weights).to(device)
     mu, sigma, n = image_statistics(images, inception, batch_size=args.batch_size, device=device,
                                     progress=not args.no_progress)

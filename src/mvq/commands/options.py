@@ -96,3 +96,9 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
                           position_top_p=args.position_top_p, cfg_scale=args.cfg_scale,
                           raster_constraint=args.raster_constraint, use_cache=args.use_cache,
                           num_tokens=args.num_tokens)
+
+
+def add_data_overrides(parser: argparse.ArgumentParser) -> None:
+    """Trailing `data.KEY=VALUE` changes of a --data config (a config names where its data lie on one machine)."""
+    parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
+                        help="changes of the --data config's data section, e.g. data.root=/path/to/data")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mvq.commands.options import MODEL_FORMS, add_keep_argument, check_keep_budget
+from mvq.commands.options import MODEL_FORMS, add_data_overrides, add_keep_argument, check_keep_budget
 from mvq.errors import UserError
 
 
@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "psnr=DB (at least) or lpips=DISTANCE (at most, real LPIPS-VGG weights), found by "
                              "bisection over the model's ranking (at most --keep cells, default all); writes a "
                              "store with a length per row")
+    add_data_overrides(parser)
     parser.set_defaults(func=run)
 
 
@@ -55,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_tokenizer(args.vae, map_location=device)
     check_keep_budget(model, args.keep)
     budget = quality_budget(model, args.quality_target, args.keep, device) if args.quality_target else None
-    dataset = build.dataset_from_path(args.data, args.split, model.config.resolution)
+    dataset = build.dataset_from_path(args.data, args.split, model.config.resolution, args.overrides)
     header = tokenize_dataset(
         model, dataset, args.out, flip=args.flip, batch_size=args.batch_size, num_workers=args.num_workers,
         rank=rank, world_size=world_size, device=device,
         source={"data": str(Path(args.data).resolve()), "split": args.split,
+                **({"overrides": args.overrides} if args.overrides else {}),
                 **({"quality_target": args.quality_target} if args.quality_target else {})},
         keep=None if budget else args.keep, budget=budget, order=args.order,
         max_tokens=budget and (model.config.keep_count(args.keep) if args.keep else model.config.num_cells))

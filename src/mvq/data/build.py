@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Sequence
 
 from torch.utils.data import Dataset, Subset
 
-from mvq.config import ConfigError, build_dataclass, load_yaml
+from mvq.config import ConfigError, apply_overrides, build_dataclass, load_yaml
 from mvq.data.config import DataConfig
 from mvq.data.images import evenly_spaced, notice
 from mvq.data.layouts import SPLITS, ffhq_dataset, folder_dataset, imagenet_dataset
@@ -71,8 +72,10 @@ def _torchvision(config: DataConfig, split: str, augment: bool) -> Dataset:
     return _limit(dataset, config.max_val_images if split == "val" else None)
 
 
-def dataset_from_path(data: str | os.PathLike, split: str, resolution: int | None = None) -> Dataset:
-    """The dataset a command's `--data` names: an image folder, or a YAML config's `data:` section.
+def dataset_from_path(data: str | os.PathLike, split: str, resolution: int | None = None,
+                      overrides: Sequence[str] = ()) -> Dataset:
+    """The dataset a command's `--data` names: an image folder, or a YAML config's `data:` section
+    with `overrides` (`data.root=/path`: a config names where its data lie on one machine only).
 
     Images are read the way they are evaluated (resize and centre crop, no random flips): this
     is what `mvq tokenize`, `mvq eval` and friends encode. `resolution` (the model's) replaces a
@@ -80,6 +83,9 @@ def dataset_from_path(data: str | os.PathLike, split: str, resolution: int | Non
     """
     path = Path(data)
     if path.is_dir():
+        if overrides:
+            raise UserError(f"{' '.join(overrides)}: key=value changes apply to a config's data section, and "
+                            f"--data {data} is a folder of images")
         if resolution is None:
             raise UserError(f"reading the image folder {path} needs a resolution (--resolution R)")
         return folder_dataset(path, resolution, train=split == "train", augment=False)
@@ -88,6 +94,10 @@ def dataset_from_path(data: str | os.PathLike, split: str, resolution: int | Non
     section = load_yaml(path).get("data")
     if not isinstance(section, dict):
         raise ConfigError(f"{path} has no 'data:' section to build the dataset from")
+    if overrides:
+        if any(not item.startswith("data.") for item in overrides):
+            raise ConfigError(f"{' '.join(overrides)}: only the data section can be changed here (data.KEY=VALUE)")
+        section = apply_overrides({"data": section}, list(overrides))["data"]
     config = build_dataclass(DataConfig, section, "data")
     if resolution is not None and resolution != config.resolution:
         notice(f"using resolution {resolution} (the model's) instead of the config's {config.resolution}")

@@ -7,7 +7,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -88,18 +88,21 @@ class ReferenceImages:
     """
 
     def __init__(self, reference: str | os.PathLike, *, resolution: int | None = None, split: str = "train",
-                 num_images: int | None = None, num_workers: int = 0):
+                 num_images: int | None = None, num_workers: int = 0, overrides: Sequence[str] = ()):
         check_count("num_images", num_images, 2, " (a covariance needs two images)")
         check_count("resolution", resolution, 1)
         check_count("num_workers", num_workers, 0)
         self.path = Path(reference)
         self.num_workers = num_workers
         if self.path.suffix in (".yaml", ".yml"):
-            dataset = dataset_from_path(self.path, split, resolution)
+            dataset = dataset_from_path(self.path, split, resolution, overrides)
             self._dataset: torch.utils.data.Dataset | None = torch.utils.data.Subset(
                 dataset, evaluation_indices(len(dataset), num_images))
             self._images, available = None, len(dataset)
             self.total = len(self._dataset)
+        elif overrides:
+            raise InvalidInputError(f"{' '.join(overrides)}: key=value changes apply to a YAML config's data "
+                                    f"section, and {self.path} is not one")
         else:
             self._dataset = None
             self._images = ImageSet(self.path, resolution, num_workers)
