@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -117,9 +116,15 @@ def reconstruction_figure(model_dir: Path) -> str:
 
 
 def mvq_command(*args: str) -> None:
-    command = [sys.executable, "-m", "mvq.cli", *args]
-    print("release: " + " ".join(map(shlex.quote, command[2:])), flush=True)
-    subprocess.run(command, check=True)
+    """`mvq ARGS` in this process; stops the release when it fails."""
+    from mvq.cli import main
+
+    print("release: mvq " + " ".join(map(shlex.quote, args)), flush=True)
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        if exc.code:
+            raise
 
 
 def validation_nll(model_dir: Path, run_dir: Path) -> float:
@@ -170,7 +175,7 @@ def measure_stackformer(model_dir: Path, tokenizer: Path, args: argparse.Namespa
                 *sampling, "--out", str(work / "samples"))
     mvq_command("eval", "gen", "--samples", str(work / "samples" / "samples.npz"), "--ref", str(reference),
                 "--num-workers", "0", "--no-progress", "--out", str(work / "fid.json"))
-    metrics = {"fid": float(json.loads((work / "fid.json").read_text())["fid"])}
+    metrics = {"fid": float(json.loads((work / "fid.json").read_text())["metrics"]["fid"])}
     with np.load(work / "samples" / "samples.npz", allow_pickle=False) as stored:
         samples = torch.from_numpy(stored["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
         labels = torch.from_numpy(stored["labels"]).long() if "labels" in stored else None
