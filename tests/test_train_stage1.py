@@ -91,7 +91,9 @@ def test_missing_vgg_weights_stop_before_first_step(tmp_path, monkeypatch):
 @pytest.mark.timeout(300)
 def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
     steps = 16
-    path = tiny_stage1_config(tmp_path, trainer={"max_steps": steps, "val_check_interval": 5})
+    # Two loading workers: their prefetching starts before the resumed run's later hooks.
+    path = tiny_stage1_config(tmp_path, trainer={"max_steps": steps, "val_check_interval": 5},
+                              data={"num_workers": 2})
     straight = train(str(path), [], run_dir=str(tmp_path / "straight"))
 
     interrupted = tmp_path / "interrupted"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mvq.config import ConfigError
 
-DATASETS = ("synthetic", "imagenet", "ffhq", "folder", "torchvision", "photos")
+DATASETS = ("synthetic", "imagenet", "ffhq", "folder", "torchvision", "photos", "shards")
 IMAGE_CHECKS = ("name", "decode", "open", "none")
 FITS = ("crop", "pad")
 TORCHVISION_CLASSES = ("CIFAR10", "CIFAR100", "FashionMNIST", "MNIST", "STL10", "CelebA", "Flowers102")
@@ -25,7 +25,8 @@ class DataConfig:
       folder per synset), "ffhq" (ROOT/FFHQ images + list files), "folder" (any image folder,
       optionally one subfolder per class; ROOT/train and ROOT/val are used when both exist),
       "torchvision" (one of torchvision's dataset classes over files already under ROOT) or
-      "photos" (random square crops of large photographs; ROOT/train and ROOT/val when both exist).
+      "photos" (random square crops of large photographs; ROOT/train and ROOT/val when both exist)
+      or "shards" (WebDataset tar shards as `mvq shards` writes them: ROOT/train and ROOT/val).
     root: the dataset folder; required for every dataset except "synthetic". "photos" also takes a list
       of folders, whose photos are used together.
     torchvision_class: for "torchvision": CIFAR10, CIFAR100, FashionMNIST, MNIST, STL10, CelebA
@@ -43,6 +44,12 @@ class DataConfig:
     ffhq_images, ffhq_train_list, ffhq_val_list: FFHQ image folder and list files, relative to root.
     horizontal_flip: random flips of training images (files only; never for validation).
     max_val_images: evaluate on at most this many validation images (evenly spaced subset).
+    train_shards, val_shards: for "shards": where a split's shards are, instead of ROOT/train and
+      ROOT/val: a folder with shards.json, a local glob or brace pattern (`/data/in1k-{0000..1023}.tar`)
+      or URLs (`https://…`, `pipe:aws s3 cp s3://… -`).
+    samples_per_shard: for "shards" named by URL (no shards.json beside them): the samples in each.
+    shuffle_buffer: for "shards": how many samples a data-loading worker shuffles among (besides
+      the shard order, drawn anew each epoch).
     check_images: how files are checked when the dataset is built. "name" (the default) reads no
       file: the folder walk keeps the files with an image name ending, so a million files cost a
       directory walk, and a file that fails to decode when it is read is replaced by the next one,
@@ -73,11 +80,16 @@ class DataConfig:
     crops_per_image: int = 16
     val_crops_per_image: int = 4
     crop_scale: tuple[float, float] = (0.25, 1.0)
+    train_shards: str | None = None
+    val_shards: str | None = None
+    samples_per_shard: int | None = None
+    shuffle_buffer: int = 1000
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"data.dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        if self.dataset != "synthetic" and not self.root:
+        has_shards = self.dataset == "shards" and self.train_shards and self.val_shards
+        if self.dataset != "synthetic" and not self.root and not has_shards:
             raise ConfigError(
                 f"data.root is required for dataset {self.dataset!r}: set data.root=/path/to/images "
                 "in the config or on the command line, or pass --data PATH")
@@ -107,5 +119,11 @@ class DataConfig:
             raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(scale)}")
         if self.max_unreadable_files < 0:
             raise ConfigError(f"data.max_unreadable_files must be 0 or more, got {self.max_unreadable_files}")
+        if self.shuffle_buffer < 1 or (self.samples_per_shard is not None and self.samples_per_shard < 1):
+            raise ConfigError(f"data.shuffle_buffer and data.samples_per_shard must be positive, got "
+                              f"{self.shuffle_buffer}, {self.samples_per_shard}")
+        if self.dataset == "shards" and self.max_val_images is not None:
+            raise ConfigError("data.max_val_images does not apply to shards: write the validation shards you want "
+                              "evaluated (mvq shards ... data.max_val_images=N)")
         if self.check_images not in IMAGE_CHECKS:
             raise ConfigError(f"data.check_images must be one of {', '.join(IMAGE_CHECKS)}, got {self.check_images!r}")

@@ -219,6 +219,11 @@ class TrainingState:
         self._check_shapes(checkpoint["state_dict"])
         self.batches_trained = state["batches_trained"]
         self._pending_rng = state
+        # The data position now: Lightning may start the first epoch's loader (and its workers' prefetching)
+        # before any later hook runs.
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "resume"):
+            datamodule.resume(checkpoint["epoch"], self.batches_trained)
 
     def _check_shapes(self, saved: dict[str, torch.Tensor]) -> None:
         ours = self.state_dict()
@@ -231,15 +236,16 @@ class TrainingState:
             raise UserError(f"the checkpoint to resume does not match the config's model ({len(differ)} entries "
                             f"differ, e.g. {detail}); resume without changing the model's architecture")
 
-    def restore_rng_and_data_position(self) -> None:
-        """Called at train start: put the RNGs and the sampler where the checkpoint left them."""
+    def restore_rng(self) -> None:
+        """Called at train start: put the RNGs where the checkpoint left them."""
         state = getattr(self, "_pending_rng", None)
         if state is not None:
             torch.set_rng_state(state["torch_rng"])
             if state["cuda_rng"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             self._pending_rng = None
+
+    def on_train_epoch_start(self) -> None:
         datamodule = self.trainer.datamodule
-        per_epoch = self.trainer.num_training_batches
-        if datamodule is not None and hasattr(datamodule, "train_sampler") and per_epoch:
-            datamodule.train_sampler.skip_batches = self.batches_trained % per_epoch
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)

@@ -1,4 +1,5 @@
-"""Lightning data modules: images for stage 1; both train through a resumable sampler."""
+"""Lightning data modules: images for stage 1; both train through a resumable sampler, or from a
+resumable stream of tar shards (`mvq.data.shards.ShardStream`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from mvq.data import build_dataset
+from mvq.data.shards import ShardStream
 from mvq.training.sampler import ResumableSampler
 
 
@@ -30,17 +32,65 @@ class ResumableDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=workers, persistent_workers=workers > 0)
 
+    def _stream_loader(self, stream: ShardStream) -> DataLoader:
+        stream.rank, stream.world_size = self.trainer.global_rank, self.trainer.world_size
+        return stream.loader()
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        self.train_sampler = ResumableSampler(len(self.train_dataset), self.config.batch_size, seed=self.seed,
-                                              shuffle=True, rank=trainer.global_rank, world_size=trainer.world_size)
-        return self._loader(self.train_dataset, self.train_sampler, drop_last=True)
+        if isinstance(self.train_dataset, ShardStream):
+            loader = self._stream_loader(self.train_dataset)
+        else:
+            self.train_sampler = ResumableSampler(len(self.train_dataset), self.config.batch_size, seed=self.seed,
+                                                  shuffle=True, rank=trainer.global_rank,
+                                                  world_size=trainer.world_size)
+            loader = self._loader(self.train_dataset, self.train_sampler, drop_last=True)
+        self._apply_resume()
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer
+        if isinstance(self.val_dataset, ShardStream):
+            return self._stream_loader(self.val_dataset)
         sampler = ResumableSampler(len(self.val_dataset), 1, shuffle=False, rank=trainer.global_rank,
                                    world_size=trainer.world_size)
         return self._loader(self.val_dataset, sampler, drop_last=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Before each training epoch: a stream of shards reads that epoch's order (a sampler is told by Lightning)."""
+        if isinstance(self.train_dataset, ShardStream):
+            self.train_dataset.set_epoch(epoch)
+
+    def resume(self, epoch: int, batches_trained: int) -> None:
+        """A run resumed in `epoch` after `batches_trained` batches in all: the loader skips what this epoch read.
+
+        Set when the checkpoint is loaded, before the training loader exists; applied when it is made."""
+        self._resume_at = (epoch, batches_trained)
+        self._apply_resume()
+
+    def _apply_resume(self) -> None:
+        if getattr(self, "_resume_at", None) is None:
+            return
+        epoch, batches_trained = self._resume_at
+        if isinstance(self.train_dataset, ShardStream) and self.train_dataset.rank is not None:
+            per_epoch = self._batches_per_epoch(len(self.train_dataset) // self.config.batch_size)
+            self.train_dataset.set_epoch(epoch)
+            self.train_dataset.resume(epoch, batches_trained % per_epoch)
+        elif self.train_sampler is not None:
+            per_epoch = self._batches_per_epoch(self.train_sampler.per_rank // self.config.batch_size)
+            self.train_sampler.skip_batches = batches_trained % per_epoch
+        else:
+            return  # applied when the training loader is made
+        self._resume_at = None
+
+    def _batches_per_epoch(self, batches: int) -> int:
+        """The batches Lightning trains per epoch from a loader of `batches` (trainer.limit_train_batches)."""
+        limit = self.trainer.limit_train_batches if self.trainer is not None else None
+        if isinstance(limit, int):
+            batches = min(batches, limit)
+        elif isinstance(limit, float) and limit < 1:
+            batches = int(batches * limit)
+        return max(batches, 1)
 
 
 class ImageDataModule(ResumableDataModule):

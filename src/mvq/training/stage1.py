@@ -150,7 +150,7 @@ class TokenizerTraining(TrainingState, L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_train_start(self) -> None:
-        self.restore_rng_and_data_position()
+        self.restore_rng()
 
     def on_train_end(self) -> None:
         """Under data parallelism every rank must hold the same codebook; check it once at the end."""

@@ -152,7 +152,7 @@ class StackformerTraining(TrainingState, L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_train_start(self) -> None:
-        self.restore_rng_and_data_position()
+        self.restore_rng()
 
 
 def tokenizer_record(config: Stage2Config) -> dict:
