@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mvq.data.shards import SHARD_INDEX, ShardStream, buffered_shuffle, find_shards, write_shards
+from mvq.data.shards import SHARD_INDEX, ShardFiles, ShardStream, buffered_shuffle, find_shards, write_shards
 from mvq.data.synthetic import SyntheticShapes
 from mvq.data.transforms import eval_transform
 from mvq.errors import InvalidInputError, MissingInputError, UserError
@@ -38,15 +38,43 @@ def test_writing_records_every_sample_and_its_label(shards):
     index = json.loads((shards / SHARD_INDEX).read_text())
     assert index["num_samples"] == 48 and [s["count"] for s in index["shards"]] == [8] * 6
     assert index["classes"] == list(SyntheticShapes.classes) and index["source"] == {"made": "by a test"}
-    evaluation = stream(shards, train=False)
-    items = list(evaluation)
+    by_index = ShardFiles(find_shards(shards), eval_transform(16))  # what tokenize and eval read
     dataset = SyntheticShapes(48, 16, seed=3)
-    assert [item["key"] for item in items] == [f"{i:09d}" for i in range(48)]  # evaluation: in order, all
-    for i in (0, 17, 47):  # lossless PNGs of the images, with their labels
-        assert torch.allclose(items[i]["image"], dataset[i]["image"], atol=1 / 127.5)
-        assert items[i]["label"] == dataset[i]["label"]
+    assert len(by_index) == 48
+    for i in (0, 17, 47):  # in the written order: lossless PNGs of the images, with their labels
+        assert torch.allclose(by_index[i]["image"], dataset[i]["image"], atol=1 / 127.5)
+        assert by_index[i]["label"] == dataset[i]["label"]
     with pytest.raises(FileExistsError):
         write_shards(dataset, shards, progress=False)  # never over existing shards
+
+
+def test_a_shards_config_trains_on_a_stream_and_evaluates_by_index(shards):
+    from mvq.data.build import build_dataset
+    from mvq.data.config import DataConfig
+
+    config = DataConfig(dataset="shards", train_shards=str(shards), val_shards=str(shards), resolution=16,
+                        batch_size=4, num_workers=0)
+    assert isinstance(build_dataset(config, "train"), ShardStream)
+    assert isinstance(build_dataset(config, "val"), ShardFiles)
+    assert isinstance(build_dataset(config, "train", augment=False), ShardFiles)  # e.g. mvq tokenize
+
+
+def test_the_command_writes_both_splits_and_never_over_shards(tmp_path, capsys):
+    from mvq.cli import main
+
+    config = tmp_path / "data.yaml"
+    config.write_text("data:\n  dataset: synthetic\n  resolution: 16\n")
+    argv = ["shards", "--data", str(config), "--out", str(tmp_path / "out"), "--samples-per-shard", "5",
+            "data.num_train=12", "data.num_val=4"]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    assert find_shards(tmp_path / "out" / "train").counts == (5, 5, 2)
+    assert find_shards(tmp_path / "out" / "val").counts == (4,)
+    assert "data.dataset=shards data.root=" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 1 and "is not empty" in capsys.readouterr().err
 
 
 def test_image_files_are_stored_as_they_are(tmp_path):
@@ -118,7 +146,9 @@ def test_a_shard_shorter_than_its_index_says_stops_with_one_line(shards, tmp_pat
     index["shards"][0]["count"] = 9
     (copy / SHARD_INDEX).write_text(json.dumps(index))
     with pytest.raises(InvalidInputError, match="holds 8 samples where 9 were expected"):
-        list(ShardStream(find_shards(copy), eval_transform(16), train=False))
+        list(ShardStream(find_shards(copy), eval_transform(16)))
+    with pytest.raises(InvalidInputError, match="holds 8 images where 9 were expected"):
+        ShardFiles(find_shards(copy), eval_transform(16))
 
 
 def test_the_shuffle_buffer_keeps_every_item_and_is_seeded():

@@ -14,7 +14,7 @@ import sys
 from mvq.errors import UserError
 
 COMMANDS = ["train", "export", "tokenize", "reconstruct", "sample", "complete", "eval", "demo", "convert_original", "convert_config",
-            "app", "weights"]
+            "shards", "app", "weights"]
 
 
 def build_parser() -> argparse.ArgumentParser:

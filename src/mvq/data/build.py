@@ -14,7 +14,7 @@ from mvq.data.config import DataConfig
 from mvq.data.images import evenly_spaced, notice
 from mvq.data.layouts import SPLITS, ffhq_dataset, folder_dataset, imagenet_dataset
 from mvq.data.photos import photo_crops_dataset
-from mvq.data.shards import shard_stream
+from mvq.data.shards import ShardFiles, find_shards, shard_stream
 from mvq.data.synthetic import SyntheticShapes
 from mvq.data.torchvision_sets import torchvision_dataset
 from mvq.data.transforms import eval_transform, pad_transform, random_crop_transform
@@ -45,13 +45,13 @@ def build_dataset(config: DataConfig, split: str, augment: bool | None = None) -
                             train_list=config.ffhq_train_list, val_list=config.ffhq_val_list, **common)
     if config.dataset == "torchvision":
         return _torchvision(config, split, augment)
-    if config.dataset == "shards":
+    if config.dataset == "shards":  # a stream in training; by index (local shards) otherwise
         spec = (config.train_shards if split == "train" else config.val_shards) or Path(config.root) / split
-        transform = (random_crop_transform(config.resolution, config.horizontal_flip) if augment
-                     else eval_transform(config.resolution))
-        return shard_stream(spec, transform, train=augment, batch_size=config.batch_size,
-                            num_workers=config.num_workers, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-                            samples_per_shard=config.samples_per_shard)
+        if not augment:
+            return ShardFiles(find_shards(spec, config.samples_per_shard), eval_transform(config.resolution))
+        return shard_stream(spec, random_crop_transform(config.resolution, config.horizontal_flip),
+                            batch_size=config.batch_size, num_workers=config.num_workers, seed=config.seed,
+                            shuffle_buffer=config.shuffle_buffer, samples_per_shard=config.samples_per_shard)
     if config.dataset == "photos":
         crops = config.crops_per_image if split == "train" else config.val_crops_per_image
         dataset = photo_crops_dataset(config.root, split, config.resolution, augment, crops_per_image=crops,

@@ -10,8 +10,8 @@ ranks and data-loading workers, and a resumed run reads exactly what an uninterr
 
 1. The shards are put in an order drawn from (seed, epoch); their samples, in that order, are one
    sequence of `total` samples.
-2. The sequence is cut into `ranks × workers` equal contiguous ranges (of whole batches in
-   training); range `rank · workers + worker` is that worker's. Only the tail that does not fill
+2. The sequence is cut into `ranks × workers` equal contiguous ranges of whole batches; range
+   `rank · workers + worker` is that worker's. Only the tail that does not fill
    a batch of every worker is left out of the epoch (it is read in other epochs, since the
    shard order changes).
 3. A worker reads its range (opening only the shards it overlaps) through a shuffle buffer drawn
@@ -194,7 +194,8 @@ def buffered_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Ite
 
 
 class ShardStream(IterableDataset):
-    """Items {"image", "label", "key"} of a ShardList, an equal share for each rank and worker (module doc).
+    """Training items {"image", "label", "key"} of a ShardList, an equal share for each rank and worker
+    (module doc).
 
     Read it through `loader()`, whose data-loading workers are the `num_workers` the shares were
     cut for. `set_epoch` before each epoch (training does it); `resume(epoch, batches)` once, before
@@ -202,9 +203,9 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, shards: ShardList, transform: Callable[[Image.Image], torch.Tensor], *, batch_size: int = 1,
-                 num_workers: int = 0, train: bool = True, seed: int = 0, shuffle_buffer: int = 1000,
-                 rank: int | None = None, world_size: int | None = None):
-        self.shards, self.transform, self.batch_size, self.train = shards, transform, batch_size, train
+                 num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 1000, rank: int | None = None,
+                 world_size: int | None = None):
+        self.shards, self.transform, self.batch_size = shards, transform, batch_size
         self.num_workers, self.seed, self.shuffle_buffer = num_workers, seed, shuffle_buffer
         self.rank, self.world_size = rank, world_size
         self.classes = list(shards.classes)
@@ -229,7 +230,7 @@ class ShardStream(IterableDataset):
         return rank, world, (info.id if info else 0), max(self.num_workers, 1)
 
     def range_length(self, streams: int) -> int:
-        """Samples each of `streams` training streams reads: equal, and whole batches."""
+        """Samples each of `streams` streams reads: equal, and whole batches."""
         length = self.shards.total // streams
         length -= length % self.batch_size
         if length < 1:
@@ -238,12 +239,9 @@ class ShardStream(IterableDataset):
         return length
 
     def stream_range(self, stream: int, streams: int) -> tuple[int, int]:
-        """The samples [start, stop) of the epoch's sequence that data stream `stream` of `streams` reads:
-        equal whole-batch shares in training; in evaluation every sample, the shares differing by one at most."""
-        if self.train:
-            length = self.range_length(streams)
-            return stream * length, (stream + 1) * length
-        return stream * self.shards.total // streams, (stream + 1) * self.shards.total // streams
+        """The samples [start, stop) of the epoch's sequence that data stream `stream` of `streams` reads."""
+        length = self.range_length(streams)
+        return stream * length, (stream + 1) * length
 
     def __len__(self) -> int:
         """Samples this rank reads per epoch (all its workers)."""
@@ -258,12 +256,11 @@ class ShardStream(IterableDataset):
         rank, world = _rank_and_world_size()  # known here, not in the workers (no process group there)
         self.rank = rank if self.rank is None else self.rank
         self.world_size = world if self.world_size is None else self.world_size
-        return DataLoader(self, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=self.train)
+        return DataLoader(self, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True)
 
     def shard_order(self) -> list[int]:
         order = list(range(len(self.shards.urls)))
-        if self.train:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
         return order
 
     def _raw(self, start: int, stop: int) -> Iterator[dict[str, Any]]:
@@ -304,11 +301,6 @@ class ShardStream(IterableDataset):
         label = int(sample["cls"]) if "cls" in sample else -1
         return {"image": pixels, "label": label, "key": sample["__key__"]}
 
-    def head(self, n: int) -> list[dict[str, Any]]:
-        """The first `n` samples of the shards in their written order, decoded here (fixed images to show)."""
-        items = (self._decode(sample) for sample in self._raw(0, min(n, self.shards.total)))
-        return [item for item in items if item is not None]
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, workers = self._position()
         skip = 0
@@ -319,10 +311,8 @@ class ShardStream(IterableDataset):
             worker = (worker + batches) % workers
             skip = len(range(worker, batches, workers)) * self.batch_size
         stream = rank * workers + worker
-        raw: Iterator[dict[str, Any]] = self._raw(*self.stream_range(stream, world * workers))
-        if self.train:
-            rng = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + stream)
-            raw = buffered_shuffle(raw, self.shuffle_buffer, rng)
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + stream)
+        raw = buffered_shuffle(self._raw(*self.stream_range(stream, world * workers)), self.shuffle_buffer, rng)
         previous = None
         base = ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + stream) * 1_000_003
         for index, sample in enumerate(raw):
@@ -339,9 +329,49 @@ class ShardStream(IterableDataset):
             yield item
 
 
-def shard_stream(spec: str | os.PathLike, transform, *, train: bool, batch_size: int, num_workers: int, seed: int,
+class ShardFiles(Dataset):
+    """Random access to the samples of local shards, in their written order: what `mvq tokenize` and
+    `mvq eval` read (every sample once, any sample by index). Each tar's member headers are read once."""
+
+    def __init__(self, shards: ShardList, transform: Callable[[Image.Image], torch.Tensor]):
+        import tarfile
+
+        self.transform, self.classes = transform, list(shards.classes)
+        self._samples: list[tuple[str, str, int, int, int]] = []  # (file, key, image offset, size, label)
+        for url, count in zip(shards.urls, shards.counts):
+            if not Path(url).is_file():
+                raise UserError(f"{url}: reading shards by index (tokenize, eval) needs them on a local disk; "
+                                "copy them there, or point --data at the images they were written from")
+            members: dict[str, dict[str, tarfile.TarInfo]] = {}
+            with tarfile.open(url) as tar:
+                for member in tar.getmembers():
+                    if member.isreg() and "." in member.name:
+                        key, extension = member.name.split(".", 1)
+                        members.setdefault(key, {})[extension.lower()] = member
+                labels = {key: int(tar.extractfile(files["cls"]).read()) for key, files in members.items()
+                          if "cls" in files}
+            images = [(key, files[next(e for e in IMAGE_KEYS if e in files)]) for key, files in members.items()
+                      if any(e in files for e in IMAGE_KEYS)]
+            if len(images) != count:
+                raise InvalidInputError(f"shard {url} holds {len(images)} images where {count} were expected; "
+                                        f"write its {SHARD_INDEX} again")
+            self._samples += [(url, key, m.offset_data, m.size, labels.get(key, -1)) for key, m in images]
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        url, key, offset, size, label = self._samples[index]
+        with open(url, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(size)
+        with Image.open(io.BytesIO(data)) as image:
+            return {"image": self.transform(image.convert("RGB")), "label": label}
+
+
+def shard_stream(spec: str | os.PathLike, transform, *, batch_size: int, num_workers: int, seed: int,
                  shuffle_buffer: int, samples_per_shard: int | None) -> ShardStream:
-    """The stream of one split's shards, read for training (shuffled, whole batches) or in order, every sample."""
+    """The training stream of one split's shards."""
     return ShardStream(find_shards(spec, samples_per_shard), transform, batch_size=batch_size,
-                       num_workers=num_workers, train=train, seed=seed, shuffle_buffer=shuffle_buffer)
+                       num_workers=num_workers, seed=seed, shuffle_buffer=shuffle_buffer)
 

@@ -13,7 +13,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mvq.data.images import SkippedFilesWarning
-from mvq.data.shards import ShardStream
 from mvq.errors import UserError
 from mvq.visualize import image_grid, reconstruction_rows, save_image
 
@@ -82,11 +81,8 @@ class ReconstructionGrids(Callback):
     def _fixed_images(self, trainer: L.Trainer) -> torch.Tensor:
         if self._images is None:
             dataset = trainer.datamodule.val_dataset
-            if isinstance(dataset, ShardStream):
-                items = dataset.head(self.num_images)
-            else:
-                items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
-            self._images = torch.stack([item["image"] for item in items])
+            n = min(self.num_images, len(dataset))
+            self._images = torch.stack([dataset[i]["image"] for i in range(n)])
         return self._images
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -32,14 +32,11 @@ class ResumableDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=workers, persistent_workers=workers > 0)
 
-    def _stream_loader(self, stream: ShardStream) -> DataLoader:
-        stream.rank, stream.world_size = self.trainer.global_rank, self.trainer.world_size
-        return stream.loader()
-
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         if isinstance(self.train_dataset, ShardStream):
-            loader = self._stream_loader(self.train_dataset)
+            self.train_dataset.rank, self.train_dataset.world_size = trainer.global_rank, trainer.world_size
+            loader = self.train_dataset.loader()
         else:
             self.train_sampler = ResumableSampler(len(self.train_dataset), self.config.batch_size, seed=self.seed,
                                                   shuffle=True, rank=trainer.global_rank,
@@ -50,8 +47,6 @@ class ResumableDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        if isinstance(self.val_dataset, ShardStream):
-            return self._stream_loader(self.val_dataset)
         sampler = ResumableSampler(len(self.val_dataset), 1, shuffle=False, rank=trainer.global_rank,
                                    world_size=trainer.world_size)
         return self._loader(self.val_dataset, sampler, drop_last=False)
