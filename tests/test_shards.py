@@ -209,7 +209,7 @@ def test_training_on_shards_resumes_exactly(tmp_path):
     stopped_at = model_state(interrupted)[0]["global_step"]
     assert 2 <= stopped_at < steps
     train(None, [], resume=str(interrupted))
-    (final_a, state_a), (final_b, state_b) = model_state(straight), model_state(interrupted)
+    (_, state_a), (final_b, state_b) = model_state(straight), model_state(interrupted)
     assert final_b["global_step"] == steps
     for key in state_a:
         assert torch.equal(state_a[key], state_b[key]), key

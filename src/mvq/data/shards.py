@@ -29,14 +29,18 @@ import io
 import json
 import os
 import random
+import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import webdataset as wds
+from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
 
 from mvq.data.files import ImageFileDataset
 from mvq.data.images import SkippedFilesWarning
@@ -45,14 +49,6 @@ from mvq.errors import InvalidInputError, MissingInputError, UserError
 SHARD_INDEX = "shards.json"
 SHARD_PATTERN = "shard-%06d.tar"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
-
-
-def _webdataset():
-    try:
-        import webdataset
-    except ImportError:  # a declared dependency; only a broken install lacks it
-        raise UserError("reading or writing shards needs the webdataset package: pip install webdataset") from None
-    return webdataset
 
 
 # ----------------------------------------------------------------------------- writing
@@ -81,9 +77,6 @@ def write_shards(dataset: Dataset, out: str | os.PathLike, samples_per_shard: in
     random); other datasets (torchvision's, the synthetic shapes) as PNGs of their images at the
     data config's resolution.
     """
-    from tqdm.auto import tqdm
-
-    wds = _webdataset()
     if samples_per_shard < 1:
         raise InvalidInputError(f"samples per shard must be at least 1, got {samples_per_shard}")
     out = Path(out)
@@ -147,8 +140,6 @@ def find_shards(spec: str | os.PathLike, samples_per_shard: int | None = None) -
             raise MissingInputError(f"{folder} has no {SHARD_INDEX}: write shards with `mvq shards`, or name the "
                                     "tar files with a pattern and set data.samples_per_shard")
         return _read_index(folder)
-    from braceexpand import braceexpand
-
     expanded = [url for part in braceexpand(spec) for url in (sorted(glob.glob(part)) if "://" not in part and
                                                               not part.startswith("pipe:") else [part])]
     if not expanded:
@@ -265,7 +256,6 @@ class ShardStream(IterableDataset):
 
     def _raw(self, start: int, stop: int) -> Iterator[dict[str, Any]]:
         """Undecoded samples start..stop-1 of the epoch's sequence, opening only the shards they lie in."""
-        wds = _webdataset()
         offset = 0
         for shard in self.shard_order():
             url, count = self.shards.urls[shard], self.shards.counts[shard]
@@ -334,8 +324,6 @@ class ShardFiles(Dataset):
     `mvq eval` read (every sample once, any sample by index). Each tar's member headers are read once."""
 
     def __init__(self, shards: ShardList, transform: Callable[[Image.Image], torch.Tensor]):
-        import tarfile
-
         self.transform, self.classes = transform, list(shards.classes)
         self._samples: list[tuple[str, str, int, int, int]] = []  # (file, key, image offset, size, label)
         for url, count in zip(shards.urls, shards.counts):
