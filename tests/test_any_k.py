@@ -279,3 +279,91 @@ def test_a_rank_order_store_trains_a_rank_order_stackformer(tmp_path):
     assert parse_stage2(raw).model.token_order == "rank"
     with pytest.raises(ConfigError, match="token_order is raster"):
         parse_stage2({**raw, "model": {**raw["model"], "token_order": "raster"}})
+
+
+def test_a_variable_length_row_scores_its_tokens_then_the_end():
+    """A row of L tokens then -1 is scored as those L tokens (as a longer row scores them: causal) plus
+    the end-of-image output at step L; nothing after."""
+    from tests.test_sampling import tiny_model
+
+    model = tiny_model(num_classes=2, variable_length=True).double()
+    codes = torch.tensor([[3, 7, 1, 9, 4, 2], [5, 5, 8, 0, 6, 1]])
+    positions = torch.tensor([[0, 2, 5, 7, 9, 14], [1, 3, 4, 6, 10, 11]])
+    labels = torch.tensor([0, 1])
+    length = 3
+    padded_codes, padded_positions = codes.clone(), positions.clone()
+    padded_codes[:, length:] = -1
+    padded_positions[:, length:] = -1
+    full = model(codes, positions, labels)
+    code_lp = full.code_logits.double().log_softmax(-1)
+    position_lp = full.position_logits.double().log_softmax(-1)
+    rows = torch.arange(2)[:, None]
+    steps = torch.arange(length)[None]
+    expected = (code_lp[rows, steps, codes[:, :length]].sum(1) + position_lp[rows, steps, positions[:, :length]].sum(1)
+                + code_lp[:, length, model.config.end_code])
+    assert torch.allclose(model.log_likelihood(padded_codes, padded_positions, labels).double(), expected, atol=1e-4)
+    whole = code_lp[rows, torch.arange(6)[None], codes].sum(1) + position_lp[rows, torch.arange(6)[None], positions].sum(1)
+    assert torch.allclose(model.log_likelihood(codes, positions, labels).double(), whole, atol=1e-4)
+
+
+@pytest.mark.parametrize("token_order", ["raster", "rank"])
+def test_a_variable_length_model_ends_images_where_it_draws_the_end(token_order):
+    from tests.test_sampling import seeded, tiny_model
+
+    model = tiny_model(num_classes=3, class_dropout=0.1, variable_length=True, token_order=token_order).double()
+    with torch.no_grad():  # point the end output along the typical hidden state: images end at different steps
+        codes = torch.randint(0, 32, (16, 6), generator=seeded(5))
+        hidden = model.code_norm(model.code_transformer(model.code_inputs(codes, torch.arange(6).expand(16, 6), 0)))
+        model.code_head.weight[model.config.end_code] = hidden.mean((0, 1)) * 0.3
+    generators = lambda: [seeded(i) for i in range(8)]  # noqa: E731
+    labels = [0, 1, 2, 0, 1, 2, 0, 1]
+    cached = model.generate(8, labels=labels, generator=generators(), top_k=None, top_p=None, cfg_scale=1.5)
+    uncached = model.generate(8, labels=labels, generator=generators(), top_k=None, top_p=None, cfg_scale=1.5,
+                              use_cache=False)
+    assert torch.equal(cached[0], uncached[0]) and torch.equal(cached[1], uncached[1])
+    codes, positions = cached
+    lengths = (codes >= 0).sum(1)
+    assert (lengths >= 1).all() and len(set(lengths.tolist())) > 1, lengths  # never empty; not all alike
+    for row, length in zip(range(8), lengths.tolist()):  # tokens first, then only -1
+        assert (codes[row, :length] >= 0).all() and (codes[row, length:] == -1).all()
+        assert (positions[row, :length] >= 0).all() and (positions[row, length:] == -1).all()
+        assert len(set(positions[row, :length].tolist())) == length
+        if token_order == "raster":
+            assert (positions[row, :length].diff() > 0).all()
+    exact = model.generate(8, labels=labels, generator=generators(), top_k=None, top_p=None, num_tokens=4)
+    assert exact[0].shape == (8, 4) and (exact[0] >= 0).all()  # a requested count: no image ends before it
+
+
+@pytest.mark.slow
+def test_a_store_with_a_budget_per_image_trains_a_variable_length_stackformer(tmp_path):
+    from mvq.data.token_store import TokenStore
+    from mvq.inference.tokenizing import tokenize_dataset
+    import yaml
+
+    from mvq.models.stackformer import Stackformer
+    from mvq.training.run import export, train
+    from mvq.training.stage2_config import parse_stage2
+    from tests.test_token_store import ImageSet, TINY_VAE as STORE_VAE
+
+    torch.manual_seed(0)
+    model = MQVAE.from_config(STORE_VAE).eval()
+    vae_dir = model.save_pretrained(tmp_path / "vae")
+    data = ImageSet(8)
+    tokenize_dataset(model, data, tmp_path / "mixed", rank=0, world_size=1, progress=False, order="rank",
+                     budget=lambda images: torch.arange(len(images)) % 3 * 4 + 2, max_tokens=12)
+    store = TokenStore(tmp_path / "mixed")
+    assert store.header.variable_length and sorted({store[i]["length"] for i in range(8)}) == [2, 6, 10]
+    raw = {"stage": 2, "vae": str(vae_dir), "data": {"tokens": str(tmp_path / "mixed"), "val_fraction": 0.25,
+                                                      "batch_size": 2, "num_workers": 0},
+           "model": {"code_layers": 1, "position_layers": 1, "dim": 32, "heads": 2},
+           "trainer": {"max_steps": 3, "num_sanity_val_steps": 0, "enable_model_summary": False},
+           "run": {"image_every_n_steps": 0}}
+    config = parse_stage2(raw).model
+    assert config.variable_length and config.num_tokens == 12 and config.token_order == "rank"
+    (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(raw))
+    run = train(str(tmp_path / "stage2.yaml"), [], run_dir=str(tmp_path / "run"))
+    trained = Stackformer.from_pretrained(export(run, tmp_path / "sf")).eval()
+    assert trained.config.variable_length
+    codes, positions = trained.generate(2, labels=[0, 1], generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    images = model.detokenize(codes, positions)  # rows that end early decode as they are
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()

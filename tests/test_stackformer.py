@@ -249,8 +249,7 @@ def test_class_names_travel_from_the_data_to_the_model_and_its_folder(tmp_path):
     tokenize_dataset(vae, data, tmp_path / "tokens", batch_size=2, rank=0, world_size=1, progress=False)
     header = TokenStore(tmp_path / "tokens").header
     assert header.source["class_names"] == ["shirt", "boot"]
-    config = _model_section({"code_layers": 1, "position_layers": 1, "dim": 32, "heads": 2}, vae.config,
-                            header.num_classes, header.source.get("class_names"))
+    config = _model_section({"code_layers": 1, "position_layers": 1, "dim": 32, "heads": 2}, vae.config, header)
     assert config.class_names == ("shirt", "boot") and config.class_label(1) == "1 (boot)"
     folder = Stackformer(config).save_pretrained(tmp_path / "sf")
     assert json.loads((folder / "config.json").read_text())["class_names"] == ["shirt", "boot"]

@@ -216,8 +216,11 @@ def tokenizer_name(vae_config: Any) -> str:
 
 
 def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: Any,
-                     weights_sha256: str | None = None) -> None:
+                     weights_sha256: str | None = None, any_budget: bool = False) -> None:
     """Raise InvalidInputError unless the tokenizer (MQ-VAE or VQGAN) with `vae_config` can decode a store's tokens.
+
+    `any_budget` accepts a store of another number of tokens per image than the tokenizer's K, or a
+    number per image (an MQ-VAE decodes any subset of its cells): what stage 2 learns from.
 
     The codebook size, grid and K must agree. When `weights_sha256` (see
     `mvq.models.pretrained.weights_fingerprint`) is
@@ -228,8 +231,10 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
         header = TokenStoreHeader.from_json(header)
     expected, found = vae_token_geometry(vae_config), vae_token_geometry(header)
     name = tokenizer_name(vae_config)
-    if header.variable_length or (header.source.get("keep") is not None
-                                  and found["num_tokens"] != expected["num_tokens"]):
+    if any_budget and name == "MQ-VAE" and found["num_tokens"] <= found["grid_size"] ** 2:
+        expected["num_tokens"] = found["num_tokens"]
+    elif header.variable_length or (header.source.get("keep") is not None
+                                    and found["num_tokens"] != expected["num_tokens"]):
         budget = "a budget per image" if header.variable_length else f"{found['num_tokens']} tokens per image"
         raise InvalidInputError(f"token store holds {budget}, not the {name}'s K = {expected['num_tokens']}: "
                                 f"what reads it here needs the {name}'s own K (tokenize without --keep or "

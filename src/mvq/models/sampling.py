@@ -100,6 +100,10 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample `batch_size` sequences → (codes, positions), each B×K long, or B×`sampling.num_tokens` (≤ K).
 
+    A variable-length model (`variable_length`) ends each image where it draws its end-of-image
+    output: that row's remaining entries are -1 (as a store with a budget per image holds them), and
+    sampling stops once every image has ended. With `num_tokens` it gives exactly that many instead.
+
     Stopping early keeps every draw of the steps taken, so the first k tokens are the same whatever
     `num_tokens` is; for a model trained in rank order (`token_order: rank`) they are a whole image at
     budget k, for a raster-order model only its first rows. The raster constraint applies to
@@ -131,9 +135,13 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
     uniforms = draw_uniforms(batch_size, c.num_tokens, generator).to(device)
 
     k, n = c.num_tokens, c.num_cells
+    variable = c.variable_length
+    # A variable-length model may end an image (not at step 0, nor when num_tokens asks for a count).
+    may_end = variable and sampling.num_tokens is None
     cells = torch.arange(n, device=device)
-    codes = torch.empty(batch_size, steps, dtype=torch.long, device=device)
-    positions = torch.empty(batch_size, steps, dtype=torch.long, device=device)
+    codes = torch.full((batch_size, steps), -1, dtype=torch.long, device=device)
+    positions = torch.full((batch_size, steps), -1, dtype=torch.long, device=device)
+    ended = torch.zeros(batch_size, dtype=torch.bool, device=device)
     used = torch.zeros(batch_size, n, dtype=torch.bool, device=device)
     previous = torch.full((batch_size, 1), -1, dtype=torch.long, device=device)
 
@@ -165,19 +173,39 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
                 used = used.scatter(1, forced_positions, True)
             previous = forced_positions[:, -1:]
 
+        def draw_code(t: int) -> torch.Tensor:
+            logits = decoder.code_logits()
+            code_logits = logits[:, :c.codebook_size]
+            if variable:  # the end-of-image output joins the codes as index codebook_size
+                code_logits = torch.cat([code_logits, logits[:, c.end_code:c.end_code + 1]], dim=1)
+            code_logits = guide(code_logits) / sampling.temperature
+            if variable:
+                end = code_logits[:, -1:]
+                if not may_end or t == 0:
+                    end = torch.full_like(end, float("-inf"))
+                if raster and may_end:  # no cell left after the previous one: the image must end here
+                    code_logits = code_logits.masked_fill(previous >= n - 1, float("-inf"))
+                code_logits = torch.cat([code_logits[:, :-1], end], dim=1)
+            return sample_from_logits(code_logits, sampling.top_k, sampling.top_p, uniforms[:, t, 0])
+
         def draw_position(code: torch.Tensor, t: int) -> torch.Tensor:
             position_logits = guide(decoder.position_logits(both(code))[:, :n]) / sampling.position_temperature
-            if raster:  # ascending, and leave K-1-t cells after this one
+            if raster and may_end:  # ascending; the image may end at any cell
+                forbidden = cells <= previous
+            elif raster:  # ascending, and leave K-1-t cells after this one
                 forbidden = (cells <= previous) | (cells > n - k + t)
             else:
                 forbidden = used
+            forbidden = forbidden & ~ended[:, None]  # an ended image's draws are discarded: any cell will do
             position_logits = position_logits.masked_fill(forbidden, float("-inf"))
             return sample_from_logits(position_logits, sampling.position_top_k, sampling.position_top_p,
                                       uniforms[:, t, 1])
 
         for t in range(first, steps):
-            code_logits = guide(decoder.code_logits()[:, :c.codebook_size]) / sampling.temperature
-            code = sample_from_logits(code_logits, sampling.top_k, sampling.top_p, uniforms[:, t, 0])
+            code = draw_code(t)
+            if variable:
+                ended = ended | (code == c.codebook_size)
+                code = code.masked_fill(ended, 0)  # a stand-in the decoder can embed; -1 in the result
             if c.has_position_transformer:
                 position = draw_position(code, t)
             else:  # no Position-Transformer: every cell is a token and the positions are the raster order
@@ -185,10 +213,12 @@ def generate(model: "Stackformer", batch_size: int, labels: torch.Tensor | Seque
                 position = cells[t].expand(batch_size)
             decoder.append_position(both(position))
 
-            codes[:, t], positions[:, t] = code, position
-            previous = position[:, None]
+            codes[:, t], positions[:, t] = code.masked_fill(ended, -1), position.masked_fill(ended, -1)
+            previous = torch.where(ended[:, None], previous, position[:, None])
             if not raster:  # the raster constraint alone already forbids used cells
                 used = used.scatter(1, position[:, None], True)
+            if may_end and bool(ended.all()):  # every image has ended (one host sync per step, only here)
+                break
     finally:
         model.train(was_training)
     return codes, positions

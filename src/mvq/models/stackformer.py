@@ -32,6 +32,8 @@ from mvq.models.pretrained import PretrainedMixin, tokenizer_record_of, write_to
 from mvq.models.sampling import IncrementalDecoder, SamplingConfig, generate
 from mvq.nn.transformer import TransformerStack
 
+IGNORED = -100  # a target that is not scored (after a variable-length row's end)
+
 
 @dataclass
 class StackformerConfig:
@@ -54,6 +56,9 @@ class StackformerConfig:
     # The order of the tokens it learnt (its token store's): "raster" (positions ascending, the paper's)
     # or "rank" (most important first: generation may stop after any number of tokens).
     token_order: str = "raster"
+    # Learnt from a store with a budget per image (rows of up to num_tokens tokens, then -1): the code head
+    # has one more output, "end of image", and sampling stops each image where the model ends it.
+    variable_length: bool = False
 
     def __post_init__(self) -> None:
         if self.token_order not in ("raster", "rank"):
@@ -112,6 +117,13 @@ class StackformerConfig:
         return self.codebook_size + self.num_start_tokens
 
     @property
+    def end_code(self) -> int:
+        """The code head's "end of image" output (a variable-length model's): after the codes and start tokens."""
+        if not self.variable_length:
+            raise ValueError("this model has no end-of-image output: it learnt a fixed number of tokens per image")
+        return self.vocab_size
+
+    @property
     def null_class_token(self) -> int:
         if not self.has_null_class:
             raise ValueError("this model has no unconditional label: it was configured without label dropout "
@@ -162,7 +174,7 @@ class Stackformer(nn.Module, PretrainedMixin):
         predicts = c.has_position_transformer
         self.position_transformer = TransformerStack(c.dim, c.heads, c.position_layers, c.dropout) if predicts else None
         self.code_norm = nn.LayerNorm(c.dim)
-        self.code_head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.code_head = nn.Linear(c.dim, c.vocab_size + int(c.variable_length), bias=False)
         self.position_norm = nn.LayerNorm(c.dim) if predicts else None
         self.position_head = nn.Linear(c.dim, c.num_cells + 1, bias=False) if predicts else None
         self.apply(self._init_weights)
@@ -218,6 +230,19 @@ class Stackformer(nn.Module, PretrainedMixin):
 
     # ----------------------------------------------------------------------------- training
 
+    def targets(self, codes: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(code targets, position targets, codes, positions as inputs). A variable-length model's rows end
+        in -1: the first -1 is the "end of image" code target, later ones are not scored, and the inputs
+        there get stand-ins (causal attention keeps them from the scored steps)."""
+        if not self.config.variable_length:
+            return codes, positions, codes, positions
+        c = self.config
+        padding = codes < 0
+        first_padding = padding & ~F.pad(padding[:, :-1], (1, 0))
+        code_target = codes.masked_fill(padding, IGNORED).masked_fill(first_padding, c.end_code)
+        return (code_target, positions.masked_fill(padding, IGNORED), codes.clamp(min=0),
+                positions.masked_fill(padding, c.num_cells))
+
     def forward(self, codes: torch.Tensor, positions: torch.Tensor,
                 labels: torch.Tensor | None = None) -> StackformerOutput:
         """Teacher-forced losses and logits. codes/positions: B×T (T ≤ K), positions in raster order.
@@ -228,19 +253,21 @@ class Stackformer(nn.Module, PretrainedMixin):
         self._check_sequence(codes, positions, labels)
         c = self.config
         b = codes.shape[0]
+        code_target, position_target, codes, positions = self.targets(codes, positions)
         start = self.start_tokens(labels, b, codes.device)
         code_in = torch.cat([start[:, None], codes[:, :-1]], dim=1)
         position_in = torch.cat([positions.new_full((b, 1), c.num_cells), positions[:, :-1]], dim=1)
 
         hidden = self.code_transformer(self.code_inputs(code_in, position_in, 0))
         code_logits = self.code_head(self.code_norm(hidden))
-        code_loss = F.cross_entropy(code_logits.flatten(0, 1).float(), codes.flatten())
+        code_loss = F.cross_entropy(code_logits.flatten(0, 1).float(), code_target.flatten(), ignore_index=IGNORED)
         if self.position_transformer is None:
             return StackformerOutput(code_loss, code_loss, code_loss.new_zeros(()), code_logits, None)
         position_hidden = self.position_transformer(hidden + self.code_embedding(codes))
         position_logits = self.position_head(self.position_norm(position_hidden))
 
-        position_loss = F.cross_entropy(position_logits.flatten(0, 1).float(), positions.flatten())
+        position_loss = F.cross_entropy(position_logits.flatten(0, 1).float(), position_target.flatten(),
+                                        ignore_index=IGNORED)
         loss = code_loss + c.position_loss_weight * position_loss
         return StackformerOutput(loss, code_loss, position_loss, code_logits, position_logits)
 
@@ -250,10 +277,13 @@ class Stackformer(nn.Module, PretrainedMixin):
         """log p(tokens | label) of each sequence (B): the model's own judgement of how likely an image's
         tokens are under a class, which makes a class-conditional Stackformer a classifier too."""
         out = self(codes, positions, labels)
-        total = -F.cross_entropy(out.code_logits.transpose(1, 2).float(), codes, reduction="none").sum(1)
+        code_target, position_target, _, _ = self.targets(codes, positions)
+        total = -F.cross_entropy(out.code_logits.transpose(1, 2).float(), code_target, reduction="none",
+                                 ignore_index=IGNORED).sum(1)
         if out.position_logits is not None:
             total -= self.config.position_loss_weight * F.cross_entropy(
-                out.position_logits.transpose(1, 2).float(), positions, reduction="none").sum(1)
+                out.position_logits.transpose(1, 2).float(), position_target, reduction="none",
+                ignore_index=IGNORED).sum(1)
         return total
 
     # ----------------------------------------------------------------------------- sampling

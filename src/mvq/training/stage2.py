@@ -201,7 +201,7 @@ class SampleGrids(Callback):
         fingerprint = weights_fingerprint(vae)
         for store in stores:
             try:
-                check_compatible(store.header, vae.config, weights_sha256=fingerprint)
+                check_compatible(store.header, vae.config, weights_sha256=fingerprint, any_budget=True)
             except ValueError as exc:
                 raise ConfigError(f"{store.path}: {exc} (vae: {self.vae_path})") from None
         self.vae = vae.to(pl_module.device)

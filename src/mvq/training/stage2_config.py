@@ -16,7 +16,7 @@ from typing import Any
 
 from mvq.config import ConfigError, build_dataclass
 from mvq.convert.config import refuse_reference_names
-from mvq.data.token_store import TokenStore, check_compatible, vae_token_geometry
+from mvq.data.token_store import TokenStore, TokenStoreHeader, check_compatible, vae_token_geometry
 from mvq.errors import UserError
 from mvq.models.mqvae import MQVAEConfig
 from mvq.models.stackformer import StackformerConfig
@@ -98,7 +98,7 @@ def _open_store(path: str, key: str, vae_config: MQVAEConfig | VQGANConfig, orde
     """A complete token store whose tokens the MQ-VAE can decode (in `order`, when given); errors name the key."""
     try:
         store = TokenStore(path)
-        check_compatible(store.header, vae_config)
+        check_compatible(store.header, vae_config, any_budget=True)
         if order is not None and store.header.order != order:
             raise ValueError(f"its tokens are in {store.header.order} order, those of data.tokens in {order} order")
     except (FileNotFoundError, ValueError) as exc:
@@ -106,9 +106,12 @@ def _open_store(path: str, key: str, vae_config: MQVAEConfig | VQGANConfig, orde
     return store
 
 
-def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_classes: int,
-                   store_class_names: list[str] | None = None, store_order: str = "raster") -> StackformerConfig:
-    """Validate `model:` and complete it with the MQ-VAE's geometry and the store's classes (and their names)."""
+def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store: TokenStoreHeader
+                   ) -> StackformerConfig:
+    """Validate `model:` and complete it with the MQ-VAE's geometry, the store's budget (tokens per image, or a
+    number per image), order and classes (and their names)."""
+    store_classes, store_class_names = store.num_classes or 0, store.source.get("class_names")
+    store_order = store.order
     if raw_model is not None and not isinstance(raw_model, dict):
         raise ConfigError(f"model: must be a mapping of Stackformer settings, got {raw_model!r}")
     refuse_reference_names(raw_model, 2)
@@ -117,13 +120,14 @@ def _model_section(raw_model: Any, vae_config: MQVAEConfig | VQGANConfig, store_
     unknown = [key for key in section if key not in valid]
     if unknown:  # fails naming the key, the closest valid one and the list of valid ones
         build_dataclass(StackformerConfig, {unknown[0]: section[unknown[0]]}, "model")
-    geometry = vae_token_geometry(vae_config)
+    geometry = {**vae_token_geometry(vae_config), "num_tokens": store.num_tokens,
+                "variable_length": store.variable_length}
     for key in geometry:
         given = section.get(key)
         if given is not None and given != geometry[key]:
-            raise ConfigError(f"model.{key} is {given}, but the MQ-VAE (vae:) has {key} {geometry[key]}. "
-                              f"Stage 2 reads {', '.join(geometry)} from the MQ-VAE: remove model.{key} "
-                              f"from the config or use the MQ-VAE it was meant for")
+            raise ConfigError(f"model.{key} is {given}, but the MQ-VAE (vae:) and its token store have {key} "
+                              f"{geometry[key]}. Stage 2 reads {', '.join(geometry)} from them: remove "
+                              f"model.{key} from the config or use the MQ-VAE and store it was meant for")
     section.update(geometry)
     given_order = section.get("token_order")
     if given_order is not None and given_order != store_order:
@@ -180,9 +184,12 @@ def parse_stage2(raw: dict, resolve: bool = True) -> Stage2Config:
         vae_config = read_vae_config(vae)
         store = _open_store(data.tokens, "data.tokens", vae_config)
         if data.val_tokens is not None:
-            _open_store(data.val_tokens, "data.val_tokens", vae_config, store.header.order)
-        model = _model_section(raw.get("model"), vae_config, store.header.num_classes or 0,
-                               store.header.source.get("class_names"), store.header.order)
+            val = _open_store(data.val_tokens, "data.val_tokens", vae_config, store.header.order)
+            if (val.header.num_tokens, val.header.variable_length) != (store.header.num_tokens,
+                                                                       store.header.variable_length):
+                raise ConfigError(f"data.val_tokens={data.val_tokens} holds other budgets than data.tokens: "
+                                  "tokenize both with the same --keep / --quality-target")
+        model = _model_section(raw.get("model"), vae_config, store.header)
     else:
         model = recorded_model(raw.get("model"))
 
