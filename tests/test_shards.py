@@ -187,11 +187,7 @@ def test_two_processes_share_an_epoch_exactly(shards, tmp_path):
 def test_training_on_shards_resumes_exactly(tmp_path):
     """Stopped mid-epoch by SIGTERM and resumed, a run on shards (2 workers, across an epoch's end) ends
     with the weights of an uninterrupted one."""
-    import signal
-
-    from mvq.training.run import train
-    from tests.test_train_stage1 import model_state
-    from tests.train_helpers import start_training_until, tiny_stage1_config
+    from tests.train_helpers import assert_interrupted_run_resumes_exactly, tiny_stage1_config
 
     for split, count in (("train", 40), ("val", 8)):
         write_shards(SyntheticShapes(count, 32, seed=1, split=split), tmp_path / "shards" / split,
@@ -200,16 +196,4 @@ def test_training_on_shards_resumes_exactly(tmp_path):
     path = tiny_stage1_config(tmp_path, data={"dataset": "shards", "root": str(tmp_path / "shards"),
                                               "num_workers": 2, "shuffle_buffer": 5},
                               trainer={"max_steps": steps, "val_check_interval": 7})
-    straight = train(str(path), [], run_dir=str(tmp_path / "straight"))
-    interrupted = tmp_path / "interrupted"
-    proc = start_training_until(path, interrupted, interrupted / "checkpoints" / "last.ckpt")
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, output
-    stopped_at = model_state(interrupted)[0]["global_step"]
-    assert 2 <= stopped_at < steps
-    train(None, [], resume=str(interrupted))
-    (_, state_a), (final_b, state_b) = model_state(straight), model_state(interrupted)
-    assert final_b["global_step"] == steps
-    for key in state_a:
-        assert torch.equal(state_a[key], state_b[key]), key
+    assert_interrupted_run_resumes_exactly(path, tmp_path, steps)

@@ -1,5 +1,4 @@
 import os
-import signal
 import subprocess
 import sys
 
@@ -9,12 +8,7 @@ import torch
 from mvq.config import ConfigError
 from mvq.models.mqvae import MQVAE
 from mvq.training.run import export, train
-from tests.train_helpers import start_training_until, tiny_stage1_config
-
-
-def model_state(run_dir):
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return ckpt, {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("model.", "loss."))}
+from tests.train_helpers import assert_interrupted_run_resumes_exactly, model_state, tiny_stage1_config
 
 
 @pytest.mark.slow
@@ -94,25 +88,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
     # Two loading workers: their prefetching starts before the resumed run's later hooks.
     path = tiny_stage1_config(tmp_path, trainer={"max_steps": steps, "val_check_interval": 5},
                               data={"num_workers": 2})
-    straight = train(str(path), [], run_dir=str(tmp_path / "straight"))
-
-    interrupted = tmp_path / "interrupted"
-    proc = start_training_until(path, interrupted, interrupted / "checkpoints" / "last.ckpt")
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, output
-    assert "--resume" in output
-    ckpt, _ = model_state(interrupted)
-    stopped_at = ckpt["global_step"]
-    assert 2 <= stopped_at < steps
-    assert not list((interrupted / "checkpoints").glob("*.tmp"))
-
-    train(None, [], resume=str(interrupted))
-    final_a, state_a = model_state(straight)
-    final_b, state_b = model_state(interrupted)
-    assert final_b["global_step"] == steps
-    for key in state_a:
-        assert torch.equal(state_a[key], state_b[key]), key
+    assert_interrupted_run_resumes_exactly(path, tmp_path, steps)
 
 
 @pytest.mark.slow

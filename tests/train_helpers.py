@@ -41,3 +41,36 @@ def start_training_until(config: Path, run_dir: Path, marker: Path, timeout: flo
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be interrupted"
         time.sleep(0.05)
     return proc
+
+
+def model_state(run_dir: Path) -> tuple[dict, dict]:
+    """A run's last checkpoint and its model (and loss) weights."""
+    import torch
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return ckpt, {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("model.", "loss."))}
+
+
+def assert_interrupted_run_resumes_exactly(config: Path, tmp_path: Path, steps: int) -> None:
+    """Train CONFIG straight, and again stopped by SIGTERM at its first checkpoint, then `--resume`d:
+    both end at `steps` with the same weights, bit for bit."""
+    import signal
+
+    import torch
+
+    from mvq.training.run import train
+
+    straight = train(str(config), [], run_dir=str(tmp_path / "straight"))
+    interrupted = tmp_path / "interrupted"
+    proc = start_training_until(config, interrupted, interrupted / "checkpoints" / "last.ckpt")
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output
+    assert "--resume" in output
+    assert 2 <= model_state(interrupted)[0]["global_step"] < steps
+    assert not list((interrupted / "checkpoints").glob("*.tmp"))
+    train(None, [], resume=str(interrupted))
+    (_, state_a), (final_b, state_b) = model_state(straight), model_state(interrupted)
+    assert final_b["global_step"] == steps
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
