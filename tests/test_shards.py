@@ -105,6 +105,8 @@ def test_shards_are_found_by_folder_pattern_or_glob(shards):
     assert find_shards("https://example.org/shard-{0000..0003}.tar", samples_per_shard=5).total == 20
     with pytest.raises(MissingInputError, match="no shards match"):
         find_shards(f"{shards}/nothing-*.tar")
+    with pytest.raises(MissingInputError, match="shard-000006.tar not found"):
+        find_shards(f"{shards}/shard-{{000000..000006}}.tar")
     with pytest.raises(MissingInputError, match="has no shards.json"):
         find_shards(shards.parent)
 

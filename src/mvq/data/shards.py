@@ -125,6 +125,10 @@ def _read_index(folder: Path) -> ShardList:
     return ShardList(urls, counts, tuple(record.get("classes") or ()))
 
 
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
 def find_shards(spec: str | os.PathLike, samples_per_shard: int | None = None) -> ShardList:
     """The shards `spec` names: a folder with shards.json, a local glob or brace pattern
     (`data/shard-{000000..000127}.tar`), or URLs (`https://…/shard-{0000..1023}.tar`, `pipe:…`).
@@ -140,11 +144,13 @@ def find_shards(spec: str | os.PathLike, samples_per_shard: int | None = None) -
             raise MissingInputError(f"{folder} has no {SHARD_INDEX}: write shards with `mvq shards`, or name the "
                                     "tar files with a pattern and set data.samples_per_shard")
         return _read_index(folder)
-    expanded = [url for part in braceexpand(spec) for url in (sorted(glob.glob(part)) if "://" not in part and
-                                                              not part.startswith("pipe:") else [part])]
+    expanded = []
+    for part in braceexpand(spec):  # a brace pattern names files (a missing one is an error); a glob finds them
+        globbed = not _is_remote(part) and any(c in part for c in "*?[")
+        expanded += sorted(glob.glob(part)) if globbed else [part]
     if not expanded:
         raise MissingInputError(f"no shards match {spec}")
-    local = [Path(u) for u in expanded if "://" not in u and not u.startswith("pipe:")]
+    local = [Path(u) for u in expanded if not _is_remote(u)]
     if len(local) == len(expanded):
         missing = [p for p in local if not p.is_file()]
         if missing:
@@ -209,11 +215,13 @@ class ShardStream(IterableDataset):
     def resume(self, epoch: int, batches: int) -> None:
         self._resume = (epoch, batches)
 
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        rank, world = _rank_and_world_size()
+        return (rank if self.rank is None else self.rank), (world if self.world_size is None else self.world_size)
+
     def _position(self) -> tuple[int, int, int, int]:
         """(rank, world size, worker, workers) of the process iterating."""
-        rank, world = _rank_and_world_size()
-        rank = rank if self.rank is None else self.rank
-        world = world if self.world_size is None else self.world_size
+        rank, world = self._rank_and_world_size()
         info = get_worker_info()
         if (info.num_workers if info else 0) != self.num_workers:
             raise RuntimeError(f"a shard stream cut for {self.num_workers} workers is read by "
@@ -237,16 +245,13 @@ class ShardStream(IterableDataset):
     def __len__(self) -> int:
         """Samples this rank reads per epoch (all its workers)."""
         workers = max(self.num_workers, 1)
-        rank, world = _rank_and_world_size()
-        rank, world = (rank if self.rank is None else self.rank), (world if self.world_size is None else self.world_size)
+        rank, world = self._rank_and_world_size()
         ranges = [self.stream_range(rank * workers + w, world * workers) for w in range(workers)]
         return sum(stop - start for start, stop in ranges)
 
     def loader(self) -> DataLoader:
         """Batches of this rank: its workers' batches in turn (fresh workers each epoch, which see the epoch)."""
-        rank, world = _rank_and_world_size()  # known here, not in the workers (no process group there)
-        self.rank = rank if self.rank is None else self.rank
-        self.world_size = world if self.world_size is None else self.world_size
+        self.rank, self.world_size = self._rank_and_world_size()  # here: the workers have no process group
         return DataLoader(self, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True)
 
     def shard_order(self) -> list[int]:
@@ -325,7 +330,7 @@ class ShardFiles(Dataset):
 
     def __init__(self, shards: ShardList, transform: Callable[[Image.Image], torch.Tensor]):
         self.transform, self.classes = transform, list(shards.classes)
-        self._samples: list[tuple[str, str, int, int, int]] = []  # (file, key, image offset, size, label)
+        self._samples: list[tuple[str, int, int, int]] = []  # (file, image offset, size, label)
         for url, count in zip(shards.urls, shards.counts):
             if not Path(url).is_file():
                 raise UserError(f"{url}: reading shards by index (tokenize, eval) needs them on a local disk; "
@@ -343,13 +348,13 @@ class ShardFiles(Dataset):
             if len(images) != count:
                 raise InvalidInputError(f"shard {url} holds {len(images)} images where {count} were expected; "
                                         f"write its {SHARD_INDEX} again")
-            self._samples += [(url, key, m.offset_data, m.size, labels.get(key, -1)) for key, m in images]
+            self._samples += [(url, m.offset_data, m.size, labels.get(key, -1)) for key, m in images]
 
     def __len__(self) -> int:
         return len(self._samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        url, key, offset, size, label = self._samples[index]
+        url, offset, size, label = self._samples[index]
         with open(url, "rb") as handle:
             handle.seek(offset)
             data = handle.read(size)
