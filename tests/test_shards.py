@@ -199,3 +199,35 @@ def test_training_on_shards_resumes_exactly(tmp_path):
                                               "num_workers": 2, "shuffle_buffer": 5},
                               trainer={"max_steps": steps, "val_check_interval": 7})
     assert_interrupted_run_resumes_exactly(path, tmp_path, steps)
+
+
+@pytest.mark.slow
+def test_tokenize_and_eval_read_shards(tmp_path, capsys):
+    """`mvq tokenize` and `mvq eval recon` on a shards config: every sample once, in the written order."""
+    from mvq.cli import main
+    from mvq.data.token_store import TokenStore
+    from mvq.models.mqvae import MQVAE
+    from tests.test_token_store import TINY_VAE
+
+    for split, count in (("train", 10), ("val", 6)):
+        write_shards(SyntheticShapes(count, 32, seed=2, split=split), tmp_path / "shards" / split,
+                     samples_per_shard=4, progress=False)
+    config = tmp_path / "data.yaml"
+    config.write_text(f"data:\n  dataset: shards\n  root: {tmp_path / 'shards'}\n  resolution: 32\n")
+    torch.manual_seed(0)
+    vae = MQVAE.from_config(TINY_VAE).eval()
+    vae.save_pretrained(tmp_path / "vae")
+    common = ["--vae", str(tmp_path / "vae"), "--data", str(config), "--num-workers", "0", "--device", "cpu"]
+    with pytest.raises(SystemExit) as done:
+        main(["tokenize", *common, "--out", str(tmp_path / "tokens"), "--batch-size", "3"])
+    assert done.value.code == 0, capsys.readouterr().err
+    store = TokenStore(tmp_path / "tokens")
+    dataset = SyntheticShapes(10, 32, seed=2, split="train")
+    assert len(store) == 10 and [store[i]["label"] for i in range(10)] == [dataset[i]["label"] for i in range(10)]
+    image = ShardFiles(find_shards(tmp_path / "shards" / "train"), eval_transform(32))[7]["image"]
+    assert torch.equal(store[7]["codes"], vae.tokenize(image[None])[0][0])
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "recon", *common, "--no-fid", "--no-lpips", "--out", str(tmp_path / "recon.json"),
+              "--no-progress"])
+    assert done.value.code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "recon.json").read_text())["metrics"]["num_images"] == 6
