@@ -79,7 +79,8 @@ def write_examples(model_dir: Path, dataset) -> list[int]:
     from mvq.models.card import EXAMPLES_DIR
     from mvq.visualize import save_image
 
-    classes = list(getattr(dataset, "classes", None) or [])
+    classes = list(getattr(dataset, "classes", None) or getattr(getattr(dataset, "dataset", None), "classes", None)
+                   or [])  # a Subset (data.max_val_images) keeps its dataset's classes there
     chosen: list[tuple[int, int | None]] = []
     if classes:
         seen: set[int] = set()
