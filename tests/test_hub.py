@@ -65,6 +65,12 @@ def test_commands_and_the_pipeline_take_names(tmp_path, monkeypatch):
     sf.save_pretrained(zoo / "tiny-sf", tokenizer=vae)
     monkeypatch.setenv("MVQ_ZOO", str(zoo))
     pipe = MVQPipeline.from_pretrained("tiny-sf", "tiny-vae", device="cpu")
+    from mvq.training.config import _with_absolute_paths
+
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(tmp_path)  # a stage-2 config names its tokenizer by zoo name; an existing path goes absolute
+    paths = _with_absolute_paths({"stage": 2, "vae": "tiny-vae", "data": {"tokens": "store"}})
+    assert paths["vae"] == "tiny-vae" and paths["data"]["tokens"] == str(tmp_path / "store")
     from tests.test_sampling import run_sample_command
 
     run_sample_command(["--stackformer", "tiny-sf", "--vae", "tiny-vae", "--n", "2", "--labels", "1", "--device", "cpu",

@@ -36,7 +36,9 @@ def parse_training_config(raw: dict, resolve: bool = True) -> TrainingConfig:
 
 
 def _with_absolute_paths(raw: dict) -> dict:
-    """`raw` with its path-valued keys made absolute (relative to the current folder, where they were given)."""
+    """`raw` with its path-valued keys that name existing paths made absolute (relative to the current folder,
+    where they were given); other values stay as given: a zoo model's name, a Hub id, or a missing path
+    that the loaders then name in their error."""
     keys = stage1_config.PATH_KEYS if config_stage(raw) == 1 else stage2_config.PATH_KEYS
     out = dict(raw)
     for key in keys:
@@ -47,8 +49,9 @@ def _with_absolute_paths(raw: dict) -> dict:
                 break
             parent[name] = dict(parent[name])
             parent = parent[name]
-        if parent is not None and isinstance(parent.get(key[-1]), str) and parent[key[-1]]:
-            parent[key[-1]] = str(Path(parent[key[-1]]).expanduser().resolve())
+        value = parent.get(key[-1]) if parent is not None else None
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            parent[key[-1]] = str(Path(value).expanduser().resolve())
     return out
 
 
