@@ -120,7 +120,7 @@ def main() -> None:
                 recon = vae(evaluation[chosen], keep=exact[chosen]).reconstruction.clamp(-1, 1)
                 rows += [evaluation[chosen], recon]
                 low, high = int(exact[chosen].min()), int(exact[chosen].max())
-                labels += [f"{name}: input", f"at its K ({low}–{high})" if low < high else f"at its K ({low})"]
+                labels += [f"{name}: input", f"at its K ({low} to {high})" if low < high else f"at its K ({low})"]
             if rows:
                 scale = fit_scale(evaluation.shape[-1], SHOWN, 900, margin=180)
                 save_figure(labelled_figure(rows, labels, scale), args.results / f"budget_per_image_{folder.name}.png")
