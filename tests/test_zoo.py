@@ -106,3 +106,20 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
     assert record["sampling"]["cfg_scale"] == 1.5 and record["tokenizer"] == "test-tiny"
     assert record["check"] == example_check(tokenizer, tmp_path / "zoo" / "test-tiny-gen", [0, 1, 2, 3])
     assert "samples.png" in card.notes and (tmp_path / "zoo" / "test-tiny-gen" / "samples.png").is_file()
+
+
+def test_release_examples_are_one_per_class_also_from_a_subset(tmp_path):
+    """A validation split limited by data.max_val_images is a Subset: its classes are its dataset's."""
+    import importlib.util
+
+    from torch.utils.data import Subset
+
+    from mvq.data.synthetic import SyntheticShapes
+
+    spec = importlib.util.spec_from_file_location("release", ROOT / "experiments" / "zoo" / "release.py")
+    release = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(release)
+    labels = release.write_examples(tmp_path, Subset(SyntheticShapes(12, 16, seed=0, split="val"), range(1, 12)))
+    assert labels == [0, 1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "examples").glob("*.png")) == [
+        "00-circle.png", "01-square.png", "02-triangle.png", "03-cross.png"]
