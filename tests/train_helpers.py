@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from tests.conftest import TINY_MQVAE
@@ -35,7 +36,8 @@ def start_training_until(config: Path, run_dir: Path, marker: Path, timeout: flo
     """`mvq train CONFIG --run-dir RUN` in a subprocess, returned once `marker` exists (to be interrupted)."""
     proc = subprocess.Popen([sys.executable, "-m", "mvq.cli", "train", str(config), "--run-dir", str(run_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            # as many threads as this process: float sums then agree with a run made here
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())})
     deadline = time.time() + timeout
     while not marker.exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be interrupted"
