@@ -143,8 +143,7 @@ def validation_nll(model_dir: Path, run_dir: Path) -> float:
     with torch.no_grad():
         for batch in DataLoader(TokenStore(config.data.val_tokens), batch_size=500):
             labels = batch["label"] if model.config.num_classes else None
-            out = model(batch["codes"], batch["positions"], labels)
-            total += float(out.code_loss + out.position_loss) * batch["codes"].numel()
+            total -= float(model.log_likelihood(batch["codes"], batch["positions"], labels).sum())
             count += batch["codes"].shape[0]
     return total / count
 

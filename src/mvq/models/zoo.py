@@ -77,5 +77,4 @@ def example_check(tokenizer: str | os.PathLike, stackformer: str | os.PathLike |
     order = model.config.token_order
     codes, positions = vae.tokenize(images) if order == "raster" else vae.tokenize(images, order=order)
     label_tensor = torch.tensor(labels) if model.config.num_classes else None
-    out = model(codes, positions, label_tensor)
-    return {"examples_nll_nats": float(out.code_loss + out.position_loss) * codes.shape[1]}
+    return {"examples_nll_nats": -float(model.log_likelihood(codes, positions, label_tensor).mean())}
