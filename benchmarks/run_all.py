@@ -16,6 +16,7 @@ BENCHMARKS = [
     ["bench_stackformer.py"],
     ["bench_generation.py"],
     ["bench_sampling_vs_k.py"],
+    ["bench_inception.py"],
     ["profile_generation.py"],
 ]
 

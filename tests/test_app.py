@@ -394,6 +394,9 @@ def test_completion_defaults_to_the_images_own_class_and_names_a_swap(pipeline, 
 # --- command line --------------------------------------------------------------------------------------------
 
 def test_app_without_models_says_which_folders_to_pass(tmp_path, monkeypatch, capsys):
+    import mvq.models.hub
+
+    monkeypatch.setattr(mvq.models.hub, "zoo_dirs", lambda: [])  # no zoo pair to serve either
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
         main(["app"])
@@ -686,6 +689,7 @@ def test_tokenize_takes_a_budget_or_a_psnr_target(pipeline, tmp_path):
 def test_app_serves_a_zoo_tokenizer_and_its_stackformer_by_default(tmp_path, monkeypatch, capsys):
     pytest.importorskip("gradio", reason="the app needs the optional extra mvq[app] (pip install 'mvq[app]')")
     import mvq.app.page
+    import mvq.models.hub
     from mvq.models.zoo import first_pair as zoo_pair
 
     zoo = tmp_path / "zoo"
@@ -694,7 +698,7 @@ def test_app_serves_a_zoo_tokenizer_and_its_stackformer_by_default(tmp_path, mon
     import shutil
 
     shutil.copytree(other, zoo / "a-gpt")
-    monkeypatch.setenv("MVQ_ZOO", str(zoo))
+    monkeypatch.setattr(mvq.models.hub, "zoo_dirs", lambda: [zoo])  # this zoo alone, not the repository's too
     monkeypatch.chdir(tmp_path)  # no demo-output here
     assert zoo_pair() == (vae_dir, stackformer_dir)
     assert MVQPipeline.from_pretrained("stackformer", device="cpu").vae.config == MVQPipeline.from_pretrained(

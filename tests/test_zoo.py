@@ -107,6 +107,20 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
     assert record["check"] == example_check(tokenizer, tmp_path / "zoo" / "test-tiny-gen", [0, 1, 2, 3])
     assert "samples.png" in card.notes and (tmp_path / "zoo" / "test-tiny-gen" / "samples.png").is_file()
 
+    # The guidance sweep that chooses the release's scale: every scale measured, the lowest FID chosen.
+    spec = importlib.util.spec_from_file_location("guidance", ROOT / "experiments" / "zoo" / "guidance.py")
+    guidance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guidance)
+    monkeypatch.setattr(sys, "argv", [
+        "guidance.py", "--run", str(run2), "--tokenizer", str(tokenizer), "--fid-reference", str(tmp_path / "ref.npz"),
+        "--scales", "1", "3", "--num-samples", "8", "--sample-batch-size", "4", "--work", str(tmp_path / "sweep"),
+        "--results", str(tmp_path), "--out", str(tmp_path / "guidance.json"), "data.num_train=128"])
+    guidance.main()
+    sweep = json.loads((tmp_path / "guidance.json").read_text())
+    assert [arm["cfg_scale"] for arm in sweep["arms"]] == [1.0, 3.0]
+    assert sweep["chosen_cfg_scale"] == min(sweep["arms"], key=lambda arm: arm["fid_vs_training_images"])["cfg_scale"]
+    assert all(0 <= arm["class_consistency"] <= 1 for arm in sweep["arms"])
+
 
 def test_release_examples_are_one_per_class_also_from_a_subset(tmp_path):
     """A validation split limited by data.max_val_images is a Subset: its classes are its dataset's."""
@@ -123,3 +137,26 @@ def test_release_examples_are_one_per_class_also_from_a_subset(tmp_path):
     assert labels == [0, 1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "examples").glob("*.png")) == [
         "00-circle.png", "01-square.png", "02-triangle.png", "03-cross.png"]
+
+
+def readme_zoo_examples() -> list[str]:
+    """The README's Python examples that use zoo models, in order (they build on one another)."""
+    text = (ROOT / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    return [block for block in blocks if 'from_pretrained("fashion-mnist-32' in block]
+
+
+@pytest.mark.slow
+def test_the_readme_zoo_examples_run_as_written(tmp_path, monkeypatch, capsys):
+    """Run as a new user pastes them: each writes its picture, and each `# should print X` is printed."""
+    blocks = readme_zoo_examples()
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    expected = [line.split("# should print ", 1)[1].strip() for block in blocks for line in block.splitlines()
+                if "# should print " in line]
+    assert expected and all(line in printed for line in expected), printed
+    assert (tmp_path / "reconstruction.png").is_file() and (tmp_path / "samples.png").is_file()

@@ -148,13 +148,50 @@ def validation_nll(model_dir: Path, run_dir: Path) -> float:
     return total / count
 
 
-def measure_stackformer(model_dir: Path, tokenizer: Path, args: argparse.Namespace, data) -> tuple[dict, str]:
-    """FID, class consistency (and the classifier's own accuracy) and validation NLL; the samples figure."""
+def generate(model_dir: Path, tokenizer: Path, out: Path, num_samples: int, seed: int, args: argparse.Namespace
+             ) -> Path:
+    """Class-balanced samples with the sampling settings of `args` (`mvq sample`, resumed when run again)."""
+    mvq_command("sample", "--stackformer", str(model_dir), "--vae", str(tokenizer), "--n", str(num_samples),
+                "--classes-balanced", "--seed", str(seed), "--batch-size", str(args.sample_batch_size), "--no-png",
+                "--cfg-scale", str(args.cfg_scale), "--temperature", str(args.temperature),
+                "--top-k", str(args.top_k), "--top-p", str(args.top_p), "--out", str(out))
+    return out / "samples.npz"
+
+
+def fid(samples: Path, reference: Path, out: Path) -> float:
+    """FID of a samples .npz against Inception statistics (`mvq eval gen`)."""
+    mvq_command("eval", "gen", "--samples", str(samples), "--ref", str(reference), "--num-workers", "0",
+                "--no-progress", "--out", str(out))
+    return float(json.loads(out.read_text())["metrics"]["fid"])
+
+
+def read_samples(samples: Path):
+    """The images of a samples .npz as floats in [-1, 1], and their labels (None when unconditional)."""
     import numpy as np
     import torch
 
+    with np.load(samples, allow_pickle=False) as stored:
+        images = torch.from_numpy(stored["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        labels = torch.from_numpy(stored["labels"]).long() if "labels" in stored else None
+    return images, labels
+
+
+def reference_classifier(data, num_classes: int):
+    """The judge of class consistency: a small CNN trained (seeded) on the training images; its validation accuracy."""
+    import torch
+
     from mvq.data import build_dataset
-    from mvq.demo.classifier import accuracy, predict, train_classifier
+    from mvq.demo.classifier import accuracy, train_classifier
+
+    torch.manual_seed(0)
+    train_set, val_set = build_dataset(data, "train", augment=False), build_dataset(data, "val")
+    classifier, _ = train_classifier(train_set, val_set, num_classes, epochs=CLASSIFIER_EPOCHS, progress=False)
+    return classifier, accuracy(classifier, val_set)
+
+
+def measure_stackformer(model_dir: Path, tokenizer: Path, args: argparse.Namespace, data) -> tuple[dict, str]:
+    """FID, class consistency (and the classifier's own accuracy) and validation NLL; the samples figure."""
+    from mvq.demo.classifier import predict
     from mvq.models.stackformer import Stackformer
     from mvq.visualize import fit_scale, labelled_figure, save_figure
 
@@ -168,24 +205,13 @@ def measure_stackformer(model_dir: Path, tokenizer: Path, args: argparse.Namespa
         config_file.write_text(yaml.safe_dump({"data": dataclasses.asdict(data)}))
         mvq_command("eval", "stats", "--data", str(config_file), "--split", "val", "--out", str(reference),
                     "--num-workers", "0", "--no-progress")
-    sampling = ["--cfg-scale", str(args.cfg_scale), "--temperature", str(args.temperature),
-                "--top-k", str(args.top_k), "--top-p", str(args.top_p)]
-    mvq_command("sample", "--stackformer", str(model_dir), "--vae", str(tokenizer), "--n", str(args.num_samples),
-                "--classes-balanced", "--seed", "0", "--batch-size", str(args.sample_batch_size), "--no-png",
-                *sampling, "--out", str(work / "samples"))
-    mvq_command("eval", "gen", "--samples", str(work / "samples" / "samples.npz"), "--ref", str(reference),
-                "--num-workers", "0", "--no-progress", "--out", str(work / "fid.json"))
-    metrics = {"fid": float(json.loads((work / "fid.json").read_text())["metrics"]["fid"])}
-    with np.load(work / "samples" / "samples.npz", allow_pickle=False) as stored:
-        samples = torch.from_numpy(stored["arr_0"]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        labels = torch.from_numpy(stored["labels"]).long() if "labels" in stored else None
+    samples_file = generate(model_dir, tokenizer, work / "samples", args.num_samples, 0, args)
+    metrics = {"fid": fid(samples_file, reference, work / "fid.json")}
+    samples, labels = read_samples(samples_file)
     model = Stackformer.from_pretrained(model_dir)
     names = list(model.config.class_names or [str(c) for c in range(model.config.num_classes)])
     if labels is not None:
-        torch.manual_seed(0)
-        train_set, val_set = build_dataset(data, "train", augment=False), build_dataset(data, "val")
-        classifier, _ = train_classifier(train_set, val_set, len(names), epochs=CLASSIFIER_EPOCHS, progress=False)
-        metrics["classifier_accuracy"] = accuracy(classifier, val_set)
+        classifier, metrics["classifier_accuracy"] = reference_classifier(data, len(names))
         metrics["class_consistency"] = float((predict(classifier, samples) == labels).float().mean())
     metrics["nll_per_image_nats"] = validation_nll(model_dir, args.run)
     if labels is not None:

@@ -2,6 +2,12 @@
 
 An flock goes away with its process, even on kill -9, so a crashed run never leaves a folder
 locked. The lock is a plain file (flock on folders fails on NFS).
+
+Why not `filelock` (which mvq uses for its shared file listings): a lock beside a user's output
+folder is removed when the job ends, so that nothing is left there. Removing a lock file is only
+safe when every locker checks, after locking, that the file it locked is still the one at the path
+(else it may hold a deleted file while another process holds a new one); not every `filelock`
+release that mvq allows checks that, and its `release` keeps the file. The check is the loop below.
 """
 
 from __future__ import annotations

@@ -116,6 +116,11 @@ def _fit(run: PreparedRun) -> Path:
     folder, config = run.folder, run.config
     # Our checkpoints deliberately hold the state after the optimizer step (that is what resuming needs).
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    # A resumed run continues mid-epoch at the next sample: the data module restores that position itself
+    # (ResumableDataModule), so Lightning's warning that the loader cannot resume is not true here.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    # The frozen networks inside a training module (LPIPS's VGG16) stay in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     L.seed_everything(config.run.seed, workers=True, verbose=False)
 
     if isinstance(config, Stage1Config):

@@ -1,0 +1,212 @@
+"""Rate–distortion of one any-K MQ-VAE against fixed-K MQ-VAEs: reconstruction quality at every budget K.
+
+Arms, all from one config with the same steps, batch, learning rate and seed (the same compute each):
+  fixed-K   `model.keep_ratio = K/N` for K = N/16, N/8, N/4, N/2: the paper's training, one model per K;
+  any-K     `model.keep_ratio = 1` with `model.train_keep_min = 1/16` (each batch keeps a K drawn uniformly
+            from [N/16, N]): one model for every budget.
+Each arm is `mvq train CONFIG --run-dir RUNS/ARM model... trainer.max_steps=STEPS`, run one after the
+other and resumed where a run stopped (`mvq train --resume`), so the study continues across sessions.
+Then every arm's last checkpoint is measured at every K on the first `--num-images` evenly spaced
+validation images: PSNR, SSIM and LPIPS-VGG on 8-bit images (as `mvq eval recon` measures them), and
+rFID where it decides the comparison (a fixed-K arm at its own K, the any-K arm at each of those K);
+the originals' Inception statistics are computed once and shared. Writes RESULTS/rate_distortion_NAME.json
+(every number, the commands, each arm's training wall time) and a figure of LPIPS and PSNR against K.
+Settings fixed before any result was seen.
+
+    python experiments/any_k/rate_distortion.py --config configs/zoo/mqvae_fashion_mnist_32.yaml \
+        --name fashion-mnist-32 --steps 1000 --runs ../zoo-state/rate-distortion data.root=DATA
+    (--stage train | evaluate | all; default all)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+BUDGET_FRACTIONS = (16, 8, 4, 2)   # fixed-K arms at K = N/16, N/8, N/4, N/2
+ANY_K_MIN = 1 / 16
+CHUNK = 100
+
+
+def arms(num_cells: int) -> dict[str, list[str]]:
+    """Arm name → its model overrides."""
+    table = {f"fixed-k{num_cells // d}": [f"model.keep_ratio={1 / d}"] for d in BUDGET_FRACTIONS}
+    table["any-k"] = ["model.keep_ratio=1.0", f"model.train_keep_min={ANY_K_MIN}"]
+    return table
+
+
+def trained_steps(run: Path) -> int:
+    """The optimizer steps of a run's last checkpoint (0 when it has none)."""
+    from mvq.training.checkpoints import read_checkpoint
+
+    path = run / "checkpoints" / "last.ckpt"
+    return int(read_checkpoint(path)["global_step"]) if path.is_file() else 0
+
+
+def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Path, timing: dict, timing_file: Path
+              ) -> None:
+    """Train (or continue) one arm up to `steps`, adding the wall seconds spent to `timing` (also when stopped)."""
+    if trained_steps(run) >= steps:
+        return
+    start = time.time()
+    if (run / "checkpoints" / "last.ckpt").is_file():
+        command = ["mvq", "train", "--resume", str(run)]
+    else:
+        command = ["mvq", "train", config, "--run-dir", str(run), *overrides, f"trainer.max_steps={steps}",
+                   "run.image_every_n_steps=0"]
+    print("rate-distortion: " + " ".join(map(shlex.quote, command)), flush=True)
+    with open(log, "a") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        # SIGTERM to this script stops the run as SIGTERM stops `mvq train`: its state saved, resumable.
+        previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+        try:
+            returncode = process.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            timing[run.name] = timing.get(run.name, 0.0) + time.time() - start
+            timing_file.write_text(json.dumps(timing, indent=1) + "\n")
+    if returncode != 0:
+        raise SystemExit(f"{' '.join(command)} ended with exit {returncode} (a stopped span resumes when this "
+                         f"command is run again); its log: {log}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="the stage-1 config every arm trains with")
+    parser.add_argument("--name", required=True, help="names the results file")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--runs", type=Path, required=True, help="one run folder per arm goes here")
+    parser.add_argument("--num-images", type=int, default=1000)
+    parser.add_argument("--rfid-images", type=int, default=500, help="the first of those measured for rFID")
+    parser.add_argument("--stage", choices=["train", "evaluate", "all"], default="all")
+    parser.add_argument("--results", type=Path, default=REPOSITORY / "experiments" / "results")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE changes of the config for every arm (data.root=...)")
+    args = parser.parse_args()
+
+    import torch
+
+    from mvq.training.config import load_training_config
+
+    _, config = load_training_config(args.config, args.overrides)
+    n = config.model.num_cells
+    table = arms(n)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    timing_file = args.runs / "wall_seconds.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    if args.stage in ("train", "all"):
+        # any-K first: it is the question; then the fixed-K arms from the zoo's budget down.
+        fixed = sorted((a for a in table if a != "any-k"), key=lambda a: -int(a.removeprefix("fixed-k")))
+        for name in ["any-k", *fixed]:
+            train_arm(args.runs / name, args.config, [*table[name], *args.overrides], args.steps,
+                      args.runs / f"{name}.log", timing, timing_file)
+    if args.stage == "train":
+        return
+    missing = [name for name in table if trained_steps(args.runs / name) < args.steps]
+    if missing:
+        raise SystemExit(f"arms not trained to {args.steps} steps yet: {', '.join(missing)} (run --stage train)")
+
+    from mvq.data.build import dataset_from_path
+    from mvq.evaluation import InceptionV3, from_uint8, to_uint8
+    from mvq.evaluation.frechet import GaussianAccumulator, frechet_distance
+    from mvq.evaluation.image_metrics import psnr, ssim
+    from mvq.evaluation.images import evaluation_indices
+    from mvq.losses.perceptual import LPIPS
+    from mvq.models.tokenizer import load_tokenizer
+    from mvq.training.run import export
+
+    torch.set_grad_enabled(False)
+    started = time.time()
+    data_overrides = [o for o in args.overrides if o.startswith("data.")]
+    dataset = dataset_from_path(args.config, "val", config.model.resolution, data_overrides)
+    indices = evaluation_indices(len(dataset), min(args.num_images, len(dataset)))
+    images = torch.stack([dataset[int(i)]["image"] for i in indices])
+    x8 = to_uint8(images)
+    lpips, inception = LPIPS().eval(), InceptionV3()
+
+    def features(batch8: torch.Tensor) -> GaussianAccumulator:
+        stats = GaussianAccumulator(inception.feature_dim)
+        for start in range(0, len(batch8), CHUNK):
+            stats.update(inception(batch8[start:start + CHUNK])[0])
+        return stats
+
+    reference = features(x8[:args.rfid_images]).mean_and_covariance()
+    budgets = [n // d for d in BUDGET_FRACTIONS] + [n]
+    results: dict[str, dict] = {}
+    for name in table:
+        model = load_tokenizer(export(args.runs / name, args.runs / "export" / name, overwrite=True)).eval()
+        own = model.config.num_tokens
+        results[name] = {"trained_k": own if name != "any-k" else f"{n // 16}..{n}", "by_k": {}}
+        for k in budgets:
+            if name != "any-k" and k > n // 2 and k != own:
+                continue  # a fixed-K model is measured at budgets up to N/2 (and its own)
+            r8 = torch.cat([to_uint8(model(images[s:s + CHUNK], keep=k).reconstruction.float())
+                            for s in range(0, len(images), CHUNK)])
+            row = {"psnr": float(psnr(x8, r8).mean()), "ssim": float(ssim(x8, r8).mean()),
+                   "lpips_vgg": float(torch.cat([lpips(from_uint8(x8[s:s + CHUNK]), from_uint8(r8[s:s + CHUNK]))
+                                                 for s in range(0, len(images), CHUNK)]).mean())}
+            if k <= n // 2 and (name == "any-k" or k == own):
+                row["rfid"] = frechet_distance(*reference, *features(r8[:args.rfid_images]).mean_and_covariance())
+            results[name]["by_k"][str(k)] = row
+            print(f"{name} K={k}: {json.dumps(row)}", flush=True)
+
+    verdicts = {}
+    for k in budgets[:-1]:
+        fixed, anyk = results[f"fixed-k{k}"]["by_k"][str(k)], results["any-k"]["by_k"][str(k)]
+        verdicts[str(k)] = {"lpips_any_over_fixed": anyk["lpips_vgg"] / fixed["lpips_vgg"],
+                            "within_10_percent": anyk["lpips_vgg"] <= 1.1 * fixed["lpips_vgg"],
+                            "psnr_any_minus_fixed": anyk["psnr"] - fixed["psnr"],
+                            "rfid_any_minus_fixed": anyk["rfid"] - fixed["rfid"]}
+    record = {
+        "what": "one any-K MQ-VAE against fixed-K MQ-VAEs of the same compute, measured at every budget K",
+        "config": args.config, "overrides": args.overrides, "num_cells": n, "steps_per_arm": args.steps,
+        "arms": {name: {"overrides": table[name], "train_wall_seconds": round(timing.get(name, 0.0))}
+                 for name in table},
+        "num_images": len(images), "rfid_images": min(args.rfid_images, len(images)),
+        "results": results, "verdicts": verdicts,
+        "command": " ".join(["python", "experiments/any_k/rate_distortion.py", *map(shlex.quote, sys.argv[1:])]),
+        "evaluate_wall_seconds": round(time.time() - started), "threads": torch.get_num_threads(),
+    }
+    out = args.results / f"rate_distortion_{args.name}.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    figure(record, args.results / f"rate_distortion_{args.name}.png")
+    print(f"wrote {out}")
+
+
+def figure(record: dict, path: Path) -> None:
+    """LPIPS and PSNR against K: the any-K model's curve and each fixed-K model's (a star at its own K)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric, label in ((axes[0], "lpips_vgg", "LPIPS-VGG (lower is better)"),
+                                (axes[1], "psnr", "PSNR, dB (higher is better)")):
+        for name, result in record["results"].items():
+            ks = sorted(int(k) for k in result["by_k"])
+            values = [result["by_k"][str(k)][metric] for k in ks]
+            style = dict(color="black", marker="o", linewidth=2) if name == "any-k" else dict(marker=".", alpha=0.7)
+            line, = axis.plot(ks, values, label=name, **style)
+            if name != "any-k":  # the budget the model was trained at
+                own = result["trained_k"]
+                axis.plot([own], [result["by_k"][str(own)][metric]], marker="*", markersize=12, color=line.get_color())
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("tokens kept, K")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{record['num_cells']} cells; {record['steps_per_arm']} steps per model; "
+                 f"{record['num_images']} validation images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
