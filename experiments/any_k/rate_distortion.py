@@ -4,18 +4,27 @@ Arms, all from one config with the same steps, batch, learning rate and seed (th
   fixed-K   `model.keep_ratio = K/N` for K = N/16, N/8, N/4, N/2: the paper's training, one model per K;
   any-K     `model.keep_ratio = 1` with `model.train_keep_min = 1/16` (each batch keeps a K drawn uniformly
             from [N/16, N]): one model for every budget.
+  any-K random  the same with `model.mask_choice = random`: cells kept at random instead of by the learned
+            score (the paper's Table 6 ablation, asked at every K).
+  VQGAN     with `--vqgan-config`: a VQGAN whose grid has as many cells as one of the budgets (every cell a
+            token), trained from its own config with the same steps and data overrides: the baseline at
+            equal token count. Trained last, measured at its own count.
 Each arm is `mvq train CONFIG --run-dir RUNS/ARM model... trainer.max_steps=STEPS`, run one after the
 other and resumed where a run stopped (`mvq train --resume`), so the study continues across sessions.
 Then every arm's last checkpoint is measured at every K on the first `--num-images` evenly spaced
 validation images: PSNR, SSIM and LPIPS-VGG on 8-bit images (as `mvq eval recon` measures them), and
-rFID where it decides the comparison (a fixed-K arm at its own K, the any-K arm at each of those K);
-the originals' Inception statistics are computed once and shared. Writes RESULTS/rate_distortion_NAME.json
+rFID where it decides the comparison (a fixed-K arm at its own K, the any-K arms at each of those K);
+the originals' Inception statistics are computed once and shared. Adaptive against random (per K) and
+any-K against the VQGAN (at its count) are judged on the paired per-image LPIPS difference (mean and
+standard error over the same images; a difference beyond 2 standard errors decides). Writes RESULTS/rate_distortion_NAME.json
 (every number, the commands, each arm's training wall time) and a figure of LPIPS and PSNR against K.
 Settings fixed before any result was seen.
 
     python experiments/any_k/rate_distortion.py --config configs/zoo/mqvae_fashion_mnist_32.yaml \
-        --name fashion-mnist-32 --steps 1000 --runs ../zoo-state/rate-distortion data.root=DATA
-    (--stage train | evaluate | all; default all)
+        --name fashion-mnist-32 --steps 1000 --runs ../zoo-state/rate-distortion \
+        --vqgan-config experiments/any_k/vqgan_fashion_mnist_32_f8.yaml data.root=DATA
+    (--stage train | evaluate | all; default all; `--arms A B ...` after the overrides: only those arms;
+    another seed: `run.seed=1` with its own --runs and --name)
 """
 
 from __future__ import annotations
@@ -39,7 +48,25 @@ def arms(num_cells: int) -> dict[str, list[str]]:
     """Arm name → its model overrides."""
     table = {f"fixed-k{num_cells // d}": [f"model.keep_ratio={1 / d}"] for d in BUDGET_FRACTIONS}
     table["any-k"] = ["model.keep_ratio=1.0", f"model.train_keep_min={ANY_K_MIN}"]
+    table["any-k-random"] = [*table["any-k"], "model.mask_choice=random"]
     return table
+
+
+def is_any_k(arm: str) -> bool:
+    return arm.startswith("any-k")
+
+
+def is_vqgan(arm: str) -> bool:
+    return arm.startswith("vqgan")
+
+
+def paired_lpips(ours: "torch.Tensor", other: "torch.Tensor", better: str, worse: str) -> dict:
+    """Mean and standard error of the per-image LPIPS difference ours − other, and what it says at 2 SE."""
+    difference = ours - other
+    mean, error = float(difference.mean()), float(difference.std() / len(difference) ** 0.5)
+    return {"lpips_difference": mean, "standard_error": error,
+            "verdict": better if mean < -2 * error else worse if mean > 2 * error
+            else "no difference within 2 standard errors"}
 
 
 def trained_steps(run: Path) -> int:
@@ -86,6 +113,10 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=1000)
     parser.add_argument("--rfid-images", type=int, default=500, help="the first of those measured for rFID")
     parser.add_argument("--stage", choices=["train", "evaluate", "all"], default="all")
+    parser.add_argument("--vqgan-config", help="adds a VQGAN arm trained from this config (its grid's cell "
+                        "count is its token count)")
+    parser.add_argument("--arms", nargs="+", help="train and evaluate only these arms (default: all; a verdict "
+                        "needs both arms it compares)")
     parser.add_argument("--results", type=Path, default=REPOSITORY / "experiments" / "results")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE changes of the config for every arm (data.root=...)")
     args = parser.parse_args()
@@ -97,14 +128,24 @@ def main() -> None:
     _, config = load_training_config(args.config, args.overrides)
     n = config.model.num_cells
     table = arms(n)
+    configs = dict.fromkeys(table, args.config)
+    if args.vqgan_config:
+        _, vqgan = load_training_config(args.vqgan_config, args.overrides)
+        name = f"vqgan-k{vqgan.model.num_tokens}"
+        table[name], configs[name] = [], args.vqgan_config
+    if args.arms:
+        unknown = sorted(set(args.arms) - set(table))
+        if unknown:
+            raise SystemExit(f"unknown arms {', '.join(unknown)}; the arms are {', '.join(table)}")
+        table = {name: table[name] for name in table if name in args.arms}
     args.runs.mkdir(parents=True, exist_ok=True)
     timing_file = args.runs / "wall_seconds.json"
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     if args.stage in ("train", "all"):
         # any-K first: it is the question; then the fixed-K arms from the zoo's budget down.
-        fixed = sorted((a for a in table if a != "any-k"), key=lambda a: -int(a.removeprefix("fixed-k")))
-        for name in ["any-k", *fixed]:
-            train_arm(args.runs / name, args.config, [*table[name], *args.overrides], args.steps,
+        fixed = sorted((a for a in table if a.startswith("fixed-k")), key=lambda a: -int(a.removeprefix("fixed-k")))
+        for name in [a for a in ["any-k", *fixed, "any-k-random"] if a in table] + [a for a in table if is_vqgan(a)]:
+            train_arm(args.runs / name, configs[name], [*table[name], *args.overrides], args.steps,
                       args.runs / f"{name}.log", timing, timing_file)
     if args.stage == "train":
         return
@@ -139,37 +180,57 @@ def main() -> None:
     reference = features(x8[:args.rfid_images]).mean_and_covariance()
     budgets = [n // d for d in BUDGET_FRACTIONS] + [n]
     results: dict[str, dict] = {}
+    lpips_per_image: dict[tuple[str, int], torch.Tensor] = {}
     for name in table:
         model = load_tokenizer(export(args.runs / name, args.runs / "export" / name, overwrite=True)).eval()
         own = model.config.num_tokens
-        results[name] = {"trained_k": own if name != "any-k" else f"{n // 16}..{n}", "by_k": {}}
-        for k in budgets:
-            if name != "any-k" and k > n // 2 and k != own:
+        results[name] = {"trained_k": f"{n // 16}..{n}" if is_any_k(name) else own, "by_k": {}}
+        torch.manual_seed(0)  # the random masker draws its cells from torch's generator
+        for k in [own] if is_vqgan(name) else budgets:
+            if not is_any_k(name) and k > n // 2 and k != own:
                 continue  # a fixed-K model is measured at budgets up to N/2 (and its own)
-            r8 = torch.cat([to_uint8(model(images[s:s + CHUNK], keep=k).reconstruction.float())
+            keep = {} if is_vqgan(name) else {"keep": k}  # a VQGAN keeps every cell
+            r8 = torch.cat([to_uint8(model(images[s:s + CHUNK], **keep).reconstruction.float())
                             for s in range(0, len(images), CHUNK)])
+            per_image = torch.cat([lpips(from_uint8(x8[s:s + CHUNK]), from_uint8(r8[s:s + CHUNK])).flatten()
+                                   for s in range(0, len(images), CHUNK)])
+            lpips_per_image[name, k] = per_image
             row = {"psnr": float(psnr(x8, r8).mean()), "ssim": float(ssim(x8, r8).mean()),
-                   "lpips_vgg": float(torch.cat([lpips(from_uint8(x8[s:s + CHUNK]), from_uint8(r8[s:s + CHUNK]))
-                                                 for s in range(0, len(images), CHUNK)]).mean())}
-            if k <= n // 2 and (name == "any-k" or k == own):
+                   "lpips_vgg": float(per_image.mean())}
+            if (is_any_k(name) and k <= n // 2) or k == own:
                 row["rfid"] = frechet_distance(*reference, *features(r8[:args.rfid_images]).mean_and_covariance())
             results[name]["by_k"][str(k)] = row
             print(f"{name} K={k}: {json.dumps(row)}", flush=True)
 
     verdicts = {}
-    for k in budgets[:-1]:
+    for k in [k for k in budgets[:-1] if f"fixed-k{k}" in results and "any-k" in results]:
         fixed, anyk = results[f"fixed-k{k}"]["by_k"][str(k)], results["any-k"]["by_k"][str(k)]
         verdicts[str(k)] = {"lpips_any_over_fixed": anyk["lpips_vgg"] / fixed["lpips_vgg"],
                             "within_10_percent": anyk["lpips_vgg"] <= 1.1 * fixed["lpips_vgg"],
                             "psnr_any_minus_fixed": anyk["psnr"] - fixed["psnr"],
                             "rfid_any_minus_fixed": anyk["rfid"] - fixed["rfid"]}
+    adaptive_vs_random = {str(k): paired_lpips(lpips_per_image["any-k", k], lpips_per_image["any-k-random", k],
+                                               "adaptive better", "random better")
+                          for k in (budgets if "any-k" in table and "any-k-random" in table else [])}
+    against_vqgan = {}  # the VQGAN at its token count against the MQ-VAEs (any-K, and fixed-K if one has it)
+    for name in (a for a in table if is_vqgan(a)):
+        k = results[name]["trained_k"]
+        vq = results[name]["by_k"][str(k)]
+        against_vqgan[name] = {"k": k}
+        for ours in (a for a in ("any-k", f"fixed-k{k}") if a in results and str(k) in results[a]["by_k"]):
+            row = results[ours]["by_k"][str(k)]
+            against_vqgan[name][ours] = {
+                **paired_lpips(lpips_per_image[ours, k], lpips_per_image[name, k], "MQ-VAE better", "VQGAN better"),
+                "psnr_minus_vqgan": row["psnr"] - vq["psnr"],
+                "rfid_minus_vqgan": row["rfid"] - vq["rfid"] if "rfid" in row else None}
     record = {
         "what": "one any-K MQ-VAE against fixed-K MQ-VAEs of the same compute, measured at every budget K",
         "config": args.config, "overrides": args.overrides, "num_cells": n, "steps_per_arm": args.steps,
-        "arms": {name: {"overrides": table[name], "train_wall_seconds": round(timing.get(name, 0.0))}
-                 for name in table},
+        "arms": {name: {"config": configs[name], "overrides": table[name],
+                        "train_wall_seconds": round(timing.get(name, 0.0))} for name in table},
         "num_images": len(images), "rfid_images": min(args.rfid_images, len(images)),
-        "results": results, "verdicts": verdicts,
+        "results": results, "verdicts": verdicts, "adaptive_vs_random": adaptive_vs_random,
+        "any_k_against_vqgan": against_vqgan,
         "command": " ".join(["python", "experiments/any_k/rate_distortion.py", *map(shlex.quote, sys.argv[1:])]),
         "evaluate_wall_seconds": round(time.time() - started), "threads": torch.get_num_threads(),
     }
@@ -192,9 +253,12 @@ def figure(record: dict, path: Path) -> None:
         for name, result in record["results"].items():
             ks = sorted(int(k) for k in result["by_k"])
             values = [result["by_k"][str(k)][metric] for k in ks]
-            style = dict(color="black", marker="o", linewidth=2) if name == "any-k" else dict(marker=".", alpha=0.7)
+            style = (dict(color="black", marker="o", linewidth=2) if name == "any-k" else
+                     dict(color="grey", marker="x", linestyle="--") if name == "any-k-random" else
+                     dict(color="red", marker="s", markersize=8, linestyle="none") if is_vqgan(name) else
+                     dict(marker=".", alpha=0.7))
             line, = axis.plot(ks, values, label=name, **style)
-            if name != "any-k":  # the budget the model was trained at
+            if name.startswith("fixed-k"):  # the budget the model was trained at
                 own = result["trained_k"]
                 axis.plot([own], [result["by_k"][str(own)][metric]], marker="*", markersize=12, color=line.get_color())
         axis.set_xscale("log", base=2)

@@ -11,8 +11,12 @@ the reference's own names for the commonly tuned ones) are mapped.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
+from mvq.config import load_yaml
+from mvq.convert.config import write_native_config
+from mvq.convert.layout import is_reference_model_section
 from mvq.convert.names import MQVAE_NAMES, STACKFORMER_NAMES
 from mvq.distributed import check_accelerator
 from mvq.errors import UserError
@@ -93,12 +97,6 @@ def _our_key(item: str) -> str:
 
 def native_base(base: str) -> str:
     """The config `--base` names; a reference-layout YAML is converted (once, into a temporary file)."""
-    import tempfile
-
-    from mvq.config import load_yaml
-    from mvq.convert.config import write_native_config
-    from mvq.convert.layout import is_reference_model_section
-
     path = resolve_config(base)
     if not is_reference_model_section(load_yaml(path).get("model")):
         return path

@@ -18,6 +18,7 @@ from PIL import Image
 from mvq.errors import UserError
 from mvq.models.card import example_images
 from mvq.models.hub import resolve_pretrained, zoo_models
+from mvq.models.stackformer import Stackformer
 from mvq.models.pretrained import read_pretrained_config, read_tokenizer_record, weights_fingerprint
 from mvq.models.tokenizer import ARCHITECTURES, load_tokenizer
 
@@ -71,8 +72,6 @@ def example_check(tokenizer: str | os.PathLike, stackformer: str | os.PathLike |
     if stackformer is None:
         mse = (vae(images).reconstruction.clamp(-1, 1) - images).pow(2).mean(dim=(1, 2, 3)) / 4  # in [0, 1] units
         return {"examples_psnr": (-10 * torch.log10(mse)).tolist()}
-    from mvq.models.stackformer import Stackformer
-
     model = Stackformer.from_pretrained(resolve_pretrained(stackformer)).eval()
     order = model.config.token_order
     codes, positions = vae.tokenize(images) if order == "raster" else vae.tokenize(images, order=order)

