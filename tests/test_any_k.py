@@ -367,3 +367,31 @@ def test_a_store_with_a_budget_per_image_trains_a_variable_length_stackformer(tm
     codes, positions = trained.generate(2, labels=[0, 1], generator=[torch.Generator().manual_seed(i) for i in range(2)])
     images = model.detokenize(codes, positions)  # rows that end early decode as they are
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("num_tokens", [4, 64])
+def test_a_stackformer_of_another_budget_samples_through_the_pipeline(vae, num_tokens):
+    """A Stackformer trained on a store of `--keep k` (k other than the MQ-VAE's K = 16 of 64 cells) samples
+    k tokens per image and the MQ-VAE decodes them, as it decodes any subset of its cells."""
+    from mvq.inference.pipeline import MVQPipeline
+    from tests.test_sampling import tiny_model
+
+    sf = tiny_model(num_classes=3, grid_size=vae.config.grid_size, num_tokens=num_tokens,
+                    codebook_size=vae.config.codebook_size)
+    images = MVQPipeline(sf, vae)(labels=[0, 1, 2], seed=0)
+    assert images.shape == (3, 16, 16, 3)
+    codes, positions = sf.generate(1, labels=[1], generator=[torch.Generator().manual_seed(0)])
+    assert codes.shape == (1, num_tokens) and torch.isfinite(vae.detokenize(codes, positions)).all()
+
+
+def test_a_vqgan_still_takes_only_stackformers_of_its_full_grid():
+    from mvq.inference.pipeline import MVQPipeline
+    from mvq.models.vqgan import VQGAN
+    from tests.test_sampling import tiny_model
+
+    vqgan = VQGAN.from_config(dict(resolution=16, ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
+                                   z_channels=16, codebook_size=32, codebook_dim=8)).eval()
+    sf = tiny_model(num_classes=3, grid_size=vqgan.config.grid_size, num_tokens=vqgan.config.num_tokens - 1,
+                    codebook_size=32)
+    with pytest.raises(ValueError, match="num_tokens: Stackformer 63 vs VQGAN 64"):
+        MVQPipeline(sf, vqgan)
