@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import shutil
@@ -282,6 +283,30 @@ def test_vqgan_and_plain_gpt_generate_without_the_token_order_frames(tmp_path):
                                        top_p=0.9, position_temperature=1.0, position_top_k=5, position_top_p=0.9,
                                        show_order=True)
     assert len(samples) == 2 and frames is None and "2 samples (class 1" in status
+
+
+@pytest.mark.parametrize("token_order", ["rank", "raster"])
+def test_generate_takes_a_token_count_from_a_rank_order_stackformer(tmp_path, token_order):
+    """Generate's token count: k tokens per sample are the first k of the full sample, so its frames end at k;
+    the model's own count (the slider's default, all a raster-order model offers) samples as before."""
+    from mvq.app.page import generate_handler
+
+    vae_dir, stackformer_dir = tiny_models(tmp_path)
+    config = Stackformer.from_pretrained(stackformer_dir).config
+    torch.manual_seed(1)
+    ranked = Stackformer(dataclasses.replace(config, token_order=token_order))
+    pipe = MVQPipeline(ranked, MQVAE.from_pretrained(vae_dir))
+    controls = dict(label="1", seed=3, count=2, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0,
+                    position_temperature=1.0, position_top_k=0, position_top_p=1.0, show_order=True)
+    generate = generate_handler(pipe)
+    full, full_frames, _ = generate(**controls)
+    same, _, status = generate(**controls, num_tokens=config.num_tokens)
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(full, same)) and "tokens each" not in status
+    part, frames, status = generate(**controls, num_tokens=5)
+    assert len(part) == 2 and "5 tokens each" in status
+    assert frames[-1][1] == "all 5 tokens: the other 59 cells never get one (the decoder fills them in)"
+    assert full_frames[-1][1].startswith(f"all {config.num_tokens} tokens")
+    assert not all(np.array_equal(a, b) for (a, _), (b, _) in zip(full, part))
 
 
 @pytest.mark.slow

@@ -55,12 +55,13 @@ def _sentence(notes: list[str]) -> str:
 
 
 def _sampling(temperature: float, top_k: float, top_p: float, position_temperature: float,
-              position_top_k: float, position_top_p: float, cfg_scale: float) -> SamplingConfig:
-    """Page controls → the sampler's validated settings (top-k 0 and top-p 1 mean off)."""
+              position_top_k: float, position_top_p: float, cfg_scale: float,
+              num_tokens: float | None = None) -> SamplingConfig:
+    """Page controls → the sampler's validated settings (top-k 0 and top-p 1 mean off; no token count: the model's)."""
     return SamplingConfig(temperature=float(temperature), top_k=int(top_k) or None, top_p=float(top_p),
                           position_temperature=float(position_temperature),
                           position_top_k=int(position_top_k) or None, position_top_p=float(position_top_p),
-                          cfg_scale=float(cfg_scale))
+                          cfg_scale=float(cfg_scale), num_tokens=None if num_tokens is None else int(num_tokens))
 
 
 def _label(pipeline: MVQPipeline, value: Any) -> int | None:
@@ -135,10 +136,12 @@ def generate_handler(pipeline: MVQPipeline) -> Callable:
     class_label = pipeline.stackformer.config.class_label
 
     def handle(label, seed, count, cfg_scale, temperature, top_k, top_p, position_temperature, position_top_k,
-               position_top_p, show_order):
+               position_top_p, show_order, num_tokens=None):
+        if num_tokens is not None and int(num_tokens) >= pipeline.stackformer.config.num_tokens:
+            num_tokens = None  # the model's own count (a variable-length model then chooses each image's)
         try:
             settings = _sampling(temperature, top_k, top_p, position_temperature, position_top_k, position_top_p,
-                                 cfg_scale)
+                                 cfg_scale, num_tokens)
             label, seed = _label(pipeline, label), _seed(seed)
             samples = sample_pictures(pipeline, int(count), label, seed, settings)
             frames = token_order_frames(pipeline, label, seed, settings) if show_order and ordered else None
@@ -147,7 +150,9 @@ def generate_handler(pipeline: MVQPipeline) -> Callable:
         what = f"class {class_label(label)}" if label is not None else "unconditional"
         pictures = [(picture, f"sample {i + 1}" + (f" · class {class_label(label)}" if label is not None else ""))
                     for i, picture in enumerate(samples)]
-        return pictures, frames and _token_order_captions(frames), f"{int(count)} samples ({what}, seed {seed})."
+        tokens = "" if num_tokens is None else f", {int(num_tokens)} tokens each"
+        return (pictures, frames and _token_order_captions(frames),
+                f"{int(count)} samples ({what}, seed {seed}{tokens}).")
     return handle
 
 
@@ -369,6 +374,12 @@ def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
             position_top_k = gr.Slider(0, config.num_cells, value=min(10, config.num_cells), step=1,
                                        label="Position top-k")
             position_top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Position top-p")
+    budget = shows_token_order(pipeline) and config.token_order == "rank"
+    num_tokens = gr.Slider(1, config.num_tokens, value=config.num_tokens, step=1, label="Tokens per image",
+                           interactive=budget, elem_id="generate-num-tokens",
+                           info="stop after this many tokens: its rank-order tokens make every prefix a whole image"
+                           if budget else "a Stackformer trained on rank-order tokens (mvq tokenize --order rank) "
+                                          "can stop after any count; this one lists tokens by position")
     ordered = shows_token_order(pipeline)
     show_order = gr.Checkbox(ordered, label="Show where successive tokens land (first sample)", interactive=ordered,
                              elem_id="generate-show-order",
@@ -390,7 +401,7 @@ def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
         return pictures, gr.update(visible=shows), gr.update(value=frames, visible=shows), message
 
     controls = [label, seed, count, cfg_scale, temperature, top_k, top_p, position_temperature, position_top_k,
-                position_top_p, show_order]
+                position_top_p, show_order, num_tokens]
     outputs = [samples, order_heading, order, status]
     button.click(generate, inputs=controls, outputs=outputs)
     example.load_input_event.then(generate, inputs=controls, outputs=outputs)
