@@ -6,6 +6,9 @@ Arms, all from one config with the same steps, batch, learning rate and seed (th
             from [N/16, N]): one model for every budget.
   any-K random  the same with `model.mask_choice = random`: cells kept at random instead of by the learned
             score (the paper's Table 6 ablation, asked at every K).
+  any-K per image / full pass  the same with a K drawn for every image of a batch (`model.train_keep_per =
+            image`), or with the loss at the full K added in every step (`model.train_full_keep_pass`):
+            how to train for every K, each judged against any-K per K.
   VQGAN     with `--vqgan-config`: a VQGAN whose grid has as many cells as one of the budgets (every cell a
             token), trained from its own config with the same steps and data overrides: the baseline at
             equal token count. Trained last, measured at its own count.
@@ -49,6 +52,8 @@ def arms(num_cells: int) -> dict[str, list[str]]:
     table = {f"fixed-k{num_cells // d}": [f"model.keep_ratio={1 / d}"] for d in BUDGET_FRACTIONS}
     table["any-k"] = ["model.keep_ratio=1.0", f"model.train_keep_min={ANY_K_MIN}"]
     table["any-k-random"] = [*table["any-k"], "model.mask_choice=random"]
+    table["any-k-per-image"] = [*table["any-k"], "model.train_keep_per=image"]
+    table["any-k-full-pass"] = [*table["any-k"], "model.train_full_keep_pass=true"]
     return table
 
 
@@ -144,7 +149,9 @@ def main() -> None:
     if args.stage in ("train", "all"):
         # any-K first: it is the question; then the fixed-K arms from the zoo's budget down.
         fixed = sorted((a for a in table if a.startswith("fixed-k")), key=lambda a: -int(a.removeprefix("fixed-k")))
-        for name in [a for a in ["any-k", *fixed, "any-k-random"] if a in table] + [a for a in table if is_vqgan(a)]:
+        order = ["any-k", *fixed, "any-k-random", *(a for a in table if is_vqgan(a)), "any-k-per-image",
+                 "any-k-full-pass"]
+        for name in [a for a in order if a in table]:
             train_arm(args.runs / name, configs[name], [*table[name], *args.overrides], args.steps,
                       args.runs / f"{name}.log", timing, timing_file)
     if args.stage == "train":
@@ -212,6 +219,9 @@ def main() -> None:
     adaptive_vs_random = {str(k): paired_lpips(lpips_per_image["any-k", k], lpips_per_image["any-k-random", k],
                                                "adaptive better", "random better")
                           for k in (budgets if "any-k" in table and "any-k-random" in table else [])}
+    variants = {name: {str(k): paired_lpips(lpips_per_image[name, k], lpips_per_image["any-k", k],
+                                            f"{name} better", "any-k better") for k in budgets}
+                for name in ("any-k-per-image", "any-k-full-pass") if name in table and "any-k" in table}
     against_vqgan = {}  # the VQGAN at its token count against the MQ-VAEs (any-K, and fixed-K if one has it)
     for name in (a for a in table if is_vqgan(a)):
         k = results[name]["trained_k"]
@@ -230,7 +240,7 @@ def main() -> None:
                         "train_wall_seconds": round(timing.get(name, 0.0))} for name in table},
         "num_images": len(images), "rfid_images": min(args.rfid_images, len(images)),
         "results": results, "verdicts": verdicts, "adaptive_vs_random": adaptive_vs_random,
-        "any_k_against_vqgan": against_vqgan,
+        "any_k_against_vqgan": against_vqgan, "any_k_training_variants": variants,
         "command": " ".join(["python", "experiments/any_k/rate_distortion.py", *map(shlex.quote, sys.argv[1:])]),
         "evaluate_wall_seconds": round(time.time() - started), "threads": torch.get_num_threads(),
     }
