@@ -374,13 +374,13 @@ def _generate_tab(gr: ModuleType, pipeline: MVQPipeline) -> None:
             position_top_k = gr.Slider(0, config.num_cells, value=min(10, config.num_cells), step=1,
                                        label="Position top-k")
             position_top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Position top-p")
-    budget = shows_token_order(pipeline) and config.token_order == "rank"
+    ordered = shows_token_order(pipeline)
+    budget = ordered and config.token_order == "rank"
     num_tokens = gr.Slider(1, config.num_tokens, value=config.num_tokens, step=1, label="Tokens per image",
                            interactive=budget, elem_id="generate-num-tokens",
                            info="stop after this many tokens: its rank-order tokens make every prefix a whole image"
                            if budget else "a Stackformer trained on rank-order tokens (mvq tokenize --order rank) "
                                           "can stop after any count; this one lists tokens by position")
-    ordered = shows_token_order(pipeline)
     show_order = gr.Checkbox(ordered, label="Show where successive tokens land (first sample)", interactive=ordered,
                              elem_id="generate-show-order",
                              info=None if ordered else "these models fill the token grid in raster order, and only "

@@ -215,6 +215,15 @@ def tokenizer_name(vae_config: Any) -> str:
     return getattr(type(vae_config), "DISPLAY_NAME", "tokenizer")
 
 
+def decodes_any_budget(vae_config: Any, num_tokens: int) -> bool:
+    """Whether the tokenizer decodes `num_tokens` per image whatever its own K.
+
+    An MQ-VAE decodes any subset of its N cells (what a `--keep` store, or a Stackformer learnt from
+    one, holds); a VQGAN only its full grid.
+    """
+    return tokenizer_name(vae_config) == "MQ-VAE" and num_tokens <= int(vae_config.grid_size) ** 2
+
+
 def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: Any,
                      weights_sha256: str | None = None, any_budget: bool = False) -> None:
     """Raise InvalidInputError unless the tokenizer (MQ-VAE or VQGAN) with `vae_config` can decode a store's tokens.
@@ -231,7 +240,7 @@ def check_compatible(header: TokenStoreHeader | Mapping[str, Any], vae_config: A
         header = TokenStoreHeader.from_json(header)
     expected, found = vae_token_geometry(vae_config), vae_token_geometry(header)
     name = tokenizer_name(vae_config)
-    if any_budget and name == "MQ-VAE" and found["num_tokens"] <= found["grid_size"] ** 2:
+    if any_budget and decodes_any_budget(vae_config, found["num_tokens"]):
         expected["num_tokens"] = found["num_tokens"]
     elif header.variable_length or (header.source.get("keep") is not None
                                     and found["num_tokens"] != expected["num_tokens"]):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mvq.config import recorded_config_differences
-from mvq.data.token_store import tokenizer_name, vae_token_geometry
+from mvq.data.token_store import decodes_any_budget, tokenizer_name, vae_token_geometry
 from mvq.distributed import resolve_device
 from mvq.errors import UserError
 from mvq.evaluation.image_metrics import from_uint8_hwc, to_uint8_hwc
@@ -72,8 +72,8 @@ class MVQPipeline:
     def __init__(self, stackformer: Stackformer, vae: MQVAE | VQGAN, precision: str = "fp32"):
         s, v = vae_token_geometry(stackformer.config), vae_token_geometry(vae.config)
         tokenizer = tokenizer_name(vae.config)
-        if tokenizer == "MQ-VAE" and s["num_tokens"] <= v["grid_size"] ** 2:
-            v["num_tokens"] = s["num_tokens"]  # learnt from a store of another budget: an MQ-VAE decodes any cells
+        if decodes_any_budget(vae.config, s["num_tokens"]):
+            v["num_tokens"] = s["num_tokens"]  # learnt from a store of another budget
         mismatches = [f"{name}: Stackformer {s[name]} vs {tokenizer} {v[name]}" for name in s if s[name] != v[name]]
         if mismatches:
             raise SamplingError(f"the Stackformer was not trained on this {tokenizer}'s tokens (" + "; ".join(mismatches)
