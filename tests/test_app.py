@@ -76,8 +76,13 @@ def tiny_vqgan_models(folder: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
-    """Tiny random models, or the trained ones of a `mvq demo` output folder named by MVQ_APP_MODELS."""
+    """Tiny random models, or trained ones named by MVQ_APP_MODELS: "zoo" (what `mvq app` serves with no
+    folders) or a `mvq demo` output folder."""
     trained = os.environ.get("MVQ_APP_MODELS")
+    if trained == "zoo":
+        from mvq.models.zoo import first_pair
+
+        return first_pair()
     if trained:
         return Path(trained) / "mqvae", Path(trained) / "stackformer"
     return tiny_models(tmp_path_factory.mktemp("models"))
