@@ -9,7 +9,7 @@ Arms, all from one config with the same steps, batch, learning rate and seed (th
   any-K per image / full pass  the same with a K drawn for every image of a batch (`model.train_keep_per =
             image`), or with the loss at the full K added in every step (`model.train_full_keep_pass`):
             how to train for every K, each judged against any-K per K.
-  VQGAN     with `--vqgan-config`: a VQGAN whose grid has as many cells as one of the budgets (every cell a
+  VQGAN     with `--vqgan-config` (repeatable): a VQGAN whose grid has as many cells as one of the budgets (every cell a
             token), trained from its own config with the same steps and data overrides: the baseline at
             equal token count. Trained last, measured at its own count.
 Each arm is `mvq train CONFIG --run-dir RUNS/ARM model... trainer.max_steps=STEPS`, run one after the
@@ -118,8 +118,8 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=1000)
     parser.add_argument("--rfid-images", type=int, default=500, help="the first of those measured for rFID")
     parser.add_argument("--stage", choices=["train", "evaluate", "all"], default="all")
-    parser.add_argument("--vqgan-config", help="adds a VQGAN arm trained from this config (its grid's cell "
-                        "count is its token count)")
+    parser.add_argument("--vqgan-config", action="append", default=[], help="adds a VQGAN arm trained from this "
+                        "config (its grid's cell count is its token count); repeat it for several")
     parser.add_argument("--arms", nargs="+", help="train and evaluate only these arms (default: all; a verdict "
                         "needs both arms it compares)")
     parser.add_argument("--results", type=Path, default=REPOSITORY / "experiments" / "results")
@@ -134,10 +134,10 @@ def main() -> None:
     n = config.model.num_cells
     table = arms(n)
     configs = dict.fromkeys(table, args.config)
-    if args.vqgan_config:
-        _, vqgan = load_training_config(args.vqgan_config, args.overrides)
+    for vqgan_config in args.vqgan_config:
+        _, vqgan = load_training_config(vqgan_config, args.overrides)
         name = f"vqgan-k{vqgan.model.num_tokens}"
-        table[name], configs[name] = [], args.vqgan_config
+        table[name], configs[name] = [], vqgan_config
     if args.arms:
         unknown = sorted(set(args.arms) - set(table))
         if unknown:
