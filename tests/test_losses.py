@@ -207,6 +207,18 @@ def test_gan_term_is_zero_before_disc_start():
     assert d_loss.item() > 0
 
 
+def test_null_disc_start_builds_no_discriminator():
+    decoder = ToyDecoder(torch.randn(2, 5, 16, 16))
+    inputs = torch.rand(2, 3, 16, 16) * 2 - 1
+    loss_fn = Stage1Loss(Stage1LossConfig(**SMALL_DISC, disc_start=None))
+    assert loss_fn.discriminator is None and not loss_fn.gan_active(10**9)
+    assert not any(key.startswith("discriminator.") for key in loss_fn.state_dict())
+    loss, logs = loss_fn.generator_loss(inputs, decoder(), torch.tensor(0.3), 10**9, decoder.conv_out.weight)
+    assert loss.item() == pytest.approx(((inputs - decoder()).abs().mean() + 0.3).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="no discriminator"):
+        loss_fn.discriminator_loss(inputs, decoder(), 0)
+
+
 def test_gradients_reach_the_generator_and_not_through_the_discriminator_loss():
     loss_fn = Stage1Loss(Stage1LossConfig(**SMALL_DISC))
     decoder = ToyDecoder(torch.randn(2, 5, 16, 16))

@@ -83,6 +83,18 @@ def test_missing_vgg_weights_stop_before_first_step(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_run_without_discriminator_saves_none_and_resumes_exactly(tmp_path):
+    # disc_start: null builds no discriminator: the checkpoint holds the generator and its optimizer alone.
+    steps = 8
+    path = tiny_stage1_config(tmp_path, loss={"disc_start": None}, trainer={"max_steps": steps})
+    assert_interrupted_run_resumes_exactly(path, tmp_path, steps)
+    ckpt, state = model_state(tmp_path / "interrupted")
+    assert not any(k.startswith("loss.") for k in state)
+    assert len(ckpt["optimizer_states"]) == 1 and len(ckpt["lr_schedulers"]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
     steps = 16
     # Two loading workers: their prefetching starts before the resumed run's later hooks.

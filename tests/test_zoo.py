@@ -18,6 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RELEASED = {name: folder for name, folder in zoo_models().items() if ModelCard.load(folder) is not None}
 
 
+def zoo_script(name: str):
+    """experiments/zoo/NAME.py as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "zoo" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("name", sorted(RELEASED) or [pytest.param(None, marks=pytest.mark.skip(
     reason="no released zoo model yet (zoo/README.md lists those in training)"))])
 def test_a_released_model_reproduces_its_record_on_its_examples(name):
@@ -62,8 +72,6 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
 
     # A Stackformer trained on the released tokenizer's tokens, released with generation metrics (FID by a
     # stand-in feature network: what is checked here is the release, not Inception).
-    import importlib.util
-
     import mvq.evaluation
     import yaml
     from mvq.data import build_dataset
@@ -88,9 +96,7 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
               "run": {"image_every_n_steps": 0, "checkpoint_every_n_steps": 2}}
     (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(stage2))
     run2 = train(str(tmp_path / "stage2.yaml"), [], run_dir=str(tmp_path / "run2"))
-    spec = importlib.util.spec_from_file_location("release", ROOT / "experiments" / "zoo" / "release.py")
-    release = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(release)
+    release = zoo_script("release")
     monkeypatch.setattr(sys, "argv", [
         "release.py", "--run", str(run2), "--name", "test-tiny-gen", "--summary", "A tiny test generator.",
         "--training-data", "its tokens.", "--command", "mvq train y", "--zoo", str(tmp_path / "zoo"),
@@ -108,9 +114,7 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
     assert "samples.png" in card.notes and (tmp_path / "zoo" / "test-tiny-gen" / "samples.png").is_file()
 
     # The guidance sweep that chooses the release's scale: every scale measured, the lowest FID chosen.
-    spec = importlib.util.spec_from_file_location("guidance", ROOT / "experiments" / "zoo" / "guidance.py")
-    guidance = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(guidance)
+    guidance = zoo_script("guidance")
     monkeypatch.setattr(sys, "argv", [
         "guidance.py", "--run", str(run2), "--tokenizer", str(tokenizer), "--fid-reference", str(tmp_path / "ref.npz"),
         "--scales", "1", "3", "--num-samples", "8", "--sample-batch-size", "4", "--work", str(tmp_path / "sweep"),
@@ -124,15 +128,11 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
 
 def test_release_examples_are_one_per_class_also_from_a_subset(tmp_path):
     """A validation split limited by data.max_val_images is a Subset: its classes are its dataset's."""
-    import importlib.util
-
     from torch.utils.data import Subset
 
     from mvq.data.synthetic import SyntheticShapes
 
-    spec = importlib.util.spec_from_file_location("release", ROOT / "experiments" / "zoo" / "release.py")
-    release = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(release)
+    release = zoo_script("release")
     labels = release.write_examples(tmp_path, Subset(SyntheticShapes(12, 16, seed=0, split="val"), range(1, 12)))
     assert labels == [0, 1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "examples").glob("*.png")) == [
@@ -160,3 +160,50 @@ def test_the_readme_zoo_examples_run_as_written(tmp_path, monkeypatch, capsys):
                 if "# should print " in line]
     assert expected and all(line in printed for line in expected), printed
     assert (tmp_path / "reconstruction.png").is_file() and (tmp_path / "samples.png").is_file()
+
+
+def test_given_examples_are_the_central_squares_at_the_model_resolution(tmp_path):
+    """Examples taken from a folder (data that may not be redistributed keep theirs out of the zoo)."""
+    import numpy as np
+    from PIL import Image
+
+    from mvq.errors import UserError
+
+    release = zoo_script("release")
+    source = tmp_path / "photos"
+    source.mkdir()
+    wide = np.zeros((40, 120, 3), np.uint8)
+    wide[:, 40:80] = (255, 0, 0)  # only the central square is red
+    Image.fromarray(wide).save(source / "b-wide.jpg", quality=100)
+    Image.fromarray(np.full((64, 32, 3), 200, np.uint8)).save(source / "a-tall.png")
+    (source / "notes.txt").write_text("not an image")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    release.write_given_examples(model_dir, source, 16)
+    written = sorted((model_dir / "examples").iterdir())
+    assert [p.name for p in written] == ["00-a-tall.png", "01-b-wide.png"]
+    red = np.asarray(Image.open(written[1]), dtype=np.float32)
+    assert red.shape == (16, 16, 3) and red[..., 0].min() > 200 and red[..., 1:].max() < 60
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no .png or .jpg"):
+        release.write_given_examples(model_dir, empty, 16)
+
+
+def test_quality_curve_counts_training_time_within_spans_only(tmp_path):
+    """Two spans of one run, an idle day between them: the hours are those of training."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    curve = zoo_script("curve")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for created, scalars in ((1_000, [("val/psnr", 10, 15.0, 1_360), ("train/l1_loss", 20, 0.3, 4_600)]),
+                             (90_000, [("val/psnr", 30, 17.5, 91_800)])):
+        writer = SummaryWriter(str(tmp_path / str(created)))
+        for tag, step, value, wall in scalars:
+            writer.add_scalar(tag, value, step, walltime=wall)
+        writer.close()
+        (written,) = (tmp_path / str(created)).glob("events.out.tfevents.*")
+        written.rename(logs / f"events.out.tfevents.{created}.host.1.0")
+    rows = curve.validation_curve(logs)
+    assert [(row["step"], row["hours"], row["val/psnr"]) for row in rows] == [(10, 0.1, 15.0), (30, 1.5, 17.5)]

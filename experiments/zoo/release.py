@@ -14,7 +14,8 @@ A tokenizer is exported from its run's best checkpoint to ZOO/NAME (config.json,
 and evaluated on the validation split of the run's own data config: PSNR, SSIM, L1 and codebook
 use, LPIPS-VGG and rFID when their networks are installed (`mvq weights install`). A few validation
 images (one per class where the data have classes) go to ZOO/NAME/examples/, the app's examples,
-with a figure of their reconstructions.
+with a figure of their reconstructions; `--examples DIR` takes DIR's images instead (each one's
+central square at the model's resolution), for data whose licence keeps them out of the repository.
 
 A Stackformer is exported from its run's last checkpoint and measured by what it generates:
 `--num-samples` class-balanced samples (`mvq sample`, resumable in --work), FID against
@@ -100,6 +101,27 @@ def write_examples(model_dir: Path, dataset) -> list[int]:
         suffix = "" if label is None else "-" + "".join(c if c.isalnum() else "-" for c in classes[label].lower())
         save_image((torch.as_tensor(dataset[index]["image"]) + 1) / 2, folder / f"{n:02d}{suffix}.png")
     return [label for _, label in chosen if label is not None]
+
+
+def write_given_examples(model_dir: Path, source: Path, resolution: int) -> None:
+    """The PNG/JPEG images of SOURCE (name order) as ZOO/NAME/examples/NN-STEM.png: each one's central
+    square, resized to `resolution` (Lanczos)."""
+    from PIL import Image
+
+    from mvq.errors import UserError
+    from mvq.models.card import EXAMPLES_DIR
+
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise UserError(f"--examples {source}: no .png or .jpg images there")
+    folder = model_dir / EXAMPLES_DIR
+    folder.mkdir(exist_ok=True)
+    for n, file in enumerate(files):
+        image = Image.open(file).convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.LANCZOS)
+        image.save(folder / f"{n:02d}-{file.stem}.png")
 
 
 def reconstruction_figure(model_dir: Path) -> str:
@@ -242,6 +264,8 @@ def main() -> None:
     parser.add_argument("--zoo", type=Path, default=REPOSITORY / "zoo")
     parser.add_argument("--results", type=Path, default=REPOSITORY / "experiments" / "results")
     parser.add_argument("--notes", default="", help="more Markdown for the card")
+    parser.add_argument("--examples", type=Path, default=None,
+                        help="a folder of a tokenizer's example images (default: the first validation images)")
     stage2 = parser.add_argument_group("a Stackformer")
     stage2.add_argument("--tokenizer", help="the zoo tokenizer it learnt (a name or folder)")
     stage2.add_argument("--fid-reference", type=Path, help="FID statistics of the validation images (.npz)")
@@ -286,7 +310,12 @@ def main() -> None:
         data = data_config(yaml.safe_load((args.run / "config.yaml").read_text())["data"], args.overrides)
         dataset = build_dataset(data, "val", augment=False)
         metrics = measure_tokenizer(folder, dataset, args.num_images)
-        record.update(data=dataclasses.asdict(data), num_images=args.num_images, example_labels=write_examples(folder, dataset),
+        if args.examples:
+            write_given_examples(folder, args.examples, data.resolution)
+            labels = []
+        else:
+            labels = write_examples(folder, dataset)
+        record.update(data=dataclasses.asdict(data), num_images=args.num_images, example_labels=labels,
                       check=example_check(folder))
         picture = f"![examples, their reconstructions and the cells kept]({reconstruction_figure(folder)})"
     remeasure = " ".join(["python", "experiments/zoo/release.py", *map(shlex.quote, sys.argv[1:])])  # exactly this

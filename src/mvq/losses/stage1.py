@@ -4,7 +4,8 @@ Generator (the MQ-VAE):
     nll  = mean |x - x̂| + perceptual_weight · mean LPIPS(x, x̂)
     loss = nll + codebook_weight · codebook_loss + λ · disc_factor · g,   g = -mean D(x̂)
     λ    = min(clamp(‖∇_w nll‖ / (‖∇_w g‖ + 1e-4), 0, 1e4) · disc_weight, disc_weight_max)
-where w is the decoder's last layer weight; the GAN term is zero before `disc_start`.
+where w is the decoder's last layer weight; the GAN term is zero before `disc_start`, and with
+`disc_start: null` there is no discriminator at all (none is built, trained or checkpointed).
 The adaptive λ balances the two gradients where they meet the image, so the GAN term never
 swamps reconstruction.
 
@@ -37,13 +38,14 @@ class Stage1LossConfig:
 
     vgg_weights: path of the VGG16 file LPIPS needs (None: the torch hub cache).
     disc_weight_max: cap on the adaptive GAN weight (None: no cap).
+    disc_start: the generator step the GAN terms start at (None: never; no discriminator is built).
     """
 
     perceptual_weight: float = 1.0
     codebook_weight: float = 1.0
     disc_weight: float = 0.75
     disc_weight_max: float | None = 1.0
-    disc_start: int = 0
+    disc_start: int | None = 0
     disc_factor: float = 1.0
     disc_layers: int = 3
     disc_channels: int = 64
@@ -55,8 +57,8 @@ class Stage1LossConfig:
                 raise ConfigError(f"loss.{name} must be 0 or more, got {getattr(self, name)}")
         if self.disc_weight_max is not None and self.disc_weight_max < 0:
             raise ConfigError(f"loss.disc_weight_max must be 0 or more (or null), got {self.disc_weight_max}")
-        if self.disc_start < 0:
-            raise ConfigError(f"loss.disc_start must be 0 or more, got {self.disc_start}")
+        if self.disc_start is not None and self.disc_start < 0:
+            raise ConfigError(f"loss.disc_start must be 0 or more (or null: no discriminator), got {self.disc_start}")
         if self.disc_layers < 1 or self.disc_channels < 1:
             raise ConfigError(f"loss.disc_layers and loss.disc_channels must be positive, "
                               f"got {self.disc_layers} and {self.disc_channels}")
@@ -76,7 +78,8 @@ def _restore_perceptual_weights(module: nn.Module, state_dict: dict, prefix: str
 
 
 class Stage1Loss(nn.Module):
-    """Holds the discriminator (trained by its own optimizer) and the frozen LPIPS network.
+    """Holds the discriminator (trained by its own optimizer; None when `disc_start` is null) and the
+    frozen LPIPS network.
 
     `perceptual_weight > 0` needs the VGG16 weights; a missing file raises
     `mvq.storage.network_weights.MissingWeightsError` here, before any training step.
@@ -85,7 +88,9 @@ class Stage1Loss(nn.Module):
     def __init__(self, config: Stage1LossConfig | None = None):
         super().__init__()
         self.config = config = config or Stage1LossConfig()
-        self.discriminator = PatchDiscriminator(3, config.disc_channels, config.disc_layers)
+        self.discriminator = None
+        if config.disc_start is not None:
+            self.discriminator = PatchDiscriminator(3, config.disc_channels, config.disc_layers)
         self.perceptual = None
         if config.perceptual_weight > 0:
             self.perceptual = LPIPS(config.vgg_weights)
@@ -94,7 +99,9 @@ class Stage1Loss(nn.Module):
 
     def gan_active(self, global_step: int) -> bool:
         """Whether the GAN terms count at this step (a caller may skip discriminator work otherwise)."""
-        return global_step >= self.config.disc_start and self.config.disc_factor > 0 and self.config.disc_weight > 0
+        config = self.config
+        return (self.discriminator is not None and global_step >= config.disc_start
+                and config.disc_factor > 0 and config.disc_weight > 0)
 
     def adaptive_gan_weight(self, nll_loss: torch.Tensor, g_loss: torch.Tensor,
                             last_layer: torch.Tensor) -> torch.Tensor:
@@ -143,6 +150,8 @@ class Stage1Loss(nn.Module):
     def discriminator_loss(self, inputs: torch.Tensor, reconstructions: torch.Tensor, global_step: int
                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Hinge loss of the discriminator on real `inputs` and (detached) `reconstructions`."""
+        if self.discriminator is None:
+            raise ValueError("this loss has no discriminator (loss.disc_start is null)")
         logits_real = self.discriminator(inputs.detach().contiguous())
         logits_fake = self.discriminator(reconstructions.detach().contiguous())
         hinge = 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())

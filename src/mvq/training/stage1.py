@@ -49,7 +49,7 @@ class TokenizerTraining(TrainingState, L.LightningModule):
 
         initialize_from(self.model, load_tokenizer(folder), folder)
         disc = Path(folder) / "discriminator.safetensors"
-        if disc.is_file():
+        if disc.is_file() and self.loss.discriminator is not None:
             self.loss.discriminator.load_state_dict(load_file(str(disc)))
 
     # ----------------------------------------------------------------- optimisation
@@ -58,18 +58,17 @@ class TokenizerTraining(TrainingState, L.LightningModule):
         lr = peak_lr(optim, self.config.data.batch_size, self.trainer.world_size)
         self.lr = lr
         betas = tuple(optim.betas)
-        opt_g = torch.optim.Adam(self.model.parameters(), lr=lr, betas=betas, weight_decay=optim.weight_decay)
-        opt_d = torch.optim.Adam(self.loss.discriminator.parameters(), lr=lr, betas=betas,
-                                 weight_decay=optim.weight_decay)
         schedule = schedule_for(self.trainer, optim, lr)
-        sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
-        sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
-        return [opt_g, opt_d], [sched_g, sched_d]
+        modules = [self.model] if self.loss.discriminator is None else [self.model, self.loss.discriminator]
+        optimizers = [torch.optim.Adam(module.parameters(), lr=lr, betas=betas, weight_decay=optim.weight_decay)
+                      for module in modules]
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in optimizers]
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
-        opt_g, opt_d = self.optimizers()
-        sched_g, sched_d = self.lr_schedulers()
+        # Lightning hands back a single optimizer (not a list) when there is no discriminator.
+        opt_g, *opt_d = _as_list(self.optimizers())
+        sched_g, *sched_d = _as_list(self.lr_schedulers())
         accumulate = self.config.optim.accumulate_grad_batches
         stepping = (self.batches_trained + 1) % accumulate == 0
 
@@ -80,17 +79,17 @@ class TokenizerTraining(TrainingState, L.LightningModule):
 
         logs = {f"train/{k}": v for k, v in g_logs.items()}
         if self.loss.gan_active(self.global_step):
-            self.toggle_optimizer(opt_d)
+            self.toggle_optimizer(opt_d[0])
             d_loss, d_logs = self.loss.discriminator_loss(images, out.reconstruction.detach(), self.global_step)
             self.manual_backward(d_loss / accumulate)
-            self.untoggle_optimizer(opt_d)
+            self.untoggle_optimizer(opt_d[0])
             logs.update({f"train/{k}": v for k, v in d_logs.items()})
 
         if stepping:
             clip = self.config.optim.grad_clip
             optimizer_step(self, opt_g, sched_g, clip)
-            # The discriminator's step is not counted: global_step counts generator steps only.
-            optimizer_step(self, opt_d, sched_d, clip, count_step=False)
+            if opt_d:  # its step is not counted: global_step counts generator steps only
+                optimizer_step(self, opt_d[0], sched_d[0], clip, count_step=False)
         self.batches_trained += 1
 
         logs["train/lr"] = torch.tensor(sched_g.get_last_lr()[0])
@@ -158,3 +157,7 @@ class TokenizerTraining(TrainingState, L.LightningModule):
             codebooks = self.all_gather(self.model.quantizer.codebook)
             if not all(torch.equal(codebooks[0], other) for other in codebooks[1:]):
                 raise RuntimeError("the codebooks of the data-parallel ranks differ")
+
+
+def _as_list(items) -> list:
+    return list(items) if isinstance(items, (list, tuple)) else [items]

@@ -1,0 +1,80 @@
+"""Quality against training time of a (long, resumed) run: where it flattens, and what more compute would give.
+
+Reads the run's TensorBoard logs, one events file per span (a span is one `mvq train` process), and
+counts training time within each span only: the gaps between spans are not training. Writes the
+validation curve (step, hours, every val/ scalar) as JSON and, with --plot, a figure of val PSNR
+against hours.
+
+    python experiments/zoo/curve.py --logs zoo/training/photos-64/logs \
+        --out experiments/results/zoo_photos-64_curve.json --plot zoo/photos-64/quality_vs_time.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def validation_curve(logs: Path) -> list[dict]:
+    """One row per validation: step, training hours so far, and the val/ scalars logged at that step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def created(file: Path) -> int:  # events.out.tfevents.UNIXTIME.HOST...: when the span's writer started
+        return int(file.name.split(".")[3])
+
+    files = sorted(logs.glob("events.out.tfevents.*"), key=created)
+    if not files:
+        raise SystemExit(f"curve: no TensorBoard events files in {logs}")
+    rows: dict[int, dict] = {}
+    hours_before = 0.0
+    for file in files:  # one span each, in the order they were written (the name holds the start time)
+        events = EventAccumulator(str(file), size_guidance={"scalars": 0}).Reload()
+        tags = events.Tags()["scalars"]
+        if not tags:
+            continue
+        start = created(file)
+        end = max(max(e.wall_time for e in events.Scalars(tag)) for tag in tags)
+        for tag in (t for t in tags if t.startswith("val/")):
+            for event in events.Scalars(tag):
+                row = rows.setdefault(event.step, {"step": event.step})
+                row["hours"] = round(hours_before + (event.wall_time - start) / 3600, 3)
+                row[tag] = round(event.value, 4)
+        hours_before += (end - start) / 3600
+    return [rows[step] for step in sorted(rows)]
+
+
+def plot(curve: list[dict], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(row["hours"], row["val/psnr"]) for row in curve if "val/psnr" in row]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot([h for h, _ in points], [p for _, p in points], marker=".", lw=1)
+    ax.set_xlabel("training time (hours of one core)")
+    ax.set_ylabel("validation PSNR (dB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--logs", type=Path, required=True, help="a run's logs/ folder")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--plot", type=Path, default=None, help="also draw val PSNR against hours here")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args()
+    curve = validation_curve(args.logs)
+    args.out.write_text(json.dumps({"logs": str(args.logs), "validations": curve}, indent=1) + "\n")
+    if args.plot:
+        plot(curve, args.plot, args.title)
+    last = curve[-1] if curve else {}
+    print(f"curve: {len(curve)} validations, last at step {last.get('step')} after {last.get('hours')} h")
+
+
+if __name__ == "__main__":
+    main()
