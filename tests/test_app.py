@@ -724,7 +724,7 @@ def test_app_serves_a_zoo_tokenizer_and_its_stackformer_by_default(tmp_path, mon
 
     zoo = tmp_path / "zoo"
     vae_dir, stackformer_dir = tiny_models(zoo)
-    other = tiny_vqgan_models(tmp_path / "elsewhere")[1]  # a generator of another tokenizer: never paired
+    other_tokenizer, other = tiny_vqgan_models(tmp_path / "elsewhere")  # a generator of another tokenizer: never paired
     import shutil
 
     shutil.copytree(other, zoo / "a-gpt")
@@ -737,6 +737,23 @@ def test_app_serves_a_zoo_tokenizer_and_its_stackformer_by_default(tmp_path, mon
     monkeypatch.setattr(mvq.app.page, "serve", lambda app, host, port: served.append(app))
     main(["app", "--device", "cpu"])
     assert len(served) == 1 and f"mvq app: MQ-VAE {vae_dir}, Stackformer {stackformer_dir}" in capsys.readouterr().out
+    assert not any(getattr(block, "elem_id", None) == "tab-tokenize-photos" for block in served[0].blocks.values())
+
+    # Another zoo tokenizer gets a Tokenize tab of its own, wired to that model (its GPT leaves first: with
+    # its tokenizer in the zoo, that pair would come first by name).
+    shutil.rmtree(zoo / "a-gpt")
+    shutil.copytree(other_tokenizer, zoo / "photos")
+    main(["app", "--device", "cpu"])
+    assert f'mvq app: VQGAN {zoo / "photos"} in the tab "Tokenize with photos"' in capsys.readouterr().out
+    blocks = {getattr(block, "elem_id", None): block for block in served[-1].blocks.values()}
+    assert {"tab-tokenize", "tab-tokenize-photos", "tokenize-photos-upload", "tokenize-upload"} <= set(blocks)
+    assert "Tokenize with photos" in blocks["introduction"].value
+    (handler,) = [f.fn for f in served[-1].fns.values()  # what the tab's button runs
+                  if (blocks["tokenize-photos-button"]._id, "click") in f.targets]
+    assert [f.inputs[0] for f in served[-1].fns.values() if f.fn is handler][0] is blocks["tokenize-photos-upload"]
+    photo = save(Image.fromarray(shapes_photo(16, 16)[..., :3]), tmp_path, "photo.png")
+    _, summary, status = handler(str(photo))
+    assert "**64 tokens**" in summary and "Error" not in status  # the VQGAN's 8×8 grid, not the MQ-VAE's 16 tokens
     shutil.rmtree(stackformer_dir)  # a tokenizer alone in the zoo: no pair, so the demo's models (absent here)
     assert zoo_pair() is None
     with pytest.raises(SystemExit):

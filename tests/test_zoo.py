@@ -207,3 +207,30 @@ def test_quality_curve_counts_training_time_within_spans_only(tmp_path):
         written.rename(logs / f"events.out.tfevents.{created}.host.1.0")
     rows = curve.validation_curve(logs)
     assert [(row["step"], row["hours"], row["val/psnr"]) for row in rows] == [(10, 0.1, 15.0), (30, 1.5, 17.5)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_span_continues_from_the_kept_copy_and_keeps_its_end(tmp_path, monkeypatch):
+    """A fresh clone holds only the kept copy: the span trains on from it, stops in time, and keeps the new end."""
+    import shutil
+    import signal
+
+    from tests.train_helpers import start_training_until, tiny_stage1_config
+
+    span = zoo_script("span")
+    config = tiny_stage1_config(tmp_path, trainer={"max_steps": 100_000, "val_check_interval": 50},
+                                run={"image_every_n_steps": 0})
+    run, keep = tmp_path / "run", tmp_path / "keep"
+    first = start_training_until(config, run, run / "checkpoints" / "last.ckpt")
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    span.copy_run(run, keep)
+    started = span.global_step(keep)
+    shutil.rmtree(run)  # what a fresh clone lacks
+    monkeypatch.setattr(sys, "argv", ["span.py", "--run", str(run), "--keep", str(keep), "--seconds", "20"])
+    span.main()
+    ended = span.global_step(keep)
+    assert started >= 2 and ended > started and span.global_step(run) == ended
+    assert (keep / "config.yaml").read_text() == (run / "config.yaml").read_text()
+    assert len(list((keep / "logs").glob("events.out.tfevents.*"))) == 2  # one per span

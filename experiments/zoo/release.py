@@ -326,6 +326,7 @@ def main() -> None:
                      metrics_command=remeasure, notes=notes)
     card.save(folder)
     record.update(metrics=metrics, metrics_command=remeasure)
+    args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"zoo_{args.name}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from mvq.app.uploads import MAX_UPLOAD_BYTES, prepare_upload
@@ -29,6 +31,25 @@ if TYPE_CHECKING:
     from mvq.models.mqvae import MQVAE
     from mvq.models.vqgan import VQGAN
     from mvq.inference.pipeline import MVQPipeline
+
+@dataclass
+class ExtraTokenizer:
+    """A further tokenizer served in a Tokenize tab of its own (a zoo tokenizer beside the pair's)."""
+
+    name: str
+    vae: MQVAE | VQGAN
+    card: ModelCard | None = None
+    examples: Sequence[Path] = ()
+
+    @property
+    def prefix(self) -> str:
+        """The start of its tab's element ids."""
+        return "tokenize-" + "".join(ch if ch.isalnum() else "-" for ch in self.name)
+
+    @property
+    def tab(self) -> str:
+        return f"Tokenize with {self.name}"
+
 
 # Errors a handler shows on the page; anything else is a bug and gets the framework's error report.
 SHOWN_ERRORS = (UserError,)
@@ -311,36 +332,36 @@ def _clear_on_new_upload(upload: Any, outputs: list, button: str) -> None:
 FIRST_STEP = "Upload an image or click an example."
 
 
-def _budget_inputs(gr: ModuleType, vae: MQVAE | VQGAN) -> list:
+def _budget_inputs(gr: ModuleType, vae: MQVAE | VQGAN, prefix: str = "tokenize") -> list:
     """An MQ-VAE's token budget (a slider) and a PSNR target that picks it per image; none for a VQGAN."""
     c = vae.config
     if not hasattr(c, "keep_count"):
         return []
     trained = ("trained for any budget up to K" if c.any_k else
                f"trained to keep {c.num_tokens}: other budgets work outside what it learned")
-    return [gr.Slider(1, c.num_cells, value=c.num_tokens, step=1, label="Tokens to keep", elem_id="tokenize-keep",
+    return [gr.Slider(1, c.num_cells, value=c.num_tokens, step=1, label="Tokens to keep", elem_id=f"{prefix}-keep",
                       info=f"the best-ranked cells; this model was {trained}"),
-            gr.Number(0, label="Or a PSNR target in dB (0: off)", minimum=0, maximum=100, elem_id="tokenize-target",
+            gr.Number(0, label="Or a PSNR target in dB (0: off)", minimum=0, maximum=100, elem_id=f"{prefix}-target",
                       info="keeps the fewest tokens whose reconstruction reaches it (overrides the slider)")]
 
 
-def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN, examples: Sequence[Path]) -> Any:
-    """The Tokenize tab; returns its status line."""
+def _tokenize_tab(gr: ModuleType, vae: MQVAE | VQGAN, examples: Sequence[Path], prefix: str = "tokenize") -> Any:
+    """A Tokenize tab (its elements' ids start with `prefix`); returns its status line."""
     r = vae.config.resolution
     gr.Markdown(f"Upload an image of any size, or click an example: it is resized (shorter side) and "
                 f"centre-cropped to the model's {r}×{r} pixels. The {vae.display_name} keeps "
                 f"{vae.config.num_tokens} of its {vae.config.num_cells} cells as tokens and decodes the image "
                 "from them.")
     with gr.Row():
-        upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="tokenize-upload")
+        upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id=f"{prefix}-upload")
         with gr.Column():
-            budget = _budget_inputs(gr, vae)
-            button = gr.Button("Tokenize", variant="primary", elem_id="tokenize-button")
-    picks = _examples(gr, examples, r, "tokenize-examples")
-    status = gr.Markdown(elem_id="tokenize-status")
-    summary = gr.Markdown(elem_id="tokenize-summary")
-    _, pictures = _pictures(gr, "Results", "tokenize-results", columns=4)
-    gr.HTML(colour_scale_html(), elem_id="tokenize-score-scale")
+            budget = _budget_inputs(gr, vae, prefix)
+            button = gr.Button("Tokenize", variant="primary", elem_id=f"{prefix}-button")
+    picks = _examples(gr, examples, r, f"{prefix}-examples")
+    status = gr.Markdown(elem_id=f"{prefix}-status")
+    summary = gr.Markdown(elem_id=f"{prefix}-summary")
+    _, pictures = _pictures(gr, "Results", f"{prefix}-results", columns=4)
+    gr.HTML(colour_scale_html(), elem_id=f"{prefix}-score-scale")
     outputs = [pictures, summary, status]
     button.click(tokenize_handler(vae), inputs=[upload, *budget], outputs=outputs)
     if budget:  # a new budget or target shows its result at once
@@ -441,20 +462,13 @@ def _complete_tab(gr: ModuleType, pipeline: MVQPipeline, examples: Sequence[Path
 
 
 def introduction(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None,
-                 cards: dict[str, ModelCard | None] | None = None) -> str:
+                 cards: dict[str, ModelCard | None] | None = None, more_tokenizers: Sequence[ExtraTokenizer] = ()) -> str:
     """What the page's models do and what they are, in a few sentences for someone who has read nothing.
 
     `cards` ("tokenizer", "generator") are the models' cards: what each was trained on is said from them.
     """
     c, cards = vae.config, cards or {}
-    if hasattr(c, "keep_count"):
-        tokenizer = (f"The **MQ-VAE** (tokenizer) turns a {c.resolution}×{c.resolution} image into {c.num_tokens} "
-                     f"tokens: it scores the {c.num_cells} cells of a {c.grid_size}×{c.grid_size} grid by importance, "
-                     f"keeps the best {c.num_tokens}, and stores a codebook entry and a position for each; its decoder "
-                     "rebuilds the whole image from them.")
-    else:
-        tokenizer = (f"The **VQGAN** (tokenizer) turns a {c.resolution}×{c.resolution} image into one token for each "
-                     f"of the {c.num_cells} cells of a {c.grid_size}×{c.grid_size} grid, and decodes them back.")
+    tokenizer = _tokenizer_sentence(vae)
     tokenizer_card, generator_card = cards.get("tokenizer"), cards.get("generator")
     same_data = (pipeline is not None and tokenizer_card and generator_card
                  and tokenizer_card.training_data == generator_card.training_data)
@@ -467,10 +481,25 @@ def introduction(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None,
                      f"goes.{classes}" + ("" if same_data else _trained_on(generator_card)))
     if same_data:
         parts.append(f"Both were trained on {tokenizer_card.training_data}")
+    for extra in more_tokenizers:
+        parts.append(f"The tab *{extra.tab}* serves another tokenizer, **{extra.name}**, on "
+                     f"{extra.vae.config.resolution}×{extra.vae.config.resolution} images." + _trained_on(extra.card))
     parts.append(f"Images far from what the models were trained on (a photograph given to a model of "
                  f"{c.resolution}-pixel drawings, say) come back blurred or in the wrong colours: that is the "
                  "model's limit, not a fault of the page.")
     return "\n\n".join(parts)
+
+
+def _tokenizer_sentence(vae: MQVAE | VQGAN) -> str:
+    """What a tokenizer does with an image, in its own numbers."""
+    c = vae.config
+    if hasattr(c, "keep_count"):
+        return (f"The **MQ-VAE** (tokenizer) turns a {c.resolution}×{c.resolution} image into {c.num_tokens} "
+                f"tokens: it scores the {c.num_cells} cells of a {c.grid_size}×{c.grid_size} grid by importance, "
+                f"keeps the best {c.num_tokens}, and stores a codebook entry and a position for each; its decoder "
+                "rebuilds the whole image from them.")
+    return (f"The **VQGAN** (tokenizer) turns a {c.resolution}×{c.resolution} image into one token for each "
+            f"of the {c.num_cells} cells of a {c.grid_size}×{c.grid_size} grid, and decodes them back.")
 
 
 def _trained_on(card: ModelCard | None) -> str:
@@ -489,18 +518,24 @@ def warm_up(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None) -> None:
 
 
 def build_app(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None, title: str = "mvq: masked vector quantization",
-              cards: dict[str, ModelCard | None] | None = None, examples: Sequence[Path] = ()) -> Any:
+              cards: dict[str, ModelCard | None] | None = None, examples: Sequence[Path] = (),
+              more_tokenizers: Sequence[ExtraTokenizer] = ()) -> Any:
     """The page for an MQ-VAE and (optionally) a Stackformer trained on its tokens.
 
     `cards`: the models' cards ("tokenizer", "generator"), for the introduction; `examples`: images
-    to click on in Tokenize and Complete (a few of the tokenizer's validation images).
+    to click on in Tokenize and Complete (a few of the tokenizer's validation images);
+    `more_tokenizers`: further tokenizers, each in a Tokenize tab of its own.
     """
     gr = import_gradio()
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# {title}")
-        gr.Markdown(introduction(vae, pipeline, cards), elem_id="introduction")
+        gr.Markdown(introduction(vae, pipeline, cards, more_tokenizers), elem_id="introduction")
         with gr.Tab("Tokenize", elem_id="tab-tokenize"):
-            tokenize_status = _tokenize_tab(gr, vae, examples)
+            statuses = [_tokenize_tab(gr, vae, examples)]
+        for extra in more_tokenizers:
+            with gr.Tab(extra.tab, elem_id=f"tab-{extra.prefix}"):
+                gr.Markdown(_tokenizer_sentence(extra.vae) + _trained_on(extra.card))
+                statuses.append(_tokenize_tab(gr, extra.vae, extra.examples, extra.prefix))
         with gr.Tab("Generate", elem_id="tab-generate"):
             if pipeline is None:
                 gr.Markdown("No Stackformer loaded: start the app with `--stackformer DIR` to sample images.")
@@ -513,8 +548,9 @@ def build_app(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None, title: str = "mv
                 _complete_tab(gr, pipeline, examples)
         # An event at page load opens the page's connection to the event queue, which the first event would
         # otherwise wait for (about 2 s here): a newcomer's first click answers as fast as any later one.
-        app.load(lambda: FIRST_STEP, outputs=tokenize_status)
-    app.mvq_examples = [str(p) for p in examples]  # served as files: `serve` allows exactly these
+        app.load(lambda: (FIRST_STEP,) * len(statuses), outputs=statuses)
+    served = [*examples, *(path for extra in more_tokenizers for path in extra.examples)]
+    app.mvq_examples = [str(p) for p in served]  # served as files: `serve` allows exactly these
     return app
 
 

@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(upload an image → kept cells, importance scores, reconstruction, token count, PSNR), "
                     "Generate (class, seed, guidance and per-stream sampling settings → samples) and Complete. "
                     "Without --vae and --stackformer it serves the first zoo tokenizer and the zoo Stackformer "
-                    f"trained on its tokens, else the models of `mvq demo` ({DEMO_VAE} and {DEMO_STACKFORMER}) "
-                    "when they exist.")
+                    "trained on its tokens, and every other zoo tokenizer in a Tokenize tab of its own; else the "
+                    f"models of `mvq demo` ({DEMO_VAE} and {DEMO_STACKFORMER}) when they exist.")
     parser.add_argument("--vae", metavar="DIR", help=f"pretrained MQ-VAE or VQGAN folder (default: {DEMO_VAE})")
     parser.add_argument("--stackformer", metavar="DIR",
                         help="pretrained Stackformer folder trained on that MQ-VAE's tokens (default with no "
@@ -34,24 +34,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def model_folders(vae: str | None, stackformer: str | None) -> tuple[Path, Path | None]:
-    """The folders to load: the ones given; else a zoo tokenizer and its Stackformer; else the demo's."""
+def model_folders(vae: str | None, stackformer: str | None) -> tuple[Path, Path | None, dict[str, Path]]:
+    """The folders to load, and further tokenizers (name → folder) for tabs of their own: the ones given;
+    else a zoo tokenizer and its Stackformer, with the zoo's other tokenizers; else the demo's."""
     from mvq.errors import UserError
     from mvq.models.hub import resolve_pretrained
 
     if vae is None and stackformer is not None:
         raise UserError("--stackformer needs --vae DIR, the MQ-VAE whose tokens it was trained on")
     if vae is not None:
-        return resolve_pretrained(vae), None if stackformer is None else resolve_pretrained(stackformer)
-    from mvq.models.zoo import first_pair
+        return resolve_pretrained(vae), None if stackformer is None else resolve_pretrained(stackformer), {}
+    from mvq.models.zoo import first_pair, zoo_tokenizers
 
     zoo = first_pair()
     if zoo is not None:
-        return zoo
+        tokenizer, generator = zoo
+        others = {name: folder for name, folder in zoo_tokenizers().items() if folder.resolve() != tokenizer.resolve()}
+        return tokenizer, generator, others
     if not DEMO_VAE.is_dir():
         raise UserError(f"no models to serve: pass --vae DIR (and --stackformer DIR), or run `mvq demo` first, "
                         f"which writes {DEMO_VAE} and {DEMO_STACKFORMER}")
-    return DEMO_VAE, DEMO_STACKFORMER if DEMO_STACKFORMER.is_dir() else None
+    return DEMO_VAE, DEMO_STACKFORMER if DEMO_STACKFORMER.is_dir() else None, {}
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -74,8 +77,8 @@ def run(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     check_port_free(args.host, args.port)  # before any model loads: a port in use answers at once
-    vae_dir, stackformer_dir = model_folders(args.vae, args.stackformer)
-    from mvq.app.page import build_app, import_gradio, serve, warm_up
+    vae_dir, stackformer_dir, other_dirs = model_folders(args.vae, args.stackformer)
+    from mvq.app.page import ExtraTokenizer, build_app, import_gradio, serve, warm_up
 
     import_gradio()  # fail on a missing extra before loading any model
     from mvq.distributed import resolve_device
@@ -98,6 +101,12 @@ def run(args: argparse.Namespace) -> None:
         print(f"mvq app: {vae.display_name} {vae_dir}, Stackformer {stackformer_dir}", flush=True)
     cards = {"tokenizer": ModelCard.load(vae_dir),
              "generator": None if stackformer_dir is None else ModelCard.load(stackformer_dir)}
-    app = build_app(vae, pipeline, cards=cards, examples=examples)
+    more = [ExtraTokenizer(name, load_tokenizer(folder, map_location=device).eval(), ModelCard.load(folder),
+                           example_images(folder)) for name, folder in other_dirs.items()]
+    for extra in more:
+        print(f"mvq app: {extra.vae.display_name} {other_dirs[extra.name]} in the tab \"{extra.tab}\"", flush=True)
+    app = build_app(vae, pipeline, cards=cards, examples=examples, more_tokenizers=more)
     warm_up(vae, pipeline)
+    for extra in more:
+        warm_up(extra.vae, None)
     serve(app, host=args.host, port=args.port)

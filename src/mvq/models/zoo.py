@@ -23,7 +23,8 @@ from mvq.models.pretrained import read_pretrained_config, read_tokenizer_record,
 from mvq.models.tokenizer import ARCHITECTURES, load_tokenizer
 
 
-def _tokenizers() -> dict[str, Path]:
+def zoo_tokenizers() -> dict[str, Path]:
+    """The zoo's tokenizers (MQ-VAEs and VQGANs), name → folder."""
     return {name: folder for name, folder in zoo_models().items()
             if read_pretrained_config(folder).get("model_type") in ARCHITECTURES}
 
@@ -33,7 +34,7 @@ def tokenizer_of(stackformer: str | os.PathLike) -> Path | None:
     record = read_tokenizer_record(stackformer)
     if record is None:
         return None
-    for folder in _tokenizers().values():
+    for folder in zoo_tokenizers().values():
         if weights_fingerprint(load_tokenizer(folder)) == record["tokenizer_fingerprint"]:
             return folder
     return None
