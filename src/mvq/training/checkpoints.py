@@ -15,8 +15,8 @@ plain containers, never code):
 
     checkpoint = {
         "state_dict": ...,             # model.* (MQ-VAE with its EMA codebook buffers, or Stackformer);
-                                       # stage 1 also loss.discriminator.*
-        "optimizer_states": [...],     # stage 1: [generator Adam, discriminator Adam]; stage 2: [AdamW]
+                                       # stage 1 also loss.discriminator.* (none if disc_start: null)
+        "optimizer_states": [...],     # stage 1: [generator Adam, discriminator Adam (if any)]; stage 2: [AdamW]
         "lr_schedulers": [...],        # one warm-up + cosine LambdaLR state per optimizer
         "epoch": ..., "global_step": ...,  # optimizer steps taken (generator steps in stage 1)
         "loops": ..., "callbacks": ...,    # Lightning's loop progress and the best score so far
