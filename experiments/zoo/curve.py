@@ -53,7 +53,7 @@ def plot(curve: list[dict], out: Path, title: str) -> None:
     points = [(row["hours"], row["val/psnr"]) for row in curve if "val/psnr" in row]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot([h for h, _ in points], [p for _, p in points], marker=".", lw=1)
-    ax.set_xlabel("training time (hours of one core)")
+    ax.set_xlabel("training time (hours)")
     ax.set_ylabel("validation PSNR (dB)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
