@@ -11,10 +11,9 @@ import os
 import base64
 import io
 from pathlib import Path
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     from mvq.models.mqvae import MQVAE
     from mvq.models.vqgan import VQGAN
     from mvq.inference.pipeline import MVQPipeline
+
 
 @dataclass
 class ExtraTokenizer:
@@ -465,7 +465,8 @@ def introduction(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None,
                  cards: dict[str, ModelCard | None] | None = None, more_tokenizers: Sequence[ExtraTokenizer] = ()) -> str:
     """What the page's models do and what they are, in a few sentences for someone who has read nothing.
 
-    `cards` ("tokenizer", "generator") are the models' cards: what each was trained on is said from them.
+    `cards` ("tokenizer", "generator") are the models' cards: what each was trained on is said from them;
+    each of `more_tokenizers` gets a sentence naming its tab.
     """
     c, cards = vae.config, cards or {}
     tokenizer = _tokenizer_sentence(vae)
