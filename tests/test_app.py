@@ -716,6 +716,26 @@ def test_tokenize_takes_a_budget_or_a_psnr_target(pipeline, tmp_path):
 
 
 @pytest.mark.slow
+def page_load_texts(app) -> list:
+    """What the page-load event puts in its outputs, through gradio's own handling of a function's return."""
+    import asyncio
+
+    (load,) = [f for f in app.fns.values() if any(event == "load" for _, event in f.targets)]
+    return asyncio.run(app.postprocess_data(load, load.fn(), None))
+
+
+def test_page_load_greets_every_tokenize_tab():
+    """One tab or several: each status line shows the first step when the page opens (a one-tab page once got a tuple)."""
+    pytest.importorskip("gradio", reason="the app needs the optional extra mvq[app] (pip install 'mvq[app]')")
+    from mvq.app.page import FIRST_STEP, ExtraTokenizer, build_app
+
+    vae = MQVAE(MQVAEConfig(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                            z_channels=64, keep_ratio=0.25, codebook_size=8, codebook_dim=4, demask_layers=1))
+    assert page_load_texts(build_app(vae, None)) == [FIRST_STEP]
+    two_tabs = build_app(vae, None, more_tokenizers=[ExtraTokenizer("photos", vae)])
+    assert page_load_texts(two_tabs) == [FIRST_STEP, FIRST_STEP]
+
+
 def test_app_serves_a_zoo_tokenizer_and_its_stackformer_by_default(tmp_path, monkeypatch, capsys):
     pytest.importorskip("gradio", reason="the app needs the optional extra mvq[app] (pip install 'mvq[app]')")
     import mvq.app.page

@@ -549,7 +549,7 @@ def build_app(vae: MQVAE | VQGAN, pipeline: MVQPipeline | None, title: str = "mv
                 _complete_tab(gr, pipeline, examples)
         # An event at page load opens the page's connection to the event queue, which the first event would
         # otherwise wait for (about 2 s here): a newcomer's first click answers as fast as any later one.
-        app.load(lambda: (FIRST_STEP,) * len(statuses), outputs=statuses)
+        app.load(lambda: {status: FIRST_STEP for status in statuses}, outputs=statuses)
     served = [*examples, *(path for extra in more_tokenizers for path in extra.examples)]
     app.mvq_examples = [str(p) for p in served]  # served as files: `serve` allows exactly these
     return app
