@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
     from tests.train_helpers import tiny_stage1_config
 
     config = tiny_stage1_config(tmp_path, trainer={"max_steps": 2, "val_check_interval": 2},
-                                run={"image_every_n_steps": 0})
+                                run={"image_every_n_steps": 0, "checkpoint_every_n_steps": 1})
     run = train(str(config), [], run_dir=str(tmp_path / "run"))
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "zoo" / "release.py"), "--run", str(run),
                            "--name", "test-tiny", "--summary", "A tiny test tokenizer.",
@@ -212,7 +213,7 @@ def test_quality_curve_counts_training_time_within_spans_only(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_span_continues_from_the_kept_copy_and_keeps_its_end(tmp_path, monkeypatch):
-    """A fresh clone holds only the kept copy: the span trains on from it, stops in time, and keeps the new end."""
+    """A fresh clone holds only the kept copy: the span trains on from it, stops at the step asked, and keeps the new end."""
     import shutil
     import signal
 
@@ -220,7 +221,7 @@ def test_a_span_continues_from_the_kept_copy_and_keeps_its_end(tmp_path, monkeyp
 
     span = zoo_script("span")
     config = tiny_stage1_config(tmp_path, trainer={"max_steps": 100_000, "val_check_interval": 50},
-                                run={"image_every_n_steps": 0})
+                                run={"image_every_n_steps": 0, "checkpoint_every_n_steps": 1})
     run, keep = tmp_path / "run", tmp_path / "keep"
     first = start_training_until(config, run, run / "checkpoints" / "last.ckpt")
     first.send_signal(signal.SIGTERM)
@@ -228,9 +229,12 @@ def test_a_span_continues_from_the_kept_copy_and_keeps_its_end(tmp_path, monkeyp
     span.copy_run(run, keep)
     started = span.global_step(keep)
     shutil.rmtree(run)  # what a fresh clone lacks
-    monkeypatch.setattr(sys, "argv", ["span.py", "--run", str(run), "--keep", str(keep), "--seconds", "20"])
+    monkeypatch.setattr(sys, "argv", ["span.py", "--run", str(run), "--keep", str(keep), "--seconds", "150",
+                                      "--until-step", str(started + 3)])
+    began = time.monotonic()
     span.main()
     ended = span.global_step(keep)
-    assert started >= 2 and ended > started and span.global_step(run) == ended
+    assert time.monotonic() - began < 120  # the step ended it, not the time
+    assert started >= 2 and ended >= started + 3 and span.global_step(run) == ended
     assert (keep / "config.yaml").read_text() == (run / "config.yaml").read_text()
     assert len(list((keep / "logs").glob("events.out.tfevents.*"))) == 2  # one per span

@@ -7,6 +7,10 @@ committing KEEP is all a later span, on any clone, needs to continue exactly.
 
     python experiments/zoo/span.py --run runs/zoo/photos-64 --keep zoo/training/photos-64 --seconds 7200
 
+`--until-step N` ends the span sooner, at the first last.ckpt of step N or later (last.ckpt is
+written every `run.checkpoint_every_n_steps`, so the run stops a few steps past such a checkpoint):
+to stop a run at a step count without changing its lr schedule, which `trainer.max_steps` sets.
+
 RUN is filled from KEEP when it has no last.ckpt of its own (a fresh clone); a RUN that is further
 along than KEEP is never overwritten. The stop is SIGTERM to the training process alone (never its
 data-loading workers), which finishes the batch in progress and writes last.ckpt.
@@ -52,6 +56,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, required=True, help="the repository's copy (zoo/training/NAME)")
     parser.add_argument("--seconds", type=float, required=True, help="stop the span after this long")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a core stays free)")
+    parser.add_argument("--until-step", type=int, default=None,
+                        help="end the span once last.ckpt has reached this optimizer step")
     args = parser.parse_args()
 
     kept, ran = global_step(args.keep), global_step(args.run)
@@ -68,6 +74,8 @@ def main() -> None:
     deadline = time.time() + args.seconds
     while process.poll() is None and time.time() < deadline:
         time.sleep(5)
+        if args.until_step is not None and global_step(args.run) >= args.until_step:
+            break
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)  # the training process only: it writes last.ckpt, then exits
     process.wait()
