@@ -238,3 +238,27 @@ def test_a_span_continues_from_the_kept_copy_and_keeps_its_end(tmp_path, monkeyp
     assert started >= 2 and ended >= started + 3 and span.global_step(run) == ended
     assert (keep / "config.yaml").read_text() == (run / "config.yaml").read_text()
     assert len(list((keep / "logs").glob("events.out.tfevents.*"))) == 2  # one per span
+
+
+def test_reconstruction_figure_has_a_row_of_kept_cells_for_an_mqvae_only(tmp_path):
+    """An MQ-VAE's figure shows the cells it kept; a VQGAN keeps every cell, so its figure has two rows."""
+    from PIL import Image
+
+    from mvq.models.card import EXAMPLES_DIR
+    from mvq.models.mqvae import MQVAE, MQVAEConfig
+    from mvq.models.vqgan import VQGAN, VQGANConfig
+
+    release = zoo_script("release")
+    sizes = dict(resolution=16, ch=16, norm_groups=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                 z_channels=32, codebook_size=8, codebook_dim=4)
+    heights = {}
+    for name, model in (("mqvae", MQVAE(MQVAEConfig(**sizes, keep_ratio=0.25, demask_layers=1))),
+                        ("vqgan", VQGAN(VQGANConfig(**sizes)))):
+        folder = tmp_path / name
+        model.save_pretrained(folder)
+        (folder / EXAMPLES_DIR).mkdir()
+        for i in range(2):
+            Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(folder / EXAMPLES_DIR / f"0{i}.png")
+        with Image.open(folder / release.reconstruction_figure(folder)) as figure:
+            heights[name] = figure.height
+    assert heights["vqgan"] < heights["mqvae"] * 0.8

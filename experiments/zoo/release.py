@@ -125,16 +125,17 @@ def write_given_examples(model_dir: Path, source: Path, resolution: int) -> None
 
 
 def reconstruction_figure(model_dir: Path) -> str:
-    """ZOO/NAME/reconstructions.png: the examples, their reconstructions and the cells kept."""
+    """ZOO/NAME/reconstructions.png: the examples, their reconstructions and (an MQ-VAE's) the cells kept."""
     from mvq.models.tokenizer import load_tokenizer
     from mvq.models.zoo import example_images_tensor
     from mvq.visualize import fit_scale, labelled_figure, reconstruction_rows, save_figure
 
     images = example_images_tensor(model_dir)
-    rows = reconstruction_rows(load_tokenizer(model_dir).eval(), images)[:3]
+    vae = load_tokenizer(model_dir).eval()
+    labels = ["original", "reconstruction"] + (["kept cells"] if hasattr(vae.config, "keep_count") else [])
+    rows = reconstruction_rows(vae, images)[:len(labels)]  # a VQGAN keeps every cell: no row to show it
     scale = fit_scale(images.shape[-1], images.shape[0], 900, margin=140)
-    save_figure(labelled_figure(rows, ["original", "reconstruction", "kept cells"], scale),
-                model_dir / "reconstructions.png")
+    save_figure(labelled_figure(rows, labels, scale), model_dir / "reconstructions.png")
     return "reconstructions.png"
 
 
