@@ -262,3 +262,23 @@ def test_reconstruction_figure_has_a_row_of_kept_cells_for_an_mqvae_only(tmp_pat
         with Image.open(folder / release.reconstruction_figure(folder)) as figure:
             heights[name] = figure.height
     assert heights["vqgan"] < heights["mqvae"] * 0.8
+
+
+def test_the_photo_tokenizers_compared_differ_in_their_model_alone():
+    """photos-64, its any-K twin and the VQGAN baselines: the same data, loss, schedule and run settings;
+    every config valid; the token counts the comparisons are about."""
+    from mvq.config import load_yaml
+    from mvq.models.tokenizer import tokenizer_config
+
+    folder = ROOT / "src" / "mvq" / "configs" / "zoo"
+    names = ["mqvae_photos_64", "mqvae_photos_64_any_k", "vqgan_photos_64_f8", "vqgan_photos_64_f4"]
+    raw = {name: load_yaml(folder / f"{name}.yaml") for name in names}
+    for name in names[1:]:
+        assert {k: v for k, v in raw[name].items() if k != "model"} == {
+            k: v for k, v in raw[names[0]].items() if k != "model"}, name
+    models = {name: tokenizer_config(raw[name]["model"]) for name in names}
+    assert [models[name].num_tokens for name in names] == [64, 256, 64, 256]
+    assert models["mqvae_photos_64"].grid_size == models["mqvae_photos_64_any_k"].grid_size == 16
+    assert models["mqvae_photos_64_any_k"].any_k and not models["mqvae_photos_64"].any_k
+    assert {f: getattr(models["mqvae_photos_64_any_k"], f) for f in ("ch", "ch_mult", "z_channels", "codebook_size")} \
+        == {f: getattr(models["mqvae_photos_64"], f) for f in ("ch", "ch_mult", "z_channels", "codebook_size")}
