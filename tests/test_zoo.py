@@ -47,7 +47,7 @@ def test_a_released_model_reproduces_its_record_on_its_examples(name):
 
 
 @pytest.mark.slow
-def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, monkeypatch):
+def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, monkeypatch, capsys):
     from mvq.training.run import train
     from tests.train_helpers import tiny_stage1_config
 
@@ -57,14 +57,38 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "zoo" / "release.py"), "--run", str(run),
                            "--name", "test-tiny", "--summary", "A tiny test tokenizer.",
                            "--training-data", "48 synthetic images (made by code).", "--command", "mvq train x",
-                           "--zoo", str(tmp_path / "zoo"), "--results", str(tmp_path), "--num-images", "8"],
+                           "--zoo", str(tmp_path / "zoo"), "--results", str(tmp_path), "--num-images", "8",
+                           "--data-config", str(config)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     card = ModelCard.load(tmp_path / "zoo" / "test-tiny")
     record = json.loads((tmp_path / "zoo_test-tiny.json").read_text())
     assert card.metrics == record["metrics"] and 0 < card.metrics["psnr"] < 60
     assert {"psnr", "ssim", "l1", "codebook_usage_percent"} <= set(card.metrics)
-    assert card.training_data == "48 synthetic images (made by code)." and "--num-images 8" in card.metrics_command
+    assert card.training_data == "48 synthetic images (made by code)." and "--num-images 8" in record["release_command"]
+    # The card's command measures the released weights by name (not the run, which may train on) to its numbers.
+    import shlex
+
+    from mvq.cli import main as mvq_main
+
+    command = shlex.split(card.metrics_command)
+    assert command[:5] == ["mvq", "eval", "recon", "--vae", "test-tiny"] and "--n" in command
+    monkeypatch.setenv("MVQ_ZOO", str(tmp_path / "zoo"))
+    with pytest.raises(SystemExit) as done:  # eval recon returns its exit status
+        mvq_main([*command[1:], "--no-fid", "--no-lpips", "--out", str(tmp_path / "again.json")])
+    assert done.value.code == 0
+    again = json.loads((tmp_path / "again.json").read_text())["metrics"]
+    assert again["psnr"] == pytest.approx(card.metrics["psnr"], abs=1e-4)
+    (tmp_path / "other").mkdir()
+    other = tiny_stage1_config(tmp_path / "other", data={"num_val": 4})  # other images: refused before any export
+    release = zoo_script("release")
+    monkeypatch.setattr(sys, "argv", ["release.py", "--run", str(run), "--name", "test-refused", "--summary", "-",
+                                      "--training-data", "-", "--command", "-", "--zoo", str(tmp_path / "zoo"),
+                                      "--results", str(tmp_path), "--data-config", str(other)])
+    with pytest.raises(SystemExit):
+        release.main()
+    assert "would measure other images" in capsys.readouterr().err
+    assert not (tmp_path / "zoo" / "test-refused").exists()
     assert (tmp_path / "zoo" / "test-tiny" / "model.safetensors").is_file()
     assert len(list((tmp_path / "zoo" / "test-tiny" / "examples").glob("*.png"))) == 4  # one per shape kind
     assert record["example_labels"] == [0, 1, 2, 3]
@@ -97,7 +121,6 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
               "run": {"image_every_n_steps": 0, "checkpoint_every_n_steps": 2}}
     (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(stage2))
     run2 = train(str(tmp_path / "stage2.yaml"), [], run_dir=str(tmp_path / "run2"))
-    release = zoo_script("release")
     monkeypatch.setattr(sys, "argv", [
         "release.py", "--run", str(run2), "--name", "test-tiny-gen", "--summary", "A tiny test generator.",
         "--training-data", "its tokens.", "--command", "mvq train y", "--zoo", str(tmp_path / "zoo"),

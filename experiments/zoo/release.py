@@ -4,7 +4,8 @@ A tokenizer (stage-1 run):
     python experiments/zoo/release.py --run runs/zoo/fashion-mnist-32 --name fashion-mnist-32 \
         --summary "..." --training-data "... (licence)" --license mit --dataset fashion_mnist \
         --command "mvq train configs/zoo/... ; mvq train --resume ..." --hardware "2 CPU cores" \
-        --wall-time "9.5 h" [--num-images 1000] [--zoo zoo] [key=value data overrides ...]
+        --wall-time "9.5 h" [--num-images 1000] [--data-config configs/zoo/....yaml] [--zoo zoo] \
+        [key=value data overrides ...]
 A Stackformer (stage-2 run) on a released zoo tokenizer:
     python experiments/zoo/release.py --run runs/zoo/fashion-mnist-32-stackformer --name ... \
         --tokenizer fashion-mnist-32 --fid-reference STATS.npz --num-samples 10000 [--cfg-scale S] ... \
@@ -25,7 +26,8 @@ reported beside it), and the validation NLL of its run's held-out token store; a
 per class.
 
 Both write the card (`mvq.models.card.ModelCard`) whose metrics and re-measuring command come from
-that, and the same record to experiments/results/zoo_NAME.json with `check`: the numbers
+that (a tokenizer released with `--data-config` names `mvq eval recon --vae NAME --data CONFIG`, which
+measures the released weights on any clone; otherwise this release command), and the same record to experiments/results/zoo_NAME.json with `check`: the numbers
 `mvq.models.zoo.example_check` gives on the examples, which `tests/test_zoo.py` recomputes.
 """
 
@@ -203,6 +205,7 @@ def reference_classifier(data, num_classes: int):
     """The judge of class consistency: a small CNN trained (seeded) on the training images; its validation accuracy."""
     import torch
 
+    from mvq.config import load_yaml
     from mvq.data import build_dataset
     from mvq.demo.classifier import accuracy, train_classifier
 
@@ -265,6 +268,10 @@ def main() -> None:
     parser.add_argument("--zoo", type=Path, default=REPOSITORY / "zoo")
     parser.add_argument("--results", type=Path, default=REPOSITORY / "experiments" / "results")
     parser.add_argument("--notes", default="", help="more Markdown for the card")
+    parser.add_argument("--data-config", default=None,
+                        help="a tokenizer: the YAML config (e.g. configs/zoo/X.yaml) whose data section, with the "
+                             "overrides, is the run's; the card then names `mvq eval recon` of the released model "
+                             "on it as the command that measures it again, which any clone with the data runs")
     parser.add_argument("--examples", type=Path, default=None,
                         help="a folder of a tokenizer's example images (default: the first validation images)")
     stage2 = parser.add_argument_group("a Stackformer")
@@ -282,6 +289,7 @@ def main() -> None:
                         help="key=value changes of the (tokenizer's) run's data config (e.g. data.root=)")
     args = parser.parse_args()
 
+    from mvq.config import load_yaml
     from mvq.data import build_dataset
     from mvq.models.card import ModelCard
     from mvq.models.hub import resolve_pretrained
@@ -291,6 +299,12 @@ def main() -> None:
     is_stackformer = args.tokenizer is not None
     if is_stackformer and args.fid_reference is None:
         parser.error("a Stackformer needs --fid-reference STATS.npz (written there when missing)")
+    # A tokenizer is measured on its run's validation data (with the overrides).
+    run_data = None if is_stackformer else data_config(load_yaml(args.run / "config.yaml")["data"], args.overrides)
+    if args.data_config and run_data is not None:
+        if data_config(load_yaml(args.data_config)["data"], args.overrides) != run_data:
+            parser.error(f"--data-config {args.data_config}: its data section with the overrides is not the "
+                         f"run's ({args.run / 'config.yaml'}): the card's command would measure other images")
     which = args.checkpoint or ("last" if is_stackformer else "best")
     folder = export(args.run, args.zoo / args.name, which=which, overwrite=True)
     record: dict = {"name": args.name, "checkpoint": which, "overrides": args.overrides}
@@ -306,9 +320,7 @@ def main() -> None:
                                 "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p})
         picture = f"![samples, one row per class]({figure})"
     else:
-        import yaml
-
-        data = data_config(yaml.safe_load((args.run / "config.yaml").read_text())["data"], args.overrides)
+        data = run_data
         dataset = build_dataset(data, "val", augment=False)
         metrics = measure_tokenizer(folder, dataset, args.num_images)
         if args.examples:
@@ -319,14 +331,19 @@ def main() -> None:
         record.update(data=dataclasses.asdict(data), num_images=args.num_images, example_labels=labels,
                       check=example_check(folder))
         picture = f"![examples, their reconstructions and the cells kept]({reconstruction_figure(folder)})"
-    remeasure = " ".join(["python", "experiments/zoo/release.py", *map(shlex.quote, sys.argv[1:])])  # exactly this
+    release_command = " ".join(["python", "experiments/zoo/release.py", *map(shlex.quote, sys.argv[1:])])
+    if args.data_config and not is_stackformer:  # measures the released weights, not the run's latest checkpoint
+        remeasure = shlex.join(["mvq", "eval", "recon", "--vae", args.name, "--data", args.data_config,
+                                *(["--n", str(args.num_images)] if args.num_images else []), *args.overrides])
+    else:
+        remeasure = release_command
     notes = "\n\n".join(part for part in (picture, args.notes) if part)
     card = ModelCard(name=args.name, summary=args.summary, training_data=args.training_data, license=args.license,
                      datasets=args.dataset, tags=["image-generation" if is_stackformer else "image-tokenizer"],
                      command=args.command, hardware=args.hardware, wall_time=args.wall_time, metrics=metrics,
                      metrics_command=remeasure, notes=notes)
     card.save(folder)
-    record.update(metrics=metrics, metrics_command=remeasure)
+    record.update(metrics=metrics, metrics_command=remeasure, release_command=release_command)
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"zoo_{args.name}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
