@@ -17,6 +17,7 @@ BENCHMARKS = [
     ["bench_generation.py"],
     ["bench_sampling_vs_k.py"],
     ["bench_inception.py"],
+    ["bench_zoo_photo_steps.py"],
     ["profile_generation.py"],
 ]
 
