@@ -26,9 +26,10 @@ reported beside it), and the validation NLL of its run's held-out token store; a
 per class.
 
 Both write the card (`mvq.models.card.ModelCard`) whose metrics and re-measuring command come from
-that (a tokenizer released with `--data-config` names `mvq eval recon --vae NAME --data CONFIG`, which
-measures the released weights on any clone; otherwise this release command), and the same record to experiments/results/zoo_NAME.json with `check`: the numbers
-`mvq.models.zoo.example_check` gives on the examples, which `tests/test_zoo.py` recomputes.
+that (a tokenizer released with `--data-config` names `mvq eval recon --vae NAME --data CONFIG`,
+which measures the released weights on any clone; otherwise this release command), and the same
+record to experiments/results/zoo_NAME.json with `check`: the numbers `mvq.models.zoo.example_check`
+gives on the examples, which `tests/test_zoo.py` recomputes.
 """
 
 from __future__ import annotations
@@ -205,7 +206,6 @@ def reference_classifier(data, num_classes: int):
     """The judge of class consistency: a small CNN trained (seeded) on the training images; its validation accuracy."""
     import torch
 
-    from mvq.config import load_yaml
     from mvq.data import build_dataset
     from mvq.demo.classifier import accuracy, train_classifier
 
@@ -330,7 +330,7 @@ def main() -> None:
             labels = write_examples(folder, dataset)
         record.update(data=dataclasses.asdict(data), num_images=args.num_images, example_labels=labels,
                       check=example_check(folder))
-        picture = f"![examples, their reconstructions and the cells kept]({reconstruction_figure(folder)})"
+        picture = f"![examples and their reconstructions]({reconstruction_figure(folder)})"
     release_command = " ".join(["python", "experiments/zoo/release.py", *map(shlex.quote, sys.argv[1:])])
     if args.data_config and not is_stackformer:  # measures the released weights, not the run's latest checkpoint
         remeasure = shlex.join(["mvq", "eval", "recon", "--vae", args.name, "--data", args.data_config,
