@@ -422,3 +422,13 @@ def test_train_py_converts_a_reference_config_and_renames_reference_keys(tmp_pat
     # `mvq train` itself takes mvq's key names only, and says which ones to use.
     with pytest.raises(ConfigError, match="model.topk_ratio → model.keep_ratio"):
         load_training_config(converted, ["model.topk_ratio=0.5"])
+
+
+@pytest.mark.parametrize("cpus, workers", [(2, 2), (1, 1), (None, 1), (16, 4)])
+def test_data_loading_processes_default_to_at_most_one_per_cpu(monkeypatch, cpus, workers):
+    """More loader processes than CPUs only wait on each other (and torch warns on every run)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    parser = build_parser()
+    for argv in (["eval", "recon", "--vae", "V", "--data", "D"], ["tokenize", "--vae", "V", "--data", "D", "--out", "O"]):
+        assert parse_arguments(parser, argv).num_workers == workers, argv
+    assert parse_arguments(parser, ["eval", "recon", "--vae", "V", "--data", "D", "--num-workers", "3"]).num_workers == 3

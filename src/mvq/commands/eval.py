@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from mvq.commands.options import MODEL_FORMS, add_data_overrides, add_keep_argument, check_keep_budget
+from mvq.commands.options import (MODEL_FORMS, add_data_overrides, add_keep_argument, add_num_workers_argument,
+                                  check_keep_budget)
 
 WEIGHTS_HELP = (": the file {name} (default: look in the torch hub cache, $TORCH_HOME/hub/checkpoints/); "
                 "nothing is downloaded")
@@ -17,7 +18,7 @@ def _add_common(parser: argparse.ArgumentParser, out_default: str | None) -> Non
                         help="torch-fidelity's Inception weights" + WEIGHTS_HELP.format(
                             name="weights-inception-2015-12-05-6726825d.pth"))
     parser.add_argument("--batch-size", type=int, default=50, help="images per forward pass (default: 50)")
-    parser.add_argument("--num-workers", type=int, default=4, help="data loading processes (default: 4)")
+    add_num_workers_argument(parser)
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
     if out_default is not None:
         parser.add_argument("--out", default=out_default, metavar="JSON",

@@ -1,8 +1,9 @@
-"""Command-line options that `mvq sample` and `mvq complete` share: sampling settings and speed."""
+"""Command-line options that several commands share: sampling settings, speed, data loading, outputs."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -78,6 +79,13 @@ def check_keep_budget(model, keep: int | float | None) -> None:
     if not model.config.any_k and count != model.config.num_tokens:
         notice(f"this MQ-VAE was trained to keep {model.config.num_tokens} cells; at {count} it works outside what "
                "it learned (a model trained with model.train_keep_min reconstructs well at any budget)")
+
+
+def add_num_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """--num-workers: data-loading processes, at most one per CPU (more only wait, and torch warns)."""
+    default = min(4, os.cpu_count() or 1)
+    parser.add_argument("--num-workers", type=int, default=default,
+                        help=f"data loading processes (default: the CPU count, at most 4: here {default})")
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mvq.commands.options import MODEL_FORMS, add_data_overrides, add_keep_argument, check_keep_budget
+from mvq.commands.options import (MODEL_FORMS, add_data_overrides, add_keep_argument, add_num_workers_argument,
+                                  check_keep_budget)
 from mvq.errors import UserError
 
 
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", choices=["train", "val"], default="train", help="dataset split (default: train)")
     parser.add_argument("--flip", action="store_true", help="also store horizontally flipped copies")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    parser.add_argument("--num-workers", type=int, default=4, help="data loading processes (default: 4)")
+    add_num_workers_argument(parser)
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
     add_keep_argument(parser)
     parser.add_argument("--order", choices=["raster", "rank"], default="raster",
