@@ -47,13 +47,18 @@ def photo_batch(config, photos: Path | None) -> tuple[torch.Tensor, str]:
 
 def training_step(config, perceptual_weight: float, initial: dict, images: torch.Tensor):
     """A zero-argument callable that takes one generator step, as stage-1 training does before disc_start."""
-    loss_config = dataclasses.replace(config.loss, perceptual_weight=perceptual_weight)
     model = MQVAE(config.model)
     model.load_state_dict(initial)
+    return generator_step(model, dataclasses.replace(config.loss, perceptual_weight=perceptual_weight), config.optim,
+                          images)
+
+
+def generator_step(model, loss_config, optim, images: torch.Tensor):
+    """A zero-argument callable: one generator step of `model` (forward, loss, backward, Adam step) on `images`."""
     model.train()
     loss = Stage1Loss(loss_config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr(config.optim, images.shape[0], 1),
-                                 betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr(optim, images.shape[0], 1),
+                                 betas=tuple(optim.betas), weight_decay=optim.weight_decay)
 
     def step() -> None:
         out = model(images)

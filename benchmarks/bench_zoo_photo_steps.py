@@ -19,13 +19,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from bench_lpips_training import DEFAULT_PHOTOS, photo_batch
+from bench_lpips_training import DEFAULT_PHOTOS, generator_step, photo_batch
 from harness import REPOSITORY, emit, environment, interleaved, ratio, summary
 
-from mvq.losses.stage1 import Stage1Loss
 from mvq.models.tokenizer import build_tokenizer
 from mvq.storage.network_weights import VGG16, find
-from mvq.training.common import peak_lr
 from mvq.training.config import load_training_config
 
 ZOO_CONFIGS = Path(REPOSITORY) / "configs" / "zoo"
@@ -36,19 +34,7 @@ ARMS = {"photos-64": "mqvae_photos_64.yaml", "photos-64-any-k": "mqvae_photos_64
 def training_step(config, images: torch.Tensor):
     """A zero-argument callable that takes one generator step of `config`'s tokenizer on `images`."""
     torch.manual_seed(0)
-    model = build_tokenizer(config.model).train()
-    loss = Stage1Loss(config.loss)
-    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr(config.optim, images.shape[0], 1),
-                                 betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
-
-    def step() -> None:
-        out = model(images)
-        total, _ = loss.generator_loss(images, out.reconstruction, out.codebook_loss, 0, model.last_layer)
-        total.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return generator_step(build_tokenizer(config.model), config.loss, config.optim, images)
 
 
 def main() -> None:
