@@ -42,6 +42,46 @@ def test_short_run_writes_folder_and_exports(tmp_path):
 
 
 @pytest.mark.slow
+def test_validation_measures_the_budgets_run_val_keep_names(tmp_path):
+    """An any-K model's validation logs PSNR at each budget of run.val_keep: that of the model at that K."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.data import DataLoader
+
+    from mvq.data.build import build_dataset
+    from mvq.data.config import DataConfig
+    from mvq.evaluation.image_metrics import psnr
+
+    path = tiny_stage1_config(tmp_path, model={"keep_ratio": 1.0, "train_keep_min": 0.0625},
+                              trainer={"max_steps": 3}, run={"val_keep": [4, 16]})
+    run_dir = train(str(path), [], run_dir=str(tmp_path / "run"))
+    events = EventAccumulator(str(run_dir / "logs")).Reload()
+    logged = {tag: events.Scalars(tag)[-1].value for tag in ("val/psnr", "val/psnr_keep4", "val/psnr_keep16")}
+    vae = MQVAE.from_pretrained(export(run_dir, tmp_path / "vae", which="last")).eval()
+    config = DataConfig(dataset="synthetic", resolution=32, num_train=48, num_val=8)
+    images = torch.cat([batch["image"] for batch in DataLoader(build_dataset(config, "val"), batch_size=4)])
+    with torch.no_grad():
+        for tag, keep in (("val/psnr", None), ("val/psnr_keep4", 4), ("val/psnr_keep16", 16)):
+            measured = psnr(images, vae(images, keep=keep).reconstruction.clamp(-1, 1)).mean().item()
+            assert logged[tag] == pytest.approx(measured, abs=1e-3), tag
+    assert len({round(value, 4) for value in logged.values()}) == 3  # each budget is a different reconstruction
+
+
+def test_run_val_keep_is_refused_where_it_means_nothing(tmp_path):
+    from mvq.config import load_yaml
+    from mvq.training.stage1_config import parse_stage1
+
+    raw = load_yaml(tiny_stage1_config(tmp_path))
+    with pytest.raises(ConfigError, match=r"run.val_keep: budgets must lie between 1 and the model's K \(16\)"):
+        parse_stage1({**raw, "run": {"val_keep": [17]}})
+    vqgan = {**raw, "model": {"architecture": "vqgan", "resolution": 32, "ch": 32, "ch_mult": [1, 2, 2],
+                              "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 64,
+                              "codebook_size": 64, "codebook_dim": 16}}
+    parse_stage1(vqgan)
+    with pytest.raises(ConfigError, match="a VQGAN keeps every cell"):
+        parse_stage1({**vqgan, "run": {"val_keep": [4]}})
+
+
+@pytest.mark.slow
 def test_accumulation_really_accumulates(tmp_path):
     path = tiny_stage1_config(tmp_path, optim={"accumulate_grad_batches": 3},
                               trainer={"max_steps": 2, "val_check_interval": 6})

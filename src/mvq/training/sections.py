@@ -7,7 +7,7 @@ neither of them.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mvq.config import ConfigError, build_dataclass, unknown_key_message
@@ -61,6 +61,9 @@ class RunConfig:
     compile: bool = False
     deterministic: bool = False
     init_from: str | None = None  # a pretrained folder whose weights start the run (not a resume)
+    # Stage 1, an MQ-VAE trained for any K: token budgets at which validation also measures PSNR
+    # (logged as val/psnr_keep{K}), to follow the budgets that matter besides the largest.
+    val_keep: list[int] = field(default_factory=list)
 
 
 # Trainer arguments that the run sets itself or that have a home elsewhere in the config.

@@ -23,7 +23,8 @@ class TokenizerTraining(TrainingState, L.LightningModule):
     """Trains a stage-1 tokenizer (an MQ-VAE, or the VQGAN baseline) against its PatchGAN discriminator.
 
     `model` is the tokenizer `config.model` describes, `loss` holds L1 + LPIPS + GAN and the
-    discriminator; validation logs the reconstruction loss, PSNR, codebook use and keep scores.
+    discriminator; validation logs the reconstruction loss, PSNR, codebook use and keep scores, and
+    PSNR at the budgets `run.val_keep` names.
     """
 
     stage = 1
@@ -123,6 +124,7 @@ class TokenizerTraining(TrainingState, L.LightningModule):
     # ----------------------------------------------------------------- validation
     def _reset_validation_stats(self) -> None:
         self._validation_stats = None
+        self._budget_stats: dict[int, TokenizerStatistics] = {}
 
     def on_validation_epoch_start(self) -> None:
         self._reset_validation_stats()
@@ -136,6 +138,11 @@ class TokenizerTraining(TrainingState, L.LightningModule):
         if self._validation_stats is None:
             self._validation_stats = TokenizerStatistics(self.config.model.codebook_size, images.device)
         self._validation_stats.update(out, images, out.reconstruction.float().clamp(-1, 1))
+        for keep in self.config.run.val_keep:
+            at_budget = self.model(images, keep=keep)
+            stats = self._budget_stats.setdefault(keep, TokenizerStatistics(self.config.model.codebook_size,
+                                                                             images.device))
+            stats.update(at_budget, images, at_budget.reconstruction.float().clamp(-1, 1))
 
     def on_validation_epoch_end(self) -> None:
         if self._validation_stats is None:
@@ -145,6 +152,9 @@ class TokenizerTraining(TrainingState, L.LightningModule):
         logs = {"val/psnr": summary["psnr"], "val/codebook_usage": summary["codebook_usage_percent"],
                 "val/perplexity": summary["codebook_perplexity"], "val/score_kept": summary["keep_score_kept"],
                 "val/score_masked": summary["keep_score_masked"]}
+        for keep, stats in self._budget_stats.items():
+            stats.all_reduce()
+            logs[f"val/psnr_keep{keep}"] = stats.summary()["psnr"]
         self.log_dict({k: v for k, v in logs.items() if v is not None}, rank_zero_only=True)
 
     # ----------------------------------------------------------------- checkpoints

@@ -40,8 +40,23 @@ def parse_stage1(raw: dict) -> Stage1Config:
     run, trainer = common_sections(raw)
     model = raw["model"]
     refuse_reference_names(model, 1)
-    return Stage1Config(model=tokenizer_config(model),
-                        data=build_dataclass(DataConfig, raw.get("data"), "data"),
-                        loss=build_dataclass(Stage1LossConfig, raw.get("loss"), "loss"),
-                        optim=build_dataclass(OptimConfig, raw.get("optim"), "optim"),
-                        trainer=trainer, run=run)
+    config = Stage1Config(model=tokenizer_config(model),
+                          data=build_dataclass(DataConfig, raw.get("data"), "data"),
+                          loss=build_dataclass(Stage1LossConfig, raw.get("loss"), "loss"),
+                          optim=build_dataclass(OptimConfig, raw.get("optim"), "optim"),
+                          trainer=trainer, run=run)
+    check_val_keep(config)
+    return config
+
+
+def check_val_keep(config: Stage1Config) -> None:
+    """`run.val_keep` budgets exist only for an MQ-VAE, from 1 to its K."""
+    if not config.run.val_keep:
+        return
+    if not isinstance(config.model, MQVAEConfig):
+        raise ConfigError("run.val_keep measures an MQ-VAE at other token budgets; a VQGAN keeps every cell, "
+                          "remove run.val_keep")
+    wrong = [k for k in config.run.val_keep if not 1 <= k <= config.model.num_tokens]
+    if wrong:
+        raise ConfigError(f"run.val_keep: budgets must lie between 1 and the model's K "
+                          f"({config.model.num_tokens}), got {wrong}")

@@ -167,6 +167,8 @@ def parse_stage2(raw: dict, resolve: bool = True) -> Stage2Config:
     """
     check_sections(raw, SECTIONS, 2)
     run, trainer = common_sections(raw)
+    if run.val_keep:
+        raise ConfigError("run.val_keep is for stage 1 (an MQ-VAE's token budgets); remove it from this stage-2 config")
     vae = raw.get("vae")
     if vae in (None, ""):
         raise ConfigError("vae: is not set. Stage 2 trains on the tokens of a pretrained MQ-VAE: add "
