@@ -287,8 +287,36 @@ def test_reconstruction_figure_has_a_row_of_kept_cells_for_an_mqvae_only(tmp_pat
     assert heights["vqgan"] < heights["mqvae"] * 0.8
 
 
+def test_paired_comparison_judges_differences_by_their_standard_error(tmp_path, monkeypatch):
+    """Per-image differences decide at two standard errors, in the direction each metric improves; a VQGAN
+    given a budget is refused before any image is read."""
+    import torch
+
+    from mvq.models.vqgan import VQGAN, VQGANConfig
+
+    paired = zoo_script("paired")
+    base = torch.linspace(20, 30, 100)
+    noise = torch.randn(100, generator=torch.Generator().manual_seed(0))
+    assert paired.paired_difference(base + 1 + noise, base, higher_is_better=True)["verdict"] == "better"
+    assert paired.paired_difference(base + 1 + noise, base, higher_is_better=False)["verdict"] == "worse"
+    assert paired.paired_difference(base + 0.01 * noise, base, True)["verdict"].startswith("no difference")
+    difference = paired.paired_difference(base + 1 + noise, base, True)
+    assert difference["difference"] == pytest.approx(1 + float(noise.mean()))
+    assert difference["standard_error"] == pytest.approx(float(noise.std()) / 10)
+    assert paired.parse_model("photos-64@32") == ("photos-64", 32) and paired.parse_model("org/x") == ("org/x", None)
+    with pytest.raises(SystemExit, match="a count of cells"):
+        paired.parse_model("photos-64@0.5")
+    VQGAN(VQGANConfig(resolution=16, ch=16, norm_groups=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                      z_channels=32, codebook_size=8, codebook_dim=4)).save_pretrained(tmp_path / "vqgan")
+    monkeypatch.setattr("sys.argv", ["paired.py", "--data", str(tmp_path / "no-images"), "--model", str(tmp_path / "vqgan"),
+                                     "--model", f"{tmp_path / 'vqgan'}@4", "--out", str(tmp_path / "out.json")])
+    with pytest.raises(SystemExit, match="is a VQGAN, which keeps every cell"):
+        paired.main()
+
+
 def test_the_photo_tokenizers_compared_differ_in_their_model_alone():
-    """photos-64, its any-K twin and the VQGAN baselines: the same data, loss, schedule and run settings;
+    """photos-64, its any-K twin and the VQGAN baselines: the same data, loss, schedule and run settings
+    (the any-K model's validation also measures other budgets, which trains nothing differently);
     every config valid; the token counts the comparisons are about."""
     from mvq.config import load_yaml
     from mvq.models.tokenizer import tokenizer_config
@@ -296,12 +324,18 @@ def test_the_photo_tokenizers_compared_differ_in_their_model_alone():
     folder = ROOT / "src" / "mvq" / "configs" / "zoo"
     names = ["mqvae_photos_64", "mqvae_photos_64_any_k", "vqgan_photos_64_f8", "vqgan_photos_64_f4"]
     raw = {name: load_yaml(folder / f"{name}.yaml") for name in names}
+
+    def training_settings(name: str) -> dict:
+        settings = {k: v for k, v in raw[name].items() if k != "model"}
+        settings["run"] = {k: v for k, v in settings["run"].items() if k != "val_keep"}
+        return settings
+
     for name in names[1:]:
-        assert {k: v for k, v in raw[name].items() if k != "model"} == {
-            k: v for k, v in raw[names[0]].items() if k != "model"}, name
+        assert training_settings(name) == training_settings(names[0]), name
     models = {name: tokenizer_config(raw[name]["model"]) for name in names}
     assert [models[name].num_tokens for name in names] == [64, 256, 64, 256]
     assert models["mqvae_photos_64"].grid_size == models["mqvae_photos_64_any_k"].grid_size == 16
     assert models["mqvae_photos_64_any_k"].any_k and not models["mqvae_photos_64"].any_k
+    assert raw["mqvae_photos_64_any_k"]["run"]["val_keep"] == [16, 64]  # the smallest trained K and photos-64's
     assert {f: getattr(models["mqvae_photos_64_any_k"], f) for f in ("ch", "ch_mult", "z_channels", "codebook_size")} \
         == {f: getattr(models["mqvae_photos_64"], f) for f in ("ch", "ch_mult", "z_channels", "codebook_size")}

@@ -7,6 +7,10 @@ against hours.
 
     python experiments/zoo/curve.py --logs zoo/training/photos-64/logs \
         --out experiments/results/zoo_photos-64_curve.json --plot zoo/photos-64/quality_vs_time.png
+
+`--against LABEL=LOGS` (repeatable) draws other runs in the same figure, against optimizer steps
+rather than hours (runs of equal step cost compared at equal compute, whatever the machine's speed
+on the day), and adds their curves to the JSON under "against".
 """
 
 from __future__ import annotations
@@ -44,18 +48,22 @@ def validation_curve(logs: Path) -> list[dict]:
     return [rows[step] for step in sorted(rows)]
 
 
-def plot(curve: list[dict], out: Path, title: str) -> None:
+def plot(curves: dict[str, list[dict]], out: Path, title: str, x: str) -> None:
+    """Validation PSNR of each labelled curve against X ("hours" or "step")."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(row["hours"], row["val/psnr"]) for row in curve if "val/psnr" in row]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot([h for h, _ in points], [p for _, p in points], marker=".", lw=1)
-    ax.set_xlabel("training time (hours)")
+    for label, curve in curves.items():
+        points = [(row[x], row["val/psnr"]) for row in curve if "val/psnr" in row]
+        ax.plot([h for h, _ in points], [p for _, p in points], marker=".", lw=1, label=label or None)
+    ax.set_xlabel("training time (hours)" if x == "hours" else "optimizer steps")
     ax.set_ylabel("validation PSNR (dB)")
     ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out)
@@ -65,13 +73,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--logs", type=Path, required=True, help="a run's logs/ folder")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--plot", type=Path, default=None, help="also draw val PSNR against hours here")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw val PSNR here, against hours (against steps with --against)")
     parser.add_argument("--title", default="")
+    parser.add_argument("--label", default="", help="this run's name in a figure with --against")
+    parser.add_argument("--against", action="append", default=[], metavar="LABEL=LOGS",
+                        help="another run's logs/ folder to draw beside it, against steps (repeatable)")
     args = parser.parse_args()
+    against = {}
+    for item in args.against:
+        label, sep, logs = item.partition("=")
+        if not sep or not label or not logs:
+            parser.error(f"--against {item!r}: expected LABEL=LOGS, e.g. vqgan-f8=zoo/training/vqgan-photos-64-f8/logs")
+        against[label] = {"logs": logs, "validations": validation_curve(Path(logs))}
     curve = validation_curve(args.logs)
-    args.out.write_text(json.dumps({"logs": str(args.logs), "validations": curve}, indent=1) + "\n")
+    record = {"logs": str(args.logs), "validations": curve}
+    if against:
+        record["against"] = against
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
     if args.plot:
-        plot(curve, args.plot, args.title)
+        curves = {args.label: curve, **{label: run["validations"] for label, run in against.items()}}
+        plot(curves, args.plot, args.title, "step" if against else "hours")
     last = curve[-1] if curve else {}
     print(f"curve: {len(curve)} validations, last at step {last.get('step')} after {last.get('hours')} h")
 
