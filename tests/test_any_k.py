@@ -395,3 +395,22 @@ def test_a_vqgan_still_takes_only_stackformers_of_its_full_grid():
                     codebook_size=32)
     with pytest.raises(ValueError, match="num_tokens: Stackformer 63 vs VQGAN 64"):
         MVQPipeline(sf, vqgan)
+
+
+def test_rate_distortion_arms_draw_k_per_batch_or_per_image():
+    """The study's any-K arms (and their random-mask twin) draw K as asked; drawn per image, no arm repeats another."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "any_k" / "rate_distortion.py"
+    spec = importlib.util.spec_from_file_location("rate_distortion", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    per_batch, per_image = study.arms(256), study.arms(256, "image")
+    assert [name for name in per_batch if name.startswith("fixed")] == ["fixed-k16", "fixed-k32", "fixed-k64", "fixed-k128"]
+    assert "model.train_keep_per=image" not in per_batch["any-k"] + per_batch["any-k-random"]
+    assert "model.train_keep_per=image" in per_batch["any-k-per-image"]
+    assert "any-k-per-image" not in per_image
+    for name in ("any-k", "any-k-random", "any-k-full-pass"):
+        assert "model.train_keep_per=image" in per_image[name], name
+    assert len({tuple(sorted(overrides)) for overrides in per_image.values()}) == len(per_image)

@@ -308,8 +308,9 @@ def test_paired_comparison_judges_differences_by_their_standard_error(tmp_path, 
         paired.parse_model("photos-64@0.5")
     VQGAN(VQGANConfig(resolution=16, ch=16, norm_groups=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
                       z_channels=32, codebook_size=8, codebook_dim=4)).save_pretrained(tmp_path / "vqgan")
-    monkeypatch.setattr("sys.argv", ["paired.py", "--data", str(tmp_path / "no-images"), "--model", str(tmp_path / "vqgan"),
-                                     "--model", f"{tmp_path / 'vqgan'}@4", "--out", str(tmp_path / "out.json")])
+    vqgan = str(tmp_path / "vqgan")
+    monkeypatch.setattr("sys.argv", ["paired.py", "--data", str(tmp_path / "no-images"), "--model", vqgan,
+                                     "--model", f"{vqgan}@4", "--out", str(tmp_path / "out.json")])
     with pytest.raises(SystemExit, match="is a VQGAN, which keeps every cell"):
         paired.main()
 

@@ -3,7 +3,7 @@
 Arms, all from one config with the same steps, batch, learning rate and seed (the same compute each):
   fixed-K   `model.keep_ratio = K/N` for K = N/16, N/8, N/4, N/2: the paper's training, one model per K;
   any-K     `model.keep_ratio = 1` with `model.train_keep_min = 1/16` (each batch keeps a K drawn uniformly
-            from [N/16, N]): one model for every budget.
+            from [N/16, N]; each image, with `--any-k-per image`): one model for every budget.
   any-K random  the same with `model.mask_choice = random`: cells kept at random instead of by the learned
             score (the paper's Table 6 ablation, asked at every K).
   any-K per image / full pass  the same with a K drawn for every image of a batch (`model.train_keep_per =
@@ -47,12 +47,16 @@ ANY_K_MIN = 1 / 16
 CHUNK = 100
 
 
-def arms(num_cells: int) -> dict[str, list[str]]:
-    """Arm name → its model overrides."""
+def arms(num_cells: int, any_k_per: str = "batch") -> dict[str, list[str]]:
+    """Arm name → its model overrides. `any_k_per` is how the any-K arms draw K (per batch or per image);
+    drawn per image, the any-k-per-image arm would repeat any-k and is left out."""
     table = {f"fixed-k{num_cells // d}": [f"model.keep_ratio={1 / d}"] for d in BUDGET_FRACTIONS}
-    table["any-k"] = ["model.keep_ratio=1.0", f"model.train_keep_min={ANY_K_MIN}"]
+    per_image = ["model.train_keep_per=image"]
+    table["any-k"] = ["model.keep_ratio=1.0", f"model.train_keep_min={ANY_K_MIN}",
+                      *(per_image if any_k_per == "image" else [])]
     table["any-k-random"] = [*table["any-k"], "model.mask_choice=random"]
-    table["any-k-per-image"] = [*table["any-k"], "model.train_keep_per=image"]
+    if any_k_per == "batch":
+        table["any-k-per-image"] = [*table["any-k"], *per_image]
     table["any-k-full-pass"] = [*table["any-k"], "model.train_full_keep_pass=true"]
     return table
 
@@ -120,6 +124,8 @@ def main() -> None:
     parser.add_argument("--stage", choices=["train", "evaluate", "all"], default="all")
     parser.add_argument("--vqgan-config", action="append", default=[], help="adds a VQGAN arm trained from this "
                         "config (its grid's cell count is its token count); repeat it for several")
+    parser.add_argument("--any-k-per", choices=["batch", "image"], default="batch",
+                        help="the any-K arms draw K per batch (default) or per image (model.train_keep_per)")
     parser.add_argument("--arms", nargs="+", help="train and evaluate only these arms (default: all; a verdict "
                         "needs both arms it compares)")
     parser.add_argument("--results", type=Path, default=REPOSITORY / "experiments" / "results")
@@ -132,7 +138,7 @@ def main() -> None:
 
     _, config = load_training_config(args.config, args.overrides)
     n = config.model.num_cells
-    table = arms(n)
+    table = arms(n, args.any_k_per)
     configs = dict.fromkeys(table, args.config)
     for vqgan_config in args.vqgan_config:
         _, vqgan = load_training_config(vqgan_config, args.overrides)

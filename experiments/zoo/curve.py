@@ -73,7 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--logs", type=Path, required=True, help="a run's logs/ folder")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--plot", type=Path, default=None, help="also draw val PSNR here, against hours (against steps with --against)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also draw val PSNR here, against hours (against steps with --against)")
     parser.add_argument("--title", default="")
     parser.add_argument("--label", default="", help="this run's name in a figure with --against")
     parser.add_argument("--against", action="append", default=[], metavar="LABEL=LOGS",
@@ -83,7 +84,8 @@ def main() -> None:
     for item in args.against:
         label, sep, logs = item.partition("=")
         if not sep or not label or not logs:
-            parser.error(f"--against {item!r}: expected LABEL=LOGS, e.g. vqgan-f8=zoo/training/vqgan-photos-64-f8/logs")
+            parser.error(f"--against {item!r}: expected LABEL=LOGS, "
+                         f"e.g. vqgan-f8=zoo/training/vqgan-photos-64-f8/logs")
         against[label] = {"logs": logs, "validations": validation_curve(Path(logs))}
     curve = validation_curve(args.logs)
     record = {"logs": str(args.logs), "validations": curve}

@@ -84,7 +84,8 @@ def main() -> None:
     for spec, (_, keep) in zip(args.model, specs):
         model = models[spec]
         budget = {} if keep is None else {"keep": keep}
-        r8 = torch.cat([to_uint8(model(images[s:s + args.batch_size], **budget).reconstruction.float()) for s in chunks])
+        r8 = torch.cat([to_uint8(model(images[s:s + args.batch_size], **budget).reconstruction.float())
+                        for s in chunks])
         per_image[spec] = {
             "psnr": psnr(x8, r8), "ssim": ssim(x8, r8),
             "lpips_vgg": torch.cat([lpips(from_uint8(x8[s:s + args.batch_size]),
