@@ -136,6 +136,23 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
     assert record["sampling"]["cfg_scale"] == 1.5 and record["tokenizer"] == "test-tiny"
     assert record["check"] == example_check(tokenizer, tmp_path / "zoo" / "test-tiny-gen", [0, 1, 2, 3])
     assert "samples.png" in card.notes and (tmp_path / "zoo" / "test-tiny-gen" / "samples.png").is_file()
+    # The card's command measures the released Stackformer again from the zoo and the data alone, to its numbers.
+    command = shlex.split(card.metrics_command)
+    assert command[:3] == ["python", "experiments/zoo/remeasure.py", "test-tiny-gen"]
+    remeasure = zoo_script("remeasure")
+    monkeypatch.setattr(sys, "argv", ["remeasure.py", *command[2:], "--results", str(tmp_path),
+                                      "--work", str(tmp_path / "again"), "--out", str(tmp_path / "again.json")])
+    remeasure.main()
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["card"] == card.metrics
+    assert again["again"] == pytest.approx(card.metrics, abs=1e-6)
+    assert (tmp_path / "again" / "test-tiny-gen" / "samples.png").is_file()
+    for name, val_tokens, message in (("test-tiny", command[6], "is a tokenizer; its card's command measures it"),
+                                      ("test-tiny-gen", str(tmp_path / "absent"), "does not exist; make it first")):
+        monkeypatch.setattr(sys, "argv", ["remeasure.py", name, "--fid-reference", command[4], "--val-tokens",
+                                          val_tokens, "--results", str(tmp_path)])
+        with pytest.raises(SystemExit, match=message):
+            remeasure.main()
 
     # The guidance sweep that chooses the release's scale: every scale measured, the lowest FID chosen.
     guidance = zoo_script("guidance")

@@ -26,8 +26,9 @@ reported beside it), and the validation NLL of its run's held-out token store; a
 per class.
 
 Both write the card (`mvq.models.card.ModelCard`) whose metrics and re-measuring command come from
-that (a tokenizer released with `--data-config` names `mvq eval recon --vae NAME --data CONFIG`,
-which measures the released weights on any clone; otherwise this release command), and the same
+that (a tokenizer released with `--data-config` names `mvq eval recon --vae NAME --data CONFIG`, a
+Stackformer `experiments/zoo/remeasure.py NAME` with the statistics and held-out tokens used here: both
+measure the released weights on any clone; otherwise this release command), and the same
 record to experiments/results/zoo_NAME.json with `check`: the numbers `mvq.models.zoo.example_check`
 gives on the examples, which `tests/test_zoo.py` recomputes.
 """
@@ -154,20 +155,26 @@ def mvq_command(*args: str) -> None:
             raise
 
 
-def validation_nll(model_dir: Path, run_dir: Path) -> float:
-    """Teacher-forced NLL per image (nats, codes + positions) of the run's held-out token store."""
+def run_val_tokens(run_dir: Path) -> Path:
+    """The held-out token store a Stackformer run validated on (`data.val_tokens` of its config)."""
+    from mvq.training.config import load_training_config
+
+    _, config = load_training_config(run_dir / "config.yaml", [], resolve=False)
+    return Path(config.data.val_tokens)
+
+
+def validation_nll(model_dir: Path, val_tokens: Path) -> float:
+    """Teacher-forced NLL per image (nats, codes + positions) of a held-out token store."""
     import torch
     from torch.utils.data import DataLoader
 
     from mvq.data.token_store import TokenStore
     from mvq.models.stackformer import Stackformer
-    from mvq.training.config import load_training_config
 
-    _, config = load_training_config(run_dir / "config.yaml", [], resolve=False)
     model = Stackformer.from_pretrained(model_dir).eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for batch in DataLoader(TokenStore(config.data.val_tokens), batch_size=500):
+        for batch in DataLoader(TokenStore(val_tokens), batch_size=500):
             labels = batch["label"] if model.config.num_classes else None
             total -= float(model.log_likelihood(batch["codes"], batch["positions"], labels).sum())
             count += batch["codes"].shape[0]
@@ -215,8 +222,10 @@ def reference_classifier(data, num_classes: int):
     return classifier, accuracy(classifier, val_set)
 
 
-def measure_stackformer(model_dir: Path, tokenizer: Path, args: argparse.Namespace, data) -> tuple[dict, str]:
-    """FID, class consistency (and the classifier's own accuracy) and validation NLL; the samples figure."""
+def measure_stackformer(model_dir: Path, tokenizer: Path, args: argparse.Namespace, data, val_tokens: Path,
+                        figure_dir: Path) -> tuple[dict, str]:
+    """FID, class consistency (and the classifier's own accuracy) and the NLL of `val_tokens`; the samples
+    figure, written to `figure_dir`."""
     from mvq.demo.classifier import predict
     from mvq.models.stackformer import Stackformer
     from mvq.visualize import fit_scale, labelled_figure, save_figure
@@ -239,7 +248,7 @@ def measure_stackformer(model_dir: Path, tokenizer: Path, args: argparse.Namespa
     if labels is not None:
         classifier, metrics["classifier_accuracy"] = reference_classifier(data, len(names))
         metrics["class_consistency"] = float((predict(classifier, samples) == labels).float().mean())
-    metrics["nll_per_image_nats"] = validation_nll(model_dir, args.run)
+    metrics["nll_per_image_nats"] = validation_nll(model_dir, val_tokens)
     if labels is not None:
         rows = [samples[labels == c][:FIGURE_SAMPLES_PER_CLASS] for c in range(len(names))]
     else:
@@ -247,7 +256,7 @@ def measure_stackformer(model_dir: Path, tokenizer: Path, args: argparse.Namespa
                                                                          FIGURE_SAMPLES_PER_CLASS)]
         names = [""] * len(rows)
     scale = fit_scale(samples.shape[-1], FIGURE_SAMPLES_PER_CLASS, 900, margin=140)
-    save_figure(labelled_figure(rows, names, scale), model_dir / "samples.png")
+    save_figure(labelled_figure(rows, names, scale), figure_dir / "samples.png")
     return metrics, "samples.png"
 
 
@@ -312,12 +321,14 @@ def main() -> None:
         tokenizer = resolve_pretrained(args.tokenizer)
         tokenizer_record = json.loads((args.results / f"zoo_{tokenizer.name}.json").read_text())
         data = data_config(tokenizer_record["data"], args.overrides)
-        metrics, figure = measure_stackformer(folder, tokenizer, args, data)
+        val_tokens = run_val_tokens(args.run)
+        metrics, figure = measure_stackformer(folder, tokenizer, args, data, val_tokens, folder)
         labels = tokenizer_record.get("example_labels") or None
         record.update(tokenizer=tokenizer.name, example_labels=labels,
                       check=example_check(tokenizer, folder, labels),
-                      sampling={"num_samples": args.num_samples, "cfg_scale": args.cfg_scale, "seed": 0,
-                                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p})
+                      sampling={"num_samples": args.num_samples, "sample_batch_size": args.sample_batch_size,
+                                "cfg_scale": args.cfg_scale, "seed": 0, "temperature": args.temperature,
+                                "top_k": args.top_k, "top_p": args.top_p})
         picture = f"![samples, one row per class]({figure})"
     else:
         data = run_data
@@ -332,7 +343,11 @@ def main() -> None:
                       check=example_check(folder))
         picture = f"![examples and their reconstructions]({reconstruction_figure(folder)})"
     release_command = " ".join(["python", "experiments/zoo/release.py", *map(shlex.quote, sys.argv[1:])])
-    if args.data_config and not is_stackformer:  # measures the released weights, not the run's latest checkpoint
+    # The command that measures the released weights again, on any clone with the data (not the run's).
+    if is_stackformer:
+        remeasure = shlex.join(["python", "experiments/zoo/remeasure.py", args.name, "--fid-reference",
+                                str(args.fid_reference), "--val-tokens", str(val_tokens), *args.overrides])
+    elif args.data_config:
         remeasure = shlex.join(["mvq", "eval", "recon", "--vae", args.name, "--data", args.data_config,
                                 *(["--n", str(args.num_images)] if args.num_images else []), *args.overrides])
     else:
