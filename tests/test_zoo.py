@@ -58,7 +58,7 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
                            "--name", "test-tiny", "--summary", "A tiny test tokenizer.",
                            "--training-data", "48 synthetic images (made by code).", "--command", "mvq train x",
                            "--zoo", str(tmp_path / "zoo"), "--results", str(tmp_path), "--num-images", "8",
-                           "--data-config", str(config)],
+                           "--data-config", str(config), "--keeps", "4"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     card = ModelCard.load(tmp_path / "zoo" / "test-tiny")
@@ -71,14 +71,19 @@ def test_release_of_a_tokenizer_then_of_a_stackformer_on_its_tokens(tmp_path, mo
 
     from mvq.cli import main as mvq_main
 
-    command = shlex.split(card.metrics_command)
-    assert command[:5] == ["mvq", "eval", "recon", "--vae", "test-tiny"] and "--n" in command
+    # With --keeps, also at each budget asked: one command per budget.
+    commands = [shlex.split(line) for line in card.metrics_command.splitlines()]
+    assert len(commands) == 2 and "--keep" not in commands[0]
+    assert commands[1][commands[1].index("--keep") + 1] == "4"
     monkeypatch.setenv("MVQ_ZOO", str(tmp_path / "zoo"))
-    with pytest.raises(SystemExit) as done:  # eval recon returns its exit status
-        mvq_main([*command[1:], "--no-fid", "--no-lpips", "--out", str(tmp_path / "again.json")])
-    assert done.value.code == 0
-    again = json.loads((tmp_path / "again.json").read_text())["metrics"]
-    assert again["psnr"] == pytest.approx(card.metrics["psnr"], abs=1e-4)
+    for command, psnr in zip(commands, (card.metrics["psnr"], card.metrics["psnr_keep4"])):
+        assert command[:5] == ["mvq", "eval", "recon", "--vae", "test-tiny"] and "--n" in command
+        with pytest.raises(SystemExit) as done:  # eval recon returns its exit status
+            mvq_main([*command[1:], "--no-fid", "--no-lpips", "--out", str(tmp_path / "again.json")])
+        assert done.value.code == 0
+        again = json.loads((tmp_path / "again.json").read_text())["metrics"]
+        assert again["psnr"] == pytest.approx(psnr, abs=1e-4)
+    assert card.metrics["psnr_keep4"] < card.metrics["psnr"]  # 4 of the 16 cells it was trained to keep
     (tmp_path / "other").mkdir()
     other = tiny_stage1_config(tmp_path / "other", data={"num_val": 4})  # other images: refused before any export
     release = zoo_script("release")

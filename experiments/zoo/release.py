@@ -13,7 +13,8 @@ A Stackformer (stage-2 run) on a released zoo tokenizer:
 
 A tokenizer is exported from its run's best checkpoint to ZOO/NAME (config.json, model.safetensors)
 and evaluated on the validation split of the run's own data config: PSNR, SSIM, L1 and codebook
-use, LPIPS-VGG and rFID when their networks are installed (`mvq weights install`). A few validation
+use, LPIPS-VGG and rFID when their networks are installed (`mvq weights install`); an any-K MQ-VAE
+also at each budget of `--keeps K ...` (PSNR, SSIM, LPIPS, rFID as METRIC_keepK). A few validation
 images (one per class where the data have classes) go to ZOO/NAME/examples/, the app's examples,
 with a figure of their reconstructions; `--examples DIR` takes DIR's images instead (each one's
 central square at the model's resolution), for data whose licence keeps them out of the repository.
@@ -45,6 +46,7 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[2]
 CARD_METRICS = {"psnr": "psnr", "ssim": "ssim", "l1": "l1", "lpips": "lpips_vgg", "rfid": "rfid",
                 "codebook_usage_percent": "codebook_usage_percent"}
+BUDGET_METRICS = ("psnr", "ssim", "lpips_vgg", "rfid")  # measured at each budget of --keeps
 EXAMPLES_WITHOUT_CLASSES = 8
 CLASSIFIER_EPOCHS = 5
 FIGURE_SAMPLES_PER_CLASS = 10
@@ -58,8 +60,9 @@ def data_config(raw: dict, overrides: list[str]):
     return build_dataclass(DataConfig, apply_overrides({"data": raw}, overrides)["data"], "data")
 
 
-def measure_tokenizer(model_dir: Path, dataset, num_images: int | None) -> dict:
-    """The card's metrics of an exported tokenizer on its validation data."""
+def measure_tokenizer(model_dir: Path, dataset, num_images: int | None, keeps: list[int] = ()) -> dict:
+    """The card's metrics of an exported tokenizer on its validation data: at its own K, and for each
+    budget of `keeps` (an any-K MQ-VAE) PSNR, SSIM, LPIPS and rFID as METRIC_keepK."""
     from mvq.errors import UserError
     from mvq.evaluation import InceptionV3, evaluate_reconstruction
     from mvq.losses.perceptual import LPIPS
@@ -71,9 +74,14 @@ def measure_tokenizer(model_dir: Path, dataset, num_images: int | None) -> dict:
             networks[name] = build()
         except UserError as exc:  # not installed: that metric is left out, and the card says which it has
             print(f"release: {name} not measured ({exc})", file=sys.stderr)
-    result = evaluate_reconstruction(load_tokenizer(model_dir), dataset, num_images=num_images, progress=True,
-                                     **networks)
-    return {CARD_METRICS[key]: float(value) for key, value in result.items() if key in CARD_METRICS}
+    model = load_tokenizer(model_dir)
+    metrics = {}
+    for keep in [None, *keeps]:
+        result = evaluate_reconstruction(model, dataset, num_images=num_images, progress=True, keep=keep, **networks)
+        card = {CARD_METRICS[key]: float(value) for key, value in result.items() if key in CARD_METRICS}
+        metrics.update(card if keep is None else
+                       {f"{key}_keep{keep}": value for key, value in card.items() if key in BUDGET_METRICS})
+    return metrics
 
 
 def write_examples(model_dir: Path, dataset) -> list[int]:
@@ -281,6 +289,8 @@ def main() -> None:
                         help="a tokenizer: the YAML config (e.g. configs/zoo/X.yaml) whose data section, with the "
                              "overrides, is the run's; the card then names `mvq eval recon` of the released model "
                              "on it as the command that measures it again, which any clone with the data runs")
+    parser.add_argument("--keeps", type=int, nargs="+", default=[], metavar="K",
+                        help="an any-K MQ-VAE: also measure it at these token budgets (METRIC_keepK on the card)")
     parser.add_argument("--examples", type=Path, default=None,
                         help="a folder of a tokenizer's example images (default: the first validation images)")
     stage2 = parser.add_argument_group("a Stackformer")
@@ -308,6 +318,15 @@ def main() -> None:
     is_stackformer = args.tokenizer is not None
     if is_stackformer and args.fid_reference is None:
         parser.error("a Stackformer needs --fid-reference STATS.npz (written there when missing)")
+    if args.keeps:
+        from mvq.models.mqvae import MQVAEConfig
+        from mvq.models.tokenizer import tokenizer_config
+
+        model = None if is_stackformer else tokenizer_config(load_yaml(args.run / "config.yaml")["model"])
+        if not isinstance(model, MQVAEConfig):
+            parser.error("--keeps measures an MQ-VAE at other token budgets; this run is not an MQ-VAE's")
+        if not all(1 <= keep <= model.num_cells for keep in args.keeps):
+            parser.error(f"--keeps: budgets must lie in 1..{model.num_cells} (the cells of its grid)")
     # A tokenizer is measured on its run's validation data (with the overrides).
     run_data = None if is_stackformer else data_config(load_yaml(args.run / "config.yaml")["data"], args.overrides)
     if args.data_config and run_data is not None:
@@ -333,7 +352,7 @@ def main() -> None:
     else:
         data = run_data
         dataset = build_dataset(data, "val", augment=False)
-        metrics = measure_tokenizer(folder, dataset, args.num_images)
+        metrics = measure_tokenizer(folder, dataset, args.num_images, args.keeps)
         if args.examples:
             write_given_examples(folder, args.examples, data.resolution)
             labels = []
@@ -348,8 +367,10 @@ def main() -> None:
         remeasure = shlex.join(["python", "experiments/zoo/remeasure.py", args.name, "--fid-reference",
                                 str(args.fid_reference), "--val-tokens", str(val_tokens), *args.overrides])
     elif args.data_config:
-        remeasure = shlex.join(["mvq", "eval", "recon", "--vae", args.name, "--data", args.data_config,
-                                *(["--n", str(args.num_images)] if args.num_images else []), *args.overrides])
+        remeasure = "\n".join(
+            shlex.join(["mvq", "eval", "recon", "--vae", args.name, "--data", args.data_config,
+                        *(["--n", str(args.num_images)] if args.num_images else []), *budget, *args.overrides])
+            for budget in [[], *(["--keep", str(keep)] for keep in args.keeps)])
     else:
         remeasure = release_command
     notes = "\n\n".join(part for part in (picture, args.notes) if part)
