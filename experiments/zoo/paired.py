@@ -11,7 +11,8 @@ two standard errors.
         --out experiments/results/zoo_photos_64_paired.json 'data.root=[../shared/photos,../shared/photos-extra]'
 
 A model is a zoo name, a folder or a Hub id; NAME@K measures an MQ-VAE at budget K (a VQGAN keeps
-every cell and takes no budget).
+every cell and takes no budget). `--plot FILE` draws PSNR and LPIPS against the tokens per image, one
+line through the budgets of each model: a rate–distortion figure.
 """
 
 from __future__ import annotations
@@ -44,6 +45,34 @@ def paired_difference(model: "torch.Tensor", first: "torch.Tensor", higher_is_be
             "verdict": "better" if better else "worse" if worse else "no difference within 2 standard errors"}
 
 
+def plot(record: dict, out: Path) -> None:
+    """PSNR and LPIPS-VGG against tokens per image; a model measured at several budgets is one line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[int, dict]]] = {}
+    for spec, means in record["means"].items():
+        lines.setdefault(parse_model(spec)[0], []).append((record["tokens"][spec], means))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, metric, label in zip(axes, ("psnr", "lpips_vgg"), ("PSNR (dB, higher is better)",
+                                                               "LPIPS-VGG (lower is better)")):
+        for name, points in lines.items():
+            points.sort(key=lambda point: point[0])
+            ax.plot([k for k, _ in points], [m[metric] for _, m in points], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(record["tokens"].values()))
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.set_xlabel("tokens per image")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{record['num_images']} validation images")
+    fig.tight_layout()
+    fig.savefig(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a YAML config whose data section gives the validation images")
@@ -51,6 +80,7 @@ def main() -> None:
                         help="a tokenizer to compare (repeatable; the first is the one the others are compared with)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--plot", type=Path, default=None, help="also draw PSNR and LPIPS against tokens here")
     parser.add_argument("overrides", nargs="*", help="data.KEY=VALUE changes of the config's data section")
     args = parser.parse_args()
     if len(args.model) < 2:
@@ -95,6 +125,7 @@ def main() -> None:
     first = args.model[0]
     record = {
         "data": args.data, "overrides": args.overrides, "num_images": len(images),
+        "tokens": {spec: keep or models[spec].config.num_tokens for spec, (_, keep) in zip(args.model, specs)},
         "means": {spec: {m: float(v.mean()) for m, v in metrics.items()} for spec, metrics in per_image.items()},
         "against_first": {spec: {m: paired_difference(per_image[spec][m], per_image[first][m], HIGHER_IS_BETTER[m])
                                  for m in HIGHER_IS_BETTER}
@@ -102,6 +133,8 @@ def main() -> None:
         "seconds": round(time.time() - started, 1),
     }
     args.out.write_text(json.dumps(record, indent=1) + "\n")
+    if args.plot:
+        plot(record, args.plot)
     for spec, metrics in record["against_first"].items():
         print(f"{spec} − {first}: " + "; ".join(
             f"{m} {d['difference']:+.4f} ± {d['standard_error']:.4f} ({d['verdict']})" for m, d in metrics.items()))
