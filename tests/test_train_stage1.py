@@ -79,6 +79,10 @@ def test_run_val_keep_is_refused_where_it_means_nothing(tmp_path):
     parse_stage1(vqgan)
     with pytest.raises(ConfigError, match="a VQGAN keeps every cell"):
         parse_stage1({**vqgan, "run": {"val_keep": [4]}})
+    from mvq.training.stage2_config import parse_stage2
+
+    with pytest.raises(ConfigError, match="run.val_keep is for stage 1"):
+        parse_stage2({"stage": 2, "run": {"val_keep": [4]}})
 
 
 @pytest.mark.slow
