@@ -38,12 +38,33 @@ def test_a_released_model_reproduces_its_record_on_its_examples(name):
     record = json.loads((ROOT / "experiments" / "results" / f"zoo_{name}.json").read_text())
     assert card.metrics == record["metrics"] and card.metrics_command == record["metrics_command"]
     assert card.training_data and card.command and card.license
+    assert not card.superseded_by or card.superseded_by in RELEASED  # what replaces it is in the zoo
     if "tokenizer" in record:
         check = example_check(RELEASED[record["tokenizer"]], RELEASED[name], record["example_labels"])
         assert check["examples_nll_nats"] == pytest.approx(record["check"]["examples_nll_nats"], rel=1e-4)
     else:
         check = example_check(RELEASED[name])
         assert check["examples_psnr"] == pytest.approx(record["check"]["examples_psnr"], abs=0.01)
+
+
+def test_a_superseded_tokenizer_comes_after_those_in_use_and_its_card_says_by_what(tmp_path, monkeypatch):
+    """The app's first photo tab is the zoo's current tokenizer; the one it replaced stays loadable, listed last."""
+    import mvq.models.hub
+    from mvq.models.mqvae import MQVAE, MQVAEConfig
+    from mvq.models.zoo import zoo_tokenizers
+
+    vae = MQVAE(MQVAEConfig(resolution=16, ch=16, norm_groups=4, ch_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(), z_channels=32, codebook_size=8, codebook_dim=4,
+                            keep_ratio=0.25, demask_layers=1))
+    for name in ("a-old", "b-new", "c-other"):
+        vae.save_pretrained(tmp_path / name)
+        ModelCard(name=name, summary="A tiny tokenizer.", training_data="None.",
+                  superseded_by="b-new" if name == "a-old" else "").save(tmp_path / name)
+    monkeypatch.setattr(mvq.models.hub, "zoo_dirs", lambda: [tmp_path])
+    assert list(zoo_tokenizers()) == ["b-new", "c-other", "a-old"]
+    card = ModelCard.load(tmp_path / "a-old")
+    assert card.superseded_by == "b-new" and "Superseded by [`b-new`](../b-new/README.md)" in card.markdown()
+    assert "Superseded" not in ModelCard.load(tmp_path / "b-new").markdown()
 
 
 @pytest.mark.slow
@@ -255,6 +276,18 @@ def test_quality_curve_counts_training_time_within_spans_only(tmp_path):
     assert [(row["step"], row["hours"], row["val/psnr"]) for row in rows] == [(10, 0.1, 15.0), (30, 1.5, 17.5)]
 
 
+def test_quality_curve_draws_the_tag_asked_and_names_the_logged_ones_when_it_is_missing(tmp_path):
+    """An any-K run is drawn at a budget (val/psnr_keep64); a tag the run never logged is one line naming those it did."""
+    curve = zoo_script("curve")
+    any_k = [{"step": 100, "hours": 0.1, "val/psnr": 20.0, "val/psnr_keep64": 18.0}]
+    fixed = [{"step": 100, "hours": 0.1, "val/psnr": 19.0}]
+    out = tmp_path / "curve.png"
+    curve.plot({"any-K at 64": (any_k, "val/psnr_keep64"), "fixed": (fixed, "val/psnr")}, out, "", "step")
+    assert out.stat().st_size > 0
+    with pytest.raises(SystemExit, match=r"logged no val/psnr_keep16; the tags logged: \['val/psnr'\]"):
+        curve.plot({"fixed": (fixed, "val/psnr_keep16")}, tmp_path / "other.png", "", "step")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_span_continues_from_the_kept_copy_and_keeps_its_end(tmp_path, monkeypatch):
@@ -307,6 +340,8 @@ def test_reconstruction_figure_has_a_row_of_kept_cells_for_an_mqvae_only(tmp_pat
         with Image.open(folder / release.reconstruction_figure(folder)) as figure:
             heights[name] = figure.height
     assert heights["vqgan"] < heights["mqvae"] * 0.8
+    with Image.open(tmp_path / "mqvae" / release.reconstruction_figure(tmp_path / "mqvae", [1, 2])) as figure:
+        assert figure.height > heights["mqvae"] * 2  # original, then a reconstruction and kept cells per budget (3)
 
 
 def test_paired_comparison_judges_differences_by_their_standard_error(tmp_path, monkeypatch):

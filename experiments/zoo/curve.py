@@ -10,7 +10,9 @@ against hours.
 
 `--against LABEL=LOGS` (repeatable) draws other runs in the same figure, against optimizer steps
 rather than hours (runs of equal step cost compared at equal compute, whatever the machine's speed
-on the day), and adds their curves to the JSON under "against".
+on the day), and adds their curves to the JSON under "against". `--metric TAG` draws this run's TAG
+instead of val/psnr: an any-K run at the others' budget, e.g. `--metric val/psnr_keep64` (logged with
+`run.val_keep: [64]`) beside fixed-K runs at K = 64, whose val/psnr is at that K.
 """
 
 from __future__ import annotations
@@ -48,16 +50,19 @@ def validation_curve(logs: Path) -> list[dict]:
     return [rows[step] for step in sorted(rows)]
 
 
-def plot(curves: dict[str, list[dict]], out: Path, title: str, x: str) -> None:
-    """Validation PSNR of each labelled curve against X ("hours" or "step")."""
+def plot(curves: dict[str, tuple[list[dict], str]], out: Path, title: str, x: str) -> None:
+    """Validation PSNR of each labelled curve (its rows, the tag drawn) against X ("hours" or "step")."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    for label, curve in curves.items():
-        points = [(row[x], row["val/psnr"]) for row in curve if "val/psnr" in row]
+    for label, (curve, tag) in curves.items():
+        points = [(row[x], row[tag]) for row in curve if tag in row]
+        if not points:
+            raise SystemExit(f"curve: {label or 'the run'} logged no {tag}; "
+                             f"the tags logged: {sorted({t for row in curve for t in row if t.startswith('val/')})}")
         ax.plot([h for h, _ in points], [p for _, p in points], marker=".", lw=1, label=label or None)
     ax.set_xlabel("training time (hours)" if x == "hours" else "optimizer steps")
     ax.set_ylabel("validation PSNR (dB)")
@@ -75,6 +80,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path, default=None,
                         help="also draw val PSNR here, against hours (against steps with --against)")
+    parser.add_argument("--metric", default="val/psnr",
+                        help="the tag drawn for this run (a val/psnr_keepK of an any-K run); the others' is val/psnr")
     parser.add_argument("--title", default="")
     parser.add_argument("--label", default="", help="this run's name in a figure with --against")
     parser.add_argument("--against", action="append", default=[], metavar="LABEL=LOGS",
@@ -93,7 +100,8 @@ def main() -> None:
         record["against"] = against
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     if args.plot:
-        curves = {args.label: curve, **{label: run["validations"] for label, run in against.items()}}
+        curves = {args.label: (curve, args.metric),
+                  **{label: (run["validations"], "val/psnr") for label, run in against.items()}}
         plot(curves, args.plot, args.title, "step" if against else "hours")
     last = curve[-1] if curve else {}
     print(f"curve: {len(curve)} validations, last at step {last.get('step')} after {last.get('hours')} h")

@@ -136,16 +136,24 @@ def write_given_examples(model_dir: Path, source: Path, resolution: int) -> None
         image.save(folder / f"{n:02d}-{file.stem}.png")
 
 
-def reconstruction_figure(model_dir: Path) -> str:
-    """ZOO/NAME/reconstructions.png: the examples, their reconstructions and (an MQ-VAE's) the cells kept."""
+def reconstruction_figure(model_dir: Path, keeps: list[int] = ()) -> str:
+    """ZOO/NAME/reconstructions.png: the examples, their reconstructions and (an MQ-VAE's) the cells kept;
+    an any-K MQ-VAE's at each budget of `keeps` and its own K (a reconstruction row and a kept-cells row each)."""
     from mvq.models.tokenizer import load_tokenizer
     from mvq.models.zoo import example_images_tensor
     from mvq.visualize import fit_scale, labelled_figure, reconstruction_rows, save_figure
 
     images = example_images_tensor(model_dir)
     vae = load_tokenizer(model_dir).eval()
-    labels = ["original", "reconstruction"] + (["kept cells"] if hasattr(vae.config, "keep_count") else [])
-    rows = reconstruction_rows(vae, images)[:len(labels)]  # a VQGAN keeps every cell: no row to show it
+    if keeps:
+        rows, labels = [images], ["original"]
+        for keep in [*keeps, None]:
+            rows += reconstruction_rows(vae, images, keep=keep)[1:3]
+            count = keep or vae.config.keep_count
+            labels += [f"{count} tokens", f"{count} cells kept"]
+    else:
+        labels = ["original", "reconstruction"] + (["kept cells"] if hasattr(vae.config, "keep_count") else [])
+        rows = reconstruction_rows(vae, images)[:len(labels)]  # a VQGAN keeps every cell: no row to show it
     scale = fit_scale(images.shape[-1], images.shape[0], 900, margin=140)
     save_figure(labelled_figure(rows, labels, scale), model_dir / "reconstructions.png")
     return "reconstructions.png"
@@ -360,7 +368,7 @@ def main() -> None:
             labels = write_examples(folder, dataset)
         record.update(data=dataclasses.asdict(data), num_images=args.num_images, example_labels=labels,
                       check=example_check(folder))
-        picture = f"![examples and their reconstructions]({reconstruction_figure(folder)})"
+        picture = f"![examples and their reconstructions]({reconstruction_figure(folder, args.keeps)})"
     release_command = " ".join(["python", "experiments/zoo/release.py", *map(shlex.quote, sys.argv[1:])])
     # The command that measures the released weights again, on any clone with the data (not the run's).
     if is_stackformer:

@@ -44,6 +44,7 @@ class ModelCard:
     wall_time: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     metrics_command: str = ""         # the command that measures `metrics` again
+    superseded_by: str = ""           # the zoo model that now does this one's job (this one kept for comparisons)
     notes: str = ""                   # more Markdown for the body (figures, comparisons, limits)
 
     def front_matter(self) -> dict:
@@ -53,7 +54,12 @@ class ModelCard:
                 "tags": ["mvq", *self.tags], "mvq": own}
 
     def markdown(self) -> str:
-        lines = [f"# {self.name}", "", self.summary, "", "## Training data", "", self.training_data, ""]
+        lines = [f"# {self.name}", "", self.summary, ""]
+        if self.superseded_by:
+            lines += [f"**Superseded by [`{self.superseded_by}`](../{self.superseded_by}/README.md)**, which does "
+                      f"the same job at least as well; this model stays loadable for the comparisons that name it.",
+                      ""]
+        lines += ["## Training data", "", self.training_data, ""]
         if self.command:
             lines += ["## How it was trained", "", "```bash", self.command, "```", ""]
         if self.hardware or self.wall_time:

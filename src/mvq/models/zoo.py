@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from mvq.errors import UserError
-from mvq.models.card import example_images
+from mvq.models.card import ModelCard, example_images
 from mvq.models.hub import resolve_pretrained, zoo_models
 from mvq.models.stackformer import Stackformer
 from mvq.models.pretrained import read_pretrained_config, read_tokenizer_record, weights_fingerprint
@@ -24,9 +24,15 @@ from mvq.models.tokenizer import ARCHITECTURES, load_tokenizer
 
 
 def zoo_tokenizers() -> dict[str, Path]:
-    """The zoo's tokenizers (MQ-VAEs and VQGANs), name → folder."""
-    return {name: folder for name, folder in zoo_models().items()
-            if read_pretrained_config(folder).get("model_type") in ARCHITECTURES}
+    """The zoo's tokenizers (MQ-VAEs and VQGANs), name → folder: those in use first, then the superseded."""
+    tokenizers = {name: folder for name, folder in zoo_models().items()
+                  if read_pretrained_config(folder).get("model_type") in ARCHITECTURES}
+
+    def superseded(name: str) -> bool:
+        card = ModelCard.load(tokenizers[name])
+        return card is not None and bool(card.superseded_by)
+
+    return {name: tokenizers[name] for name in sorted(tokenizers, key=superseded)}
 
 
 def tokenizer_of(stackformer: str | os.PathLike) -> Path | None:
