@@ -414,3 +414,10 @@ def test_rate_distortion_arms_draw_k_per_batch_or_per_image():
     for name in ("any-k", "any-k-random", "any-k-full-pass"):
         assert "model.train_keep_per=image" in per_image[name], name
     assert len({tuple(sorted(overrides)) for overrides in per_image.values()}) == len(per_image)
+    # Its verdicts: lower LPIPS is better, named in the study's words; within 2 standard errors, no verdict.
+    other = torch.linspace(0.2, 0.4, 50)
+    noise = 0.01 * torch.randn(50, generator=torch.Generator().manual_seed(0))
+    lower = study.paired_lpips(other - 0.05 + noise, other, "adaptive better", "random better")
+    assert lower["verdict"] == "adaptive better" and lower["lpips_difference"] == pytest.approx(-0.05 + float(noise.mean()))
+    assert study.paired_lpips(other + 0.05 + noise, other, "adaptive better", "random better")["verdict"] == "random better"
+    assert study.paired_lpips(other + 0.001 * noise, other, "a", "b")["verdict"].startswith("no difference")

@@ -70,12 +70,12 @@ def is_vqgan(arm: str) -> bool:
 
 
 def paired_lpips(ours: "torch.Tensor", other: "torch.Tensor", better: str, worse: str) -> dict:
-    """Mean and standard error of the per-image LPIPS difference ours − other, and what it says at 2 SE."""
-    difference = ours - other
-    mean, error = float(difference.mean()), float(difference.std() / len(difference) ** 0.5)
-    return {"lpips_difference": mean, "standard_error": error,
-            "verdict": better if mean < -2 * error else worse if mean > 2 * error
-            else "no difference within 2 standard errors"}
+    """The per-image LPIPS difference ours − other (mean, standard error), its verdict named `better` or `worse`."""
+    from mvq.evaluation.paired import paired_difference
+
+    paired = paired_difference(ours, other, higher_is_better=False)
+    return {"lpips_difference": paired["difference"], "standard_error": paired["standard_error"],
+            "verdict": {"better": better, "worse": worse}.get(paired["verdict"], paired["verdict"])}
 
 
 def trained_steps(run: Path) -> int:

@@ -22,6 +22,8 @@ import json
 import time
 from pathlib import Path
 
+from mvq.evaluation.paired import paired_difference
+
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips_vgg": False}
 
 
@@ -33,16 +35,6 @@ def parse_model(spec: str) -> tuple[str, int | None]:
     if not keep.isdigit() or int(keep) < 1:
         raise SystemExit(f"paired: --model {spec!r}: the budget after @ must be a count of cells, e.g. photos-64@32")
     return name, int(keep)
-
-
-def paired_difference(model: "torch.Tensor", first: "torch.Tensor", higher_is_better: bool) -> dict:
-    """Mean and standard error of the per-image difference model − first, and what it says at 2 SE."""
-    difference = model - first
-    mean, error = float(difference.mean()), float(difference.std() / len(difference) ** 0.5)
-    better = mean > 2 * error if higher_is_better else mean < -2 * error
-    worse = mean < -2 * error if higher_is_better else mean > 2 * error
-    return {"difference": mean, "standard_error": error,
-            "verdict": "better" if better else "worse" if worse else "no difference within 2 standard errors"}
 
 
 def plot(record: dict, out: Path) -> None:
