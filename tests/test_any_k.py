@@ -421,3 +421,37 @@ def test_rate_distortion_arms_draw_k_per_batch_or_per_image():
     assert lower["verdict"] == "adaptive better" and lower["lpips_difference"] == pytest.approx(-0.05 + float(noise.mean()))
     assert study.paired_lpips(other + 0.05 + noise, other, "adaptive better", "random better")["verdict"] == "random better"
     assert study.paired_lpips(other + 0.001 * noise, other, "a", "b")["verdict"].startswith("no difference")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_rate_distortion_study_stops_in_time_and_continues_from_its_kept_copy(tmp_path, monkeypatch):
+    """A study longer than a session: stopped by --seconds, kept in --keep, continued on a clone without RUNS."""
+    import importlib.util
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from tests.train_helpers import tiny_stage1_config
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "any_k" / "rate_distortion.py"
+    spec = importlib.util.spec_from_file_location("rate_distortion", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    config = tiny_stage1_config(tmp_path, loss={"disc_start": None},
+                                run={"image_every_n_steps": 0, "checkpoint_every_n_steps": 1})
+    runs, keep = tmp_path / "runs", tmp_path / "keep"
+    argv = ["rate_distortion.py", "--config", str(config), "--name", "tiny", "--steps", "3", "--runs", str(runs),
+            "--keep", str(keep), "--stage", "train", "--results", str(tmp_path), "--arms", "any-k"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--seconds", "0"])
+    with pytest.raises(SystemExit, match="training stopped in any-k at step 0 .*run the same command again"):
+        study.main()
+    monkeypatch.setattr(sys, "argv", argv)
+    study.main()
+    assert study.trained_steps(runs / "any-k") == 3 == study.trained_steps(keep / "any-k")
+    assert json.loads((keep / "wall_seconds.json").read_text())["any-k"] > 0
+    shutil.rmtree(runs)  # a fresh clone: only the kept copy
+    monkeypatch.setattr(study.subprocess, "Popen", None)  # nothing left to train: no process may start
+    study.main()
+    assert study.trained_steps(runs / "any-k") == 3

@@ -14,6 +14,11 @@ Arms, all from one config with the same steps, batch, learning rate and seed (th
             equal token count. Trained last, measured at its own count.
 Each arm is `mvq train CONFIG --run-dir RUNS/ARM model... trainer.max_steps=STEPS`, run one after the
 other and resumed where a run stopped (`mvq train --resume`), so the study continues across sessions.
+`--seconds S` stops the training after S seconds (the arm in progress saves its state and resumes
+later); `--keep DIR` (a folder of the repository) holds what each arm needs to continue (as
+experiments/zoo/span.py keeps a zoo run: config, last.ckpt, logs) and the wall times, refreshed
+whenever an arm's training ends or stops, so that committing DIR carries the study to a fresh clone:
+an arm missing from RUNS, or behind its kept copy, starts from DIR.
 Then every arm's last checkpoint is measured at every K on the first `--num-images` evenly spaced
 validation images: PSNR, SSIM and LPIPS-VGG on 8-bit images (as `mvq eval recon` measures them), and
 rFID where it decides the comparison (a fixed-K arm at its own K, the any-K arms at each of those K);
@@ -42,6 +47,8 @@ import time
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPOSITORY / "experiments" / "zoo"))
+from span import copy_run  # noqa: E402
 BUDGET_FRACTIONS = (16, 8, 4, 2)   # fixed-K arms at K = N/16, N/8, N/4, N/2
 ANY_K_MIN = 1 / 16
 CHUNK = 100
@@ -86,16 +93,20 @@ def trained_steps(run: Path) -> int:
     return int(read_checkpoint(path)["global_step"]) if path.is_file() else 0
 
 
-def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Path, timing: dict, timing_file: Path
-              ) -> None:
-    """Train (or continue) one arm up to `steps`, adding the wall seconds spent to `timing` (also when stopped)."""
+def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Path, timing: dict, timing_file: Path,
+              deadline: float = float("inf")) -> bool:
+    """Train (or continue) one arm up to `steps`, adding the wall seconds spent to `timing` (also when stopped);
+    stopped at `deadline` (time.time()) with its state saved. True when the arm has all its steps."""
     if trained_steps(run) >= steps:
-        return
+        return True
     start = time.time()
+    if start >= deadline:
+        return False
+    mvq = [sys.executable, "-m", "mvq.cli"]  # this interpreter's mvq, on PATH or not
     if (run / "checkpoints" / "last.ckpt").is_file():
-        command = ["mvq", "train", "--resume", str(run)]
+        command = [*mvq, "train", "--resume", str(run)]
     else:
-        command = ["mvq", "train", config, "--run-dir", str(run), *overrides, f"trainer.max_steps={steps}",
+        command = [*mvq, "train", config, "--run-dir", str(run), *overrides, f"trainer.max_steps={steps}",
                    "run.image_every_n_steps=0"]
     print("rate-distortion: " + " ".join(map(shlex.quote, command)), flush=True)
     with open(log, "a") as out:
@@ -103,6 +114,11 @@ def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Pat
         # SIGTERM to this script stops the run as SIGTERM stops `mvq train`: its state saved, resumable.
         previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
         try:
+            while process.poll() is None:
+                if time.time() >= deadline:
+                    process.terminate()
+                    break
+                time.sleep(2)
             returncode = process.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -111,6 +127,14 @@ def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Pat
     if returncode != 0:
         raise SystemExit(f"{' '.join(command)} ended with exit {returncode} (a stopped span resumes when this "
                          f"command is run again); its log: {log}")
+    return trained_steps(run) >= steps
+
+
+def restore_arm(run: Path, kept: Path) -> None:
+    """RUN from the repository's copy when the copy is further along (a fresh clone has no RUN)."""
+    if (kept / "checkpoints" / "last.ckpt").is_file() and trained_steps(run) < trained_steps(kept):
+        print(f"rate-distortion: {run} from {kept} (step {trained_steps(kept)})", flush=True)
+        copy_run(kept, run)
 
 
 def main() -> None:
@@ -129,6 +153,9 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", help="train and evaluate only these arms (default: all; a verdict "
                         "needs both arms it compares)")
     parser.add_argument("--results", type=Path, default=REPOSITORY / "experiments" / "results")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="the repository's copy of each arm's state (commit it to continue on another clone)")
+    parser.add_argument("--seconds", type=float, default=None, help="stop training after this long (resumable)")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE changes of the config for every arm (data.root=...)")
     args = parser.parse_args()
 
@@ -150,16 +177,28 @@ def main() -> None:
             raise SystemExit(f"unknown arms {', '.join(unknown)}; the arms are {', '.join(table)}")
         table = {name: table[name] for name in table if name in args.arms}
     args.runs.mkdir(parents=True, exist_ok=True)
-    timing_file = args.runs / "wall_seconds.json"
+    timing_file = (args.keep or args.runs) / "wall_seconds.json"
+    timing_file.parent.mkdir(parents=True, exist_ok=True)
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    if args.keep is not None:
+        for name in table:
+            restore_arm(args.runs / name, args.keep / name)
     if args.stage in ("train", "all"):
+        deadline = time.time() + (args.seconds if args.seconds is not None else float("inf"))
         # any-K first: it is the question; then the fixed-K arms from the zoo's budget down.
         fixed = sorted((a for a in table if a.startswith("fixed-k")), key=lambda a: -int(a.removeprefix("fixed-k")))
         order = ["any-k", *fixed, "any-k-random", *(a for a in table if is_vqgan(a)), "any-k-per-image",
                  "any-k-full-pass"]
         for name in [a for a in order if a in table]:
-            train_arm(args.runs / name, configs[name], [*table[name], *args.overrides], args.steps,
-                      args.runs / f"{name}.log", timing, timing_file)
+            trained_before = trained_steps(args.runs / name)
+            done = train_arm(args.runs / name, configs[name], [*table[name], *args.overrides], args.steps,
+                             args.runs / f"{name}.log", timing, timing_file, deadline)
+            if args.keep is not None and trained_steps(args.runs / name) > trained_steps(args.keep / name):
+                copy_run(args.runs / name, args.keep / name)
+            if not done:
+                raise SystemExit(f"rate-distortion: training stopped in {name} at step {trained_steps(args.runs / name)} "
+                                 f"(from {trained_before}); run the same command again to continue"
+                                 + (f", on any clone once {args.keep} is committed" if args.keep is not None else ""))
     if args.stage == "train":
         return
     missing = [name for name in table if trained_steps(args.runs / name) < args.steps]
