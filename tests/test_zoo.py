@@ -338,10 +338,12 @@ def test_reconstruction_figure_has_a_row_of_kept_cells_for_an_mqvae_only(tmp_pat
         for i in range(2):
             Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(folder / EXAMPLES_DIR / f"0{i}.png")
         with Image.open(folder / release.reconstruction_figure(folder)) as figure:
-            heights[name] = figure.height
+            heights[name], width = figure.height, figure.width
     assert heights["vqgan"] < heights["mqvae"] * 0.8
     with Image.open(tmp_path / "mqvae" / release.reconstruction_figure(tmp_path / "mqvae", [1, 2])) as figure:
-        assert figure.height > heights["mqvae"] * 2  # original, then a reconstruction and kept cells per budget (3)
+        # original, then a reconstruction and kept cells at 1, 2 and the model's own 4 of 16 cells: 7 rows of 3's height
+        assert figure.height == pytest.approx(heights["mqvae"] * 7 / 3, rel=0.1)
+        assert figure.width <= width  # its labels ("4 tokens", "4 cells kept", ...) no wider than "reconstruction"
 
 
 def test_paired_comparison_judges_differences_by_their_standard_error(tmp_path, monkeypatch):

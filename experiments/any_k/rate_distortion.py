@@ -18,7 +18,8 @@ other and resumed where a run stopped (`mvq train --resume`), so the study conti
 later); `--keep DIR` (a folder of the repository) holds what each arm needs to continue (as
 experiments/zoo/span.py keeps a zoo run: config, last.ckpt, logs) and the wall times, refreshed
 whenever an arm's training ends or stops, so that committing DIR carries the study to a fresh clone:
-an arm missing from RUNS, or behind its kept copy, starts from DIR.
+an arm missing from RUNS, or behind its kept copy, starts from DIR (with --keep the wall times are
+read from and written to DIR only).
 Then every arm's last checkpoint is measured at every K on the first `--num-images` evenly spaced
 validation images: PSNR, SSIM and LPIPS-VGG on 8-bit images (as `mvq eval recon` measures them), and
 rFID where it decides the comparison (a fixed-K arm at its own K, the any-K arms at each of those K);
@@ -52,6 +53,7 @@ from span import copy_run  # noqa: E402
 BUDGET_FRACTIONS = (16, 8, 4, 2)   # fixed-K arms at K = N/16, N/8, N/4, N/2
 ANY_K_MIN = 1 / 16
 CHUNK = 100
+STOPPED_EXIT = 143  # `mvq train` stopped by SIGTERM, its state saved in last.ckpt
 
 
 def arms(num_cells: int, any_k_per: str = "batch") -> dict[str, list[str]]:
@@ -96,7 +98,7 @@ def trained_steps(run: Path) -> int:
 def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Path, timing: dict, timing_file: Path,
               deadline: float = float("inf")) -> bool:
     """Train (or continue) one arm up to `steps`, adding the wall seconds spent to `timing` (also when stopped);
-    stopped at `deadline` (time.time()) with its state saved. True when the arm has all its steps."""
+    stopped at `deadline` (time.time()) or by SIGTERM, with its state saved. True when the arm has all its steps."""
     if trained_steps(run) >= steps:
         return True
     start = time.time()
@@ -109,14 +111,20 @@ def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Pat
         command = [*mvq, "train", config, "--run-dir", str(run), *overrides, f"trainer.max_steps={steps}",
                    "run.image_every_n_steps=0"]
     print("rate-distortion: " + " ".join(map(shlex.quote, command)), flush=True)
+    stopped = False
     with open(log, "a") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        # SIGTERM to this script stops the run as SIGTERM stops `mvq train`: its state saved, resumable.
-        previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+
+        def stop(*_) -> None:  # as SIGTERM stops `mvq train`: its state saved, resumable
+            nonlocal stopped
+            stopped = True
+            process.terminate()
+
+        previous = signal.signal(signal.SIGTERM, stop)  # SIGTERM to this script stops the arm so too
         try:
             while process.poll() is None:
                 if time.time() >= deadline:
-                    process.terminate()
+                    stop()
                     break
                 time.sleep(2)
             returncode = process.wait()
@@ -124,7 +132,7 @@ def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Pat
             signal.signal(signal.SIGTERM, previous)
             timing[run.name] = timing.get(run.name, 0.0) + time.time() - start
             timing_file.write_text(json.dumps(timing, indent=1) + "\n")
-    if returncode != 0:
+    if returncode != 0 and not (stopped and returncode == STOPPED_EXIT):
         raise SystemExit(f"{' '.join(command)} ended with exit {returncode} (a stopped span resumes when this "
                          f"command is run again); its log: {log}")
     return trained_steps(run) >= steps
@@ -191,10 +199,12 @@ def main() -> None:
                  "any-k-full-pass"]
         for name in [a for a in order if a in table]:
             trained_before = trained_steps(args.runs / name)
-            done = train_arm(args.runs / name, configs[name], [*table[name], *args.overrides], args.steps,
-                             args.runs / f"{name}.log", timing, timing_file, deadline)
-            if args.keep is not None and trained_steps(args.runs / name) > trained_steps(args.keep / name):
-                copy_run(args.runs / name, args.keep / name)
+            try:
+                done = train_arm(args.runs / name, configs[name], [*table[name], *args.overrides], args.steps,
+                                 args.runs / f"{name}.log", timing, timing_file, deadline)
+            finally:  # what the arm reached is kept, however its training ended
+                if args.keep is not None and trained_steps(args.runs / name) > trained_steps(args.keep / name):
+                    copy_run(args.runs / name, args.keep / name)
             if not done:
                 raise SystemExit(f"rate-distortion: training stopped in {name} at step {trained_steps(args.runs / name)} "
                                  f"(from {trained_before}); run the same command again to continue"

@@ -51,7 +51,7 @@ def validation_curve(logs: Path) -> list[dict]:
 
 
 def plot(curves: dict[str, tuple[list[dict], str]], out: Path, title: str, x: str) -> None:
-    """Validation PSNR of each labelled curve (its rows, the tag drawn) against X ("hours" or "step")."""
+    """Validation PSNR of each labelled curve (its rows, the val/psnr… tag drawn) against X ("hours" or "step")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,13 +80,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path, default=None,
                         help="also draw val PSNR here, against hours (against steps with --against)")
-    parser.add_argument("--metric", default="val/psnr",
-                        help="the tag drawn for this run (a val/psnr_keepK of an any-K run); the others' is val/psnr")
+    parser.add_argument("--metric", default="val/psnr", metavar="val/psnr[_keepK]",
+                        help="the PSNR drawn for this run (val/psnr_keepK: an any-K run at K); the others' is val/psnr")
     parser.add_argument("--title", default="")
     parser.add_argument("--label", default="", help="this run's name in a figure with --against")
     parser.add_argument("--against", action="append", default=[], metavar="LABEL=LOGS",
                         help="another run's logs/ folder to draw beside it, against steps (repeatable)")
     args = parser.parse_args()
+    if not args.metric.startswith("val/psnr"):
+        parser.error(f"--metric {args.metric}: the figure is of PSNR; give val/psnr or val/psnr_keepK")
     against = {}
     for item in args.against:
         label, sep, logs = item.partition("=")
@@ -95,7 +97,7 @@ def main() -> None:
                          f"e.g. vqgan-f8=zoo/training/vqgan-photos-64-f8/logs")
         against[label] = {"logs": logs, "validations": validation_curve(Path(logs))}
     curve = validation_curve(args.logs)
-    record = {"logs": str(args.logs), "validations": curve}
+    record = {"logs": str(args.logs), "validations": curve, "drawn": args.metric}
     if against:
         record["against"] = against
     args.out.write_text(json.dumps(record, indent=1) + "\n")

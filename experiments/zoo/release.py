@@ -148,9 +148,13 @@ def reconstruction_figure(model_dir: Path, keeps: list[int] = ()) -> str:
     if keeps:
         rows, labels = [images], ["original"]
         for keep in [*keeps, None]:
-            rows += reconstruction_rows(vae, images, keep=keep)[1:3]
-            count = keep or vae.config.keep_count
-            labels += [f"{count} tokens", f"{count} cells kept"]
+            count = keep or vae.config.num_tokens
+            pictures = reconstruction_rows(vae, images, keep=keep)
+            rows.append(pictures[1])
+            labels.append(f"{count} tokens")
+            if count < vae.config.num_cells:  # with every cell kept, that row would repeat the originals
+                rows.append(pictures[2])
+                labels.append(f"{count} cells kept")
     else:
         labels = ["original", "reconstruction"] + (["kept cells"] if hasattr(vae.config, "keep_count") else [])
         rows = reconstruction_rows(vae, images)[:len(labels)]  # a VQGAN keeps every cell: no row to show it

@@ -49,7 +49,8 @@ class ModelCard:
 
     def front_matter(self) -> dict:
         """The Hub's keys, and mvq's own under `mvq:` (all but the free-form notes)."""
-        own = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("license", "datasets", "tags", "notes")}
+        own = {k: v for k, v in dataclasses.asdict(self).items()
+               if k not in ("license", "datasets", "tags", "notes") and (v or k != "superseded_by")}
         return {"library_name": "mvq", "license": self.license, "datasets": self.datasets,
                 "tags": ["mvq", *self.tags], "mvq": own}
 
