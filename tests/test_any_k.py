@@ -460,7 +460,7 @@ def test_rate_distortion_study_stops_in_time_and_continues_from_its_kept_copy(tm
         """A training that reaches step 3 of 10, then is stopped at the deadline and exits as `mvq train` does."""
 
         def __init__(self, command, **_):
-            study.copy_run(runs / "any-k", Path(command[command.index("--run-dir") + 1]))
+            study.keep_run(runs / "any-k", Path(command[command.index("--run-dir") + 1]))
             self.code = None
 
         def poll(self):

@@ -288,6 +288,30 @@ def test_quality_curve_draws_the_tag_asked_and_names_the_logged_ones_when_it_is_
         curve.plot({"fixed": (fixed, "val/psnr_keep16")}, tmp_path / "other.png", "", "step")
 
 
+def test_a_kept_run_restores_a_missing_or_older_run_folder_and_never_one_ahead(tmp_path):
+    import torch
+
+    from mvq.training.kept_state import LAST, keep_run, restore_run, trained_steps
+
+    def run_at(folder: Path, step: int) -> Path:
+        (folder / "logs").mkdir(parents=True)
+        (folder / "checkpoints").mkdir()
+        (folder / "config.yaml").write_text(f"step: {step}\n")
+        (folder / "logs" / f"events.{step}").write_text("")
+        torch.save({"state_dict": {}, "mvq_state": {}, "global_step": step}, folder / LAST)
+        return folder
+
+    kept, run = tmp_path / "kept", tmp_path / "run"
+    keep_run(run_at(tmp_path / "first", 5), kept)
+    assert trained_steps(run) == 0 and restore_run(run, kept) and trained_steps(run) == 5  # a fresh clone
+    assert not restore_run(run, kept)  # as far along: nothing copied
+    ahead = run_at(tmp_path / "ahead", 9)
+    assert not restore_run(ahead, kept) and trained_steps(ahead) == 9  # a run ahead of its copy is never overwritten
+    keep_run(ahead, kept)
+    assert trained_steps(kept) == 9 and sorted(p.name for p in (kept / "logs").iterdir()) == ["events.5", "events.9"]
+    assert restore_run(run, kept) and (run / "config.yaml").read_text() == "step: 9\n"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_span_continues_from_the_kept_copy_and_keeps_its_end(tmp_path, monkeypatch):
@@ -304,16 +328,16 @@ def test_a_span_continues_from_the_kept_copy_and_keeps_its_end(tmp_path, monkeyp
     first = start_training_until(config, run, run / "checkpoints" / "last.ckpt")
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=120)
-    span.copy_run(run, keep)
-    started = span.global_step(keep)
+    span.keep_run(run, keep)
+    started = span.trained_steps(keep)
     shutil.rmtree(run)  # what a fresh clone lacks
     monkeypatch.setattr(sys, "argv", ["span.py", "--run", str(run), "--keep", str(keep), "--seconds", "150",
                                       "--until-step", str(started + 3)])
     began = time.monotonic()
     span.main()
-    ended = span.global_step(keep)
+    ended = span.trained_steps(keep)
     assert time.monotonic() - began < 120  # the step ended it, not the time
-    assert started >= 2 and ended >= started + 3 and span.global_step(run) == ended
+    assert started >= 2 and ended >= started + 3 and span.trained_steps(run) == ended
     assert (keep / "config.yaml").read_text() == (run / "config.yaml").read_text()
     assert len(list((keep / "logs").glob("events.out.tfevents.*"))) == 2  # one per span
 

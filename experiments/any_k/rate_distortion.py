@@ -47,9 +47,9 @@ import sys
 import time
 from pathlib import Path
 
+from mvq.training.kept_state import keep_run, restore_run, trained_steps
+
 REPOSITORY = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPOSITORY / "experiments" / "zoo"))
-from span import copy_run  # noqa: E402
 BUDGET_FRACTIONS = (16, 8, 4, 2)   # fixed-K arms at K = N/16, N/8, N/4, N/2
 ANY_K_MIN = 1 / 16
 CHUNK = 100
@@ -85,14 +85,6 @@ def paired_lpips(ours: "torch.Tensor", other: "torch.Tensor", better: str, worse
     paired = paired_difference(ours, other, higher_is_better=False)
     return {"lpips_difference": paired["difference"], "standard_error": paired["standard_error"],
             "verdict": {"better": better, "worse": worse}.get(paired["verdict"], paired["verdict"])}
-
-
-def trained_steps(run: Path) -> int:
-    """The optimizer steps of a run's last checkpoint (0 when it has none)."""
-    from mvq.training.checkpoints import read_checkpoint
-
-    path = run / "checkpoints" / "last.ckpt"
-    return int(read_checkpoint(path)["global_step"]) if path.is_file() else 0
 
 
 def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Path, timing: dict, timing_file: Path,
@@ -136,13 +128,6 @@ def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Pat
         raise SystemExit(f"{' '.join(command)} ended with exit {returncode} (a stopped span resumes when this "
                          f"command is run again); its log: {log}")
     return trained_steps(run) >= steps
-
-
-def restore_arm(run: Path, kept: Path) -> None:
-    """RUN from the repository's copy when the copy is further along (a fresh clone has no RUN)."""
-    if (kept / "checkpoints" / "last.ckpt").is_file() and trained_steps(run) < trained_steps(kept):
-        print(f"rate-distortion: {run} from {kept} (step {trained_steps(kept)})", flush=True)
-        copy_run(kept, run)
 
 
 def main() -> None:
@@ -190,7 +175,9 @@ def main() -> None:
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     if args.keep is not None:
         for name in table:
-            restore_arm(args.runs / name, args.keep / name)
+            if restore_run(args.runs / name, args.keep / name):
+                print(f"rate-distortion: {args.runs / name} from {args.keep / name} "
+                      f"(step {trained_steps(args.runs / name)})", flush=True)
     if args.stage in ("train", "all"):
         deadline = time.time() + (args.seconds if args.seconds is not None else float("inf"))
         # any-K first: it is the question; then the fixed-K arms from the zoo's budget down.
@@ -204,7 +191,7 @@ def main() -> None:
                                  args.runs / f"{name}.log", timing, timing_file, deadline)
             finally:  # what the arm reached is kept, however its training ended
                 if args.keep is not None and trained_steps(args.runs / name) > trained_steps(args.keep / name):
-                    copy_run(args.runs / name, args.keep / name)
+                    keep_run(args.runs / name, args.keep / name)
             if not done:
                 raise SystemExit(f"rate-distortion: training stopped in {name} at step {trained_steps(args.runs / name)} "
                                  f"(from {trained_before}); run the same command again to continue"

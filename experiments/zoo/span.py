@@ -20,34 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-LAST = Path("checkpoints") / "last.ckpt"
-
-
-def global_step(run: Path) -> int:
-    """The optimizer steps a run folder's last.ckpt has taken (-1 without one)."""
-    import torch
-
-    if not (run / LAST).is_file():
-        return -1
-    return int(torch.load(run / LAST, map_location="cpu", weights_only=True)["global_step"])
-
-
-def copy_run(source: Path, target: Path) -> None:
-    """config.yaml, checkpoints/last.ckpt and every logs/ file of SOURCE into TARGET (replacing those)."""
-    (target / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (target / "logs").mkdir(exist_ok=True)
-    for name in ("config.yaml", str(LAST)):
-        shutil.copy2(source / name, target / name)
-    for log in (source / "logs").iterdir():
-        if log.is_file():
-            shutil.copy2(log, target / "logs" / log.name)
+from mvq.training.kept_state import LAST, keep_run, restore_run, trained_steps
 
 
 def main() -> None:
@@ -60,27 +39,25 @@ def main() -> None:
                         help="end the span once last.ckpt has reached this optimizer step")
     args = parser.parse_args()
 
-    kept, ran = global_step(args.keep), global_step(args.run)
-    if kept < 0 and ran < 0:
+    if not (args.run / LAST).is_file() and not (args.keep / LAST).is_file():
         sys.exit(f"span: neither {args.run} nor {args.keep} holds {LAST}: start the run with `mvq train CONFIG "
                  f"--run-dir {args.run}` first")
-    if ran < kept:
-        print(f"span: {args.run} from {args.keep} (step {kept})", flush=True)
-        copy_run(args.keep, args.run)
-    print(f"span: resuming {args.run} at step {max(ran, kept)} for {args.seconds:.0f} s", flush=True)
+    if restore_run(args.run, args.keep):
+        print(f"span: {args.run} from {args.keep} (step {trained_steps(args.keep)})", flush=True)
+    print(f"span: resuming {args.run} at step {trained_steps(args.run)} for {args.seconds:.0f} s", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "mvq.cli", "train", "--resume", str(args.run),
                                 "trainer.enable_progress_bar=false"], env=env)
     deadline = time.time() + args.seconds
     while process.poll() is None and time.time() < deadline:
         time.sleep(5)
-        if args.until_step is not None and global_step(args.run) >= args.until_step:
+        if args.until_step is not None and trained_steps(args.run) >= args.until_step:
             break
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)  # the training process only: it writes last.ckpt, then exits
     process.wait()
-    copy_run(args.run, args.keep)
-    print(f"span: ended at step {global_step(args.run)}; {args.keep} holds it (commit it to keep it)", flush=True)
+    keep_run(args.run, args.keep)
+    print(f"span: ended at step {trained_steps(args.run)}; {args.keep} holds it (commit it to keep it)", flush=True)
 
 
 if __name__ == "__main__":
