@@ -397,8 +397,8 @@ def test_a_vqgan_still_takes_only_stackformers_of_its_full_grid():
         MVQPipeline(sf, vqgan)
 
 
-def test_rate_distortion_arms_draw_k_per_batch_or_per_image():
-    """The study's any-K arms (and their random-mask twin) draw K as asked; drawn per image, no arm repeats another."""
+def rate_distortion_study():
+    """experiments/any_k/rate_distortion.py as a module (the scripts are not a package)."""
     import importlib.util
     from pathlib import Path
 
@@ -406,6 +406,12 @@ def test_rate_distortion_arms_draw_k_per_batch_or_per_image():
     spec = importlib.util.spec_from_file_location("rate_distortion", path)
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
+    return study
+
+
+def test_rate_distortion_arms_draw_k_per_batch_or_per_image():
+    """The study's any-K arms (and their random-mask twin) draw K as asked; drawn per image, no arm repeats another."""
+    study = rate_distortion_study()
     per_batch, per_image = study.arms(256), study.arms(256, "image")
     assert [name for name in per_batch if name.startswith("fixed")] == ["fixed-k16", "fixed-k32", "fixed-k64", "fixed-k128"]
     assert "model.train_keep_per=image" not in per_batch["any-k"] + per_batch["any-k-random"]
@@ -427,7 +433,6 @@ def test_rate_distortion_arms_draw_k_per_batch_or_per_image():
 @pytest.mark.timeout(300)
 def test_rate_distortion_study_stops_in_time_and_continues_from_its_kept_copy(tmp_path, monkeypatch):
     """A study longer than a session: stopped by --seconds, kept in --keep, continued on a clone without RUNS."""
-    import importlib.util
     import json
     import shutil
     import sys
@@ -435,10 +440,7 @@ def test_rate_distortion_study_stops_in_time_and_continues_from_its_kept_copy(tm
 
     from tests.train_helpers import tiny_stage1_config
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "any_k" / "rate_distortion.py"
-    spec = importlib.util.spec_from_file_location("rate_distortion", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = rate_distortion_study()
     config = tiny_stage1_config(tmp_path, loss={"disc_start": None},
                                 run={"image_every_n_steps": 0, "checkpoint_every_n_steps": 1})
     runs, keep = tmp_path / "runs", tmp_path / "keep"

@@ -53,9 +53,9 @@ def test_a_superseded_tokenizer_comes_after_those_in_use_and_its_card_says_by_wh
     from mvq.models.mqvae import MQVAE, MQVAEConfig
     from mvq.models.zoo import zoo_tokenizers
 
-    vae = MQVAE(MQVAEConfig(resolution=16, ch=16, norm_groups=4, ch_mult=(1, 2), num_res_blocks=1,
-                            attn_resolutions=(), z_channels=32, codebook_size=8, codebook_dim=4,
-                            keep_ratio=0.25, demask_layers=1))
+    from tests.conftest import TINY_MQVAE
+
+    vae = MQVAE(MQVAEConfig(**TINY_MQVAE))
     for name in ("a-old", "b-new", "c-other"):
         vae.save_pretrained(tmp_path / name)
         ModelCard(name=name, summary="A tiny tokenizer.", training_data="None.",
@@ -353,7 +353,7 @@ def test_reconstruction_figure_has_a_row_of_kept_cells_for_an_mqvae_only(tmp_pat
     release = zoo_script("release")
     sizes = dict(resolution=16, ch=16, norm_groups=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
                  z_channels=32, codebook_size=8, codebook_dim=4)
-    heights = {}
+    heights, widths = {}, {}
     for name, model in (("mqvae", MQVAE(MQVAEConfig(**sizes, keep_ratio=0.25, demask_layers=1))),
                         ("vqgan", VQGAN(VQGANConfig(**sizes)))):
         folder = tmp_path / name
@@ -362,12 +362,12 @@ def test_reconstruction_figure_has_a_row_of_kept_cells_for_an_mqvae_only(tmp_pat
         for i in range(2):
             Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(folder / EXAMPLES_DIR / f"0{i}.png")
         with Image.open(folder / release.reconstruction_figure(folder)) as figure:
-            heights[name], width = figure.height, figure.width
+            heights[name], widths[name] = figure.height, figure.width
     assert heights["vqgan"] < heights["mqvae"] * 0.8
     with Image.open(tmp_path / "mqvae" / release.reconstruction_figure(tmp_path / "mqvae", [1, 2])) as figure:
         # original, then a reconstruction and kept cells at 1, 2 and the model's own 4 of 16 cells: 7 rows of 3's height
         assert figure.height == pytest.approx(heights["mqvae"] * 7 / 3, rel=0.1)
-        assert figure.width <= width  # its labels ("4 tokens", "4 cells kept", ...) no wider than "reconstruction"
+        assert figure.width <= widths["mqvae"]  # its labels ("4 tokens", "4 cells kept", ...) no wider than "reconstruction"
 
 
 def test_paired_comparison_judges_differences_by_their_standard_error(tmp_path, monkeypatch):
