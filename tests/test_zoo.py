@@ -312,6 +312,21 @@ def test_a_kept_run_restores_a_missing_or_older_run_folder_and_never_one_ahead(t
     assert restore_run(run, kept) and (run / "config.yaml").read_text() == "step: 9\n"
 
 
+def test_a_kept_folder_whose_checkpoint_git_would_ignore_is_refused_before_training(tmp_path):
+    """Committing such a folder keeps the logs and drops last.ckpt: the next clone would train from step 0."""
+    from mvq.training.kept_state import require_committable
+
+    subprocess.run(["git", "init", "--quiet", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("*.ckpt\n")
+    with pytest.raises(SystemExit, match=r"kept/checkpoints/last.ckpt is ignored by git.*add a '!' rule"):
+        require_committable(tmp_path / "kept")
+    (tmp_path / ".gitignore").write_text("*.ckpt\n!kept/checkpoints/last.ckpt\n")
+    require_committable(tmp_path / "kept")
+    # the repository's own kept folders: a zoo run's and a study arm's
+    require_committable(ROOT / "zoo" / "training" / "photos-64")
+    require_committable(ROOT / "experiments" / "any_k" / "training" / "rate-distortion-photos" / "any-k")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_span_continues_from_the_kept_copy_and_keeps_its_end(tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from mvq.training.kept_state import keep_run, restore_run, trained_steps
+from mvq.training.kept_state import keep_run, require_committable, restore_run, trained_steps
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 BUDGET_FRACTIONS = (16, 8, 4, 2)   # fixed-K arms at K = N/16, N/8, N/4, N/2
@@ -174,6 +174,7 @@ def main() -> None:
     timing_file.parent.mkdir(parents=True, exist_ok=True)
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     if args.keep is not None:
+        require_committable(args.keep / next(iter(table)))
         for name in table:
             if restore_run(args.runs / name, args.keep / name):
                 print(f"rate-distortion: {args.runs / name} from {args.keep / name} "

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from mvq.training.kept_state import LAST, keep_run, restore_run, trained_steps
+from mvq.training.kept_state import LAST, keep_run, require_committable, restore_run, trained_steps
 
 
 def main() -> None:
@@ -42,6 +42,7 @@ def main() -> None:
     if not (args.run / LAST).is_file() and not (args.keep / LAST).is_file():
         sys.exit(f"span: neither {args.run} nor {args.keep} holds {LAST}: start the run with `mvq train CONFIG "
                  f"--run-dir {args.run}` first")
+    require_committable(args.keep)
     if restore_run(args.run, args.keep):
         print(f"span: {args.run} from {args.keep} (step {trained_steps(args.keep)})", flush=True)
     print(f"span: resuming {args.run} at step {trained_steps(args.run)} for {args.seconds:.0f} s", flush=True)

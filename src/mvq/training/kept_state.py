@@ -9,6 +9,7 @@ the run folder (best.ckpt, images) stays out of git. `keep_run` copies it out af
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 from mvq.training.checkpoints import read_checkpoint
@@ -19,6 +20,21 @@ LAST = Path("checkpoints") / "last.ckpt"
 def trained_steps(run: Path) -> int:
     """The optimizer steps of a run folder's last.ckpt (0 without one)."""
     return int(read_checkpoint(run / LAST)["global_step"]) if (run / LAST).is_file() else 0
+
+
+def require_committable(kept: Path) -> None:
+    """Refuse a KEPT folder whose last.ckpt git would ignore: committing KEPT would silently leave the run
+    behind, and the next clone would start it again from step 0. Outside a git work tree there is nothing to check."""
+    checkpoint = (kept / LAST).resolve()
+    existing = next(folder for folder in checkpoint.parents if folder.is_dir())
+    try:
+        ignored = subprocess.run(["git", "check-ignore", "--quiet", "--no-index", str(checkpoint)], cwd=existing,
+                                 capture_output=True).returncode == 0
+    except FileNotFoundError:  # no git on this machine
+        return
+    if ignored:
+        raise SystemExit(f"{kept / LAST} is ignored by git, so committing {kept} would not keep the run: "
+                         f"add a '!' rule for it to .gitignore (as for zoo/training/*/{LAST.as_posix()})")
 
 
 def keep_run(run: Path, kept: Path) -> None:
