@@ -454,7 +454,13 @@ def test_rate_distortion_study_stops_in_time_and_continues_from_its_kept_copy(tm
     assert study.trained_steps(runs / "any-k") == 3 == study.trained_steps(keep / "any-k")
     assert json.loads((keep / "wall_seconds.json").read_text())["any-k"] > 0
     shutil.rmtree(runs / "any-k")  # a fresh clone: only the kept copy
-    monkeypatch.setattr(study.subprocess, "Popen", None)  # nothing left to train: no process may start
+    start_process = study.subprocess.Popen
+
+    def no_training(command, *args, **kwargs):  # nothing left to train: only git's ignore check may run
+        assert command[0] == "git", f"started {command}"
+        return start_process(command, *args, **kwargs)
+
+    monkeypatch.setattr(study.subprocess, "Popen", no_training)
     study.main()
     assert study.trained_steps(runs / "any-k") == 3
 
@@ -476,6 +482,7 @@ def test_rate_distortion_study_stops_in_time_and_continues_from_its_kept_copy(tm
 
     later, later_keep = tmp_path / "later", tmp_path / "later-keep"
     monkeypatch.setattr(study.subprocess, "Popen", StoppedMidRun)
+    monkeypatch.setattr(study, "require_committable", lambda kept: None)  # git's check would meet the fake process
     monkeypatch.setattr(sys, "argv", [*argv[:argv.index("--steps")], "--steps", "10", "--runs", str(later), "--keep",
                                       str(later_keep), *argv[argv.index("--stage"):], "--seconds", "1"])
     with pytest.raises(SystemExit, match=r"training stopped in any-k at step 3 \(from 0\)"):
