@@ -488,3 +488,83 @@ def test_rate_distortion_study_stops_in_time_and_continues_from_its_kept_copy(tm
     with pytest.raises(SystemExit, match=r"training stopped in any-k at step 3 \(from 0\)"):
         study.main()
     assert study.trained_steps(later_keep / "any-k") == 3  # kept, though the training was stopped
+
+
+def test_generation_study_stops_in_time_continues_and_never_measures_a_kept_score_again(vae, tmp_path, monkeypatch):
+    """The generation study across sessions: a Stackformer stopped at the deadline continues where it stopped, a
+    kept score is never measured again (on a clone without RUNS), and the results are read from the kept scores."""
+    import importlib.util
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from mvq.models.stackformer import Stackformer
+    from tests.train_helpers import tiny_stage1_config
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "any_k" / "generation_vs_k.py"
+    spec = importlib.util.spec_from_file_location("generation_vs_k", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    tokenizer = vae.save_pretrained(tmp_path / "vae")
+    (tmp_path / "stats.npz").write_bytes(b"")
+    data = tiny_stage1_config(tmp_path)
+    done = {"train": [], "sample": [], "score": []}
+
+    def train_arm(run, config, overrides, steps, log, timing, timing_file, deadline):
+        """Two steps a call, then stopped (as at a deadline) unless the run has all its steps."""
+        if study.trained_steps(run) >= steps:
+            return True
+        reached = min(steps, study.trained_steps(run) + 2)
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": {}, "mvq_state": {}, "global_step": reached}, run / "checkpoints" / "last.ckpt")
+        done["train"].append((run.name, reached))
+        return reached >= steps
+
+    def sample(*args):
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True)
+        np.savez(out / "samples.npz", arr_0=np.zeros((2, 16, 16, 3), np.uint8), labels=np.zeros(2, np.int64))
+        done["sample"].append(out.name)
+        if len(done["sample"]) == 1:
+            raise SystemExit(1)  # the first sampling fails after its first set is scored: nothing else is lost
+
+    def score(self, samples, num_classes):
+        done["score"].append(samples.parent.name)
+        return {"fid": 10.0 + len(done["score"]), "class_consistency": 0.5, "classifier_test_accuracy": 0.9}
+
+    monkeypatch.setattr(study, "tokens", lambda tokenizer, data, out, *_: out)
+    monkeypatch.setattr(study, "train_arm", train_arm)
+    monkeypatch.setattr(study, "mvq_command", sample)
+    monkeypatch.setattr(study.Scorer, "__call__", score)
+    monkeypatch.setattr("mvq.training.run.export", lambda run, out, **_: out)
+    monkeypatch.setattr(Stackformer, "from_pretrained", lambda folder: type("M", (), {"config": type("C", (), {
+        "num_classes": 10})})())
+    monkeypatch.setattr(study, "figure", lambda record, path: None)
+    runs, keep = tmp_path / "runs", tmp_path / "keep"
+    argv = ["generation_vs_k.py", "--name", "tiny", "--runs", str(runs), "--any-k-tokenizer", str(tokenizer),
+            "--stackformer-config", "unused.yaml", "--data", str(data), "--fid-reference", str(tmp_path / "stats.npz"),
+            "--steps", "3", "--budgets", "4", "64", "--keep", str(keep), "--results", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="training stopped in any-k at step 2; run the same command again to "
+                                         "continue it from .*runs/any-k"):
+        study.main()
+    with pytest.raises(SystemExit):
+        study.main()
+    assert done["train"] == [("any-k", 2), ("any-k", 3)]  # continued from step 2, not started again
+    assert done["sample"] == ["any-k-at-k4"] and done["score"] == []  # the failed set was not scored
+    shutil.rmtree(runs / "samples")
+    study.main()
+    assert done["sample"] == ["any-k-at-k4", "any-k-at-k4", "any-k-at-k64"] and done["score"] == done["sample"][1:]
+    shutil.rmtree(runs)  # a fresh clone: only the kept scores
+    monkeypatch.setattr(sys, "argv", [*argv, "--seconds", "0"])  # nothing left to do, so no deadline is met
+    study.main()  # every score kept: nothing trained, sampled or measured again
+    assert len(done["train"]) == 2 and len(done["score"]) == 2
+    record = json.loads((tmp_path / "generation_vs_k_tiny.json").read_text())
+    assert record["results"] == {"any-k": {"4": {"fid": 11.0, "class_consistency": 0.5},
+                                           "64": {"fid": 12.0, "class_consistency": 0.5}}}
+    assert record["classifier_test_accuracy"] == [0.9]
+    assert set(json.loads((keep / "wall_seconds.json").read_text())) >= {"any-k tokenize",
+                                                                         "any-k sample and score at K=64"}

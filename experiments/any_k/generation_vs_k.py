@@ -11,14 +11,25 @@ Each sample set: `--num-samples` class-balanced samples (seed 0, guidance 1), th
 `--fid-reference` (`mvq eval stats` of the test images) and their class consistency by a classifier
 trained on the training images (its own test accuracy reported beside it). Token stores, runs and
 samples go to RUNS; a rerun continues what was stopped (tokenizing, training and sampling resume).
+`--seconds S` stops the study after S seconds (a training in progress saves its state in RUNS and
+resumes there; no new step starts); `--keep DIR` (a folder of the repository) holds each sample set's
+scores and the wall times, so that committing DIR carries what was measured to a fresh clone: a kept
+score is not measured again, and an arm whose every score is kept is not trained again. (A
+Stackformer's training state, about 45 MB, is too large to commit: one trains within a session.)
 Writes RESULTS/generation_vs_k_NAME.json (numbers, commands, wall times) and a figure of FID and
 class consistency against K. Settings fixed before any result was seen.
 
-    python experiments/any_k/generation_vs_k.py --name fashion-mnist-32 --runs ../zoo-state/generation-vs-k \
-        --any-k-tokenizer ../zoo-state/rate-distortion/export/any-k \
+    python experiments/any_k/rate_distortion.py --config configs/zoo/mqvae_fashion_mnist_32.yaml \
+        --name fashion-mnist-32 --steps 1000 --runs runs/rate-distortion-fashion-mnist --stage train \
+        --arms any-k data.root=DATA          # the any-K tokenizer: the rate-distortion study's any-k arm
+    mvq export runs/rate-distortion-fashion-mnist/any-k runs/generation-vs-k/any-k-tokenizer --checkpoint last
+    mvq eval stats --data configs/zoo/mqvae_fashion_mnist_32.yaml --split val --n 2000 \
+        --out runs/generation-vs-k/test_stats_2000.npz data.root=DATA data.max_val_images=null
+    python experiments/any_k/generation_vs_k.py --name fashion-mnist-32 --runs runs/generation-vs-k \
+        --any-k-tokenizer runs/generation-vs-k/any-k-tokenizer \
         --stackformer-config configs/zoo/stackformer_fashion_mnist_32.yaml \
-        --data configs/zoo/mqvae_fashion_mnist_32.yaml --fid-reference STATS.npz \
-        --steps 1500 --per-budget 16 data.root=DATA
+        --data configs/zoo/mqvae_fashion_mnist_32.yaml --fid-reference runs/generation-vs-k/test_stats_2000.npz \
+        --steps 1500 --per-budget 16 --keep experiments/any_k/training/generation-vs-k data.root=DATA
 """
 
 from __future__ import annotations
@@ -31,7 +42,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "zoo"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rate_distortion import train_arm  # noqa: E402
 from release import REPOSITORY, fid, mvq_command, read_samples, reference_classifier  # noqa: E402
+
+from mvq.training.kept_state import trained_steps  # noqa: E402
 
 
 def tokens(tokenizer: Path, data: str, out: Path, split: str, extra: list[str], overrides: list[str]) -> Path:
@@ -41,18 +56,23 @@ def tokens(tokenizer: Path, data: str, out: Path, split: str, extra: list[str], 
     return out
 
 
-def train(run: Path, config: str, tokenizer: Path, train_store: Path, val_store: Path, steps: int) -> None:
-    """Train (or continue) one Stackformer to `steps` optimizer steps."""
-    from mvq.training.checkpoints import read_checkpoint
+class Scorer:
+    """FID against the reference statistics and class consistency by the reference classifier (trained once,
+    when first needed)."""
 
-    last = run / "checkpoints" / "last.ckpt"
-    if last.is_file() and int(read_checkpoint(last)["global_step"]) >= steps:
-        return
-    if last.is_file():
-        mvq_command("train", "--resume", str(run))
-    else:
-        mvq_command("train", config, "--run-dir", str(run), f"vae={tokenizer}", f"data.tokens={train_store}",
-                    f"data.val_tokens={val_store}", f"trainer.max_steps={steps}", "run.image_every_n_steps=0")
+    def __init__(self, data_config, fid_reference: Path):
+        self.data_config, self.fid_reference = data_config, fid_reference
+        self.classifier, self.classifier_accuracy = None, None
+
+    def __call__(self, samples: Path, num_classes: int) -> dict:
+        from mvq.demo.classifier import predict
+
+        if self.classifier is None:
+            self.classifier, self.classifier_accuracy = reference_classifier(self.data_config.data, num_classes)
+        images, labels = read_samples(samples)
+        return {"fid": fid(samples, self.fid_reference, samples.parent / "fid.json"),
+                "class_consistency": float((predict(self.classifier, images) == labels).float().mean()),
+                "classifier_test_accuracy": self.classifier_accuracy}
 
 
 def main() -> None:
@@ -71,26 +91,39 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--sample-batch-size", type=int, default=100)
+    parser.add_argument("--keep", type=Path, default=None, help="the repository's copy of each sample set's scores "
+                        "and of the wall times (commit it to continue on another clone)")
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this long (resumable): a training "
+                        "is stopped with its state saved, no new step starts after the deadline")
     parser.add_argument("--results", type=Path, default=REPOSITORY / "experiments" / "results")
     parser.add_argument("overrides", nargs="*", help="data.KEY=VALUE changes of the --data config (data.root=...)")
     args = parser.parse_args()
     if not args.fid_reference.is_file():
         parser.error(f"{args.fid_reference} does not exist: write it with `mvq eval stats --split val`")
 
-    from mvq.demo.classifier import predict
     from mvq.models.stackformer import Stackformer
     from mvq.models.tokenizer import load_tokenizer
     from mvq.training.config import load_training_config
     from mvq.training.run import export
 
     started = time.time()
-    timing_file = args.runs / "wall_seconds.json"  # summed over every invocation: a stopped run continues
-    wall = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    deadline = started + (args.seconds if args.seconds is not None else float("inf"))
+    state = args.keep or args.runs  # wall times and scores live here
+    (state / "scores").mkdir(parents=True, exist_ok=True)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    timing_file = state / "wall_seconds.json"  # summed over every invocation: a stopped study continues
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
 
-    def spent(arm: str, what: str, since: float) -> None:
-        wall.setdefault(arm, {})[what] = round(wall.get(arm, {}).get(what, 0) + time.time() - since)
-        args.runs.mkdir(parents=True, exist_ok=True)
-        timing_file.write_text(json.dumps(wall, indent=1) + "\n")
+    def spent(what: str, since: float) -> None:
+        timing[what] = round(timing.get(what, 0) + time.time() - since)
+        timing_file.write_text(json.dumps(timing, indent=1) + "\n")
+
+    again = "run the same command again to continue" + (f" (the scores kept in {args.keep} carry to any clone "
+                                                         "once committed)" if args.keep is not None else "")
+
+    def in_time(what: str) -> None:
+        if time.time() >= deadline:
+            raise SystemExit(f"generation-vs-k: stopped at --seconds before {what}; {again}")
 
     n = load_tokenizer(args.any_k_tokenizer).config.num_cells
     budgets = args.budgets or [n // 16, n // 8, n // 4, n // 2, n]
@@ -102,39 +135,48 @@ def main() -> None:
         table[f"fixed-k{k}"] = (args.fixed_tokenizer, [], [k])
 
     _, data_config = load_training_config(args.data, args.overrides)
+    score = Scorer(data_config, args.fid_reference)
     results = {}
     for name, (tokenizer, options, ks) in table.items():
+        scored = {k: state / "scores" / f"{name}-at-k{k}.json" for k in ks}
+        if all(path.is_file() for path in scored.values()):  # this arm is done (maybe on another clone)
+            results[name] = {str(k): json.loads(path.read_text()) for k, path in scored.items()}
+            continue
+        run = args.runs / name
+        in_time(f"{name}'s token stores")
         start = time.time()
         stores = [tokens(tokenizer, args.data, args.runs / "tokens" / f"{name}-{split}", split, options, args.overrides)
                   for split in ("train", "val")]
-        train(args.runs / name, args.stackformer_config, tokenizer, *stores, args.steps)
-        model = export(args.runs / name, args.runs / "export" / name, which="last", overwrite=True)
-        spent(name, "tokenize_and_train_seconds", start)
+        spent(f"{name} tokenize", start)
+        done = train_arm(run, args.stackformer_config, [f"vae={tokenizer}", f"data.tokens={stores[0]}",
+                                                        f"data.val_tokens={stores[1]}"],
+                         args.steps, args.runs / f"{name}.log", timing, timing_file, deadline)
+        if not done:
+            raise SystemExit(f"generation-vs-k: training stopped in {name} at step {trained_steps(run)}; run the "
+                             f"same command again to continue it from {run}")
+        model = export(run, args.runs / "export" / name, which="last", overwrite=True)
         results[name] = {}
         for k in ks:
-            start, out = time.time(), args.runs / "samples" / f"{name}-at-k{k}"
-            if not (out / "samples.npz").is_file():  # written when complete; an unfinished folder resumes
-                mvq_command("sample", "--stackformer", str(model), "--vae", str(tokenizer), "--n", str(args.num_samples),
-                            "--classes-balanced", "--seed", "0", "--batch-size", str(args.sample_batch_size),
-                            "--no-png", "--num-tokens", str(k), "--out", str(out))
-            scored = out / "fid.json"
-            results[name][str(k)] = {"fid": float(json.loads(scored.read_text())["metrics"]["fid"]) if scored.is_file()
-                                     else fid(out / "samples.npz", args.fid_reference, scored)}
-            spent(name, f"sample_and_fid_seconds_at_k{k}", start)
+            if not scored[k].is_file():
+                in_time(f"sampling {name} at K={k}")
+                start, out = time.time(), args.runs / "samples" / f"{name}-at-k{k}"
+                if not (out / "samples.npz").is_file():  # written when complete; an unfinished folder resumes
+                    mvq_command("sample", "--stackformer", str(model), "--vae", str(tokenizer), "--n",
+                                str(args.num_samples), "--classes-balanced", "--seed", "0", "--batch-size",
+                                str(args.sample_batch_size), "--no-png", "--num-tokens", str(k), "--out", str(out))
+                num_classes = Stackformer.from_pretrained(model).config.num_classes
+                scored[k].write_text(json.dumps(score(out / "samples.npz", num_classes), indent=1) + "\n")
+                spent(f"{name} sample and score at K={k}", start)
+            results[name][str(k)] = json.loads(scored[k].read_text())
             print(f"{name} K={k}: {json.dumps(results[name][str(k)])}", flush=True)
 
-    num_classes = Stackformer.from_pretrained(args.runs / "export" / "any-k").config.num_classes
-    classifier, classifier_accuracy = reference_classifier(data_config.data, num_classes)
-    for name, by_k in results.items():
-        for k, row in by_k.items():
-            samples, labels = read_samples(args.runs / "samples" / f"{name}-at-k{k}" / "samples.npz")
-            row["class_consistency"] = float((predict(classifier, samples) == labels).float().mean())
+    accuracies = {row.pop("classifier_test_accuracy") for by_k in results.values() for row in by_k.values()}
     record = {
         "what": "class-conditional generation at every token budget K: one any-K Stackformer (rank-order tokens, "
                 "stopped after K) against Stackformers trained for one budget",
         "num_cells": n, "steps_per_stackformer": args.steps, "num_samples": args.num_samples,
         "arms": {name: {"tokenizer": str(tok), "tokenize_options": opts} for name, (tok, opts, _) in table.items()},
-        "results": results, "classifier_test_accuracy": classifier_accuracy, "wall_seconds": wall,
+        "results": results, "classifier_test_accuracy": sorted(accuracies), "wall_seconds": timing,
         "command": " ".join(["python", "experiments/any_k/generation_vs_k.py", *map(shlex.quote, sys.argv[1:])]),
         "this_invocation_wall_seconds": round(time.time() - started),
     }

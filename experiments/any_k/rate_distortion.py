@@ -97,12 +97,12 @@ def train_arm(run: Path, config: str, overrides: list[str], steps: int, log: Pat
     if start >= deadline:
         return False
     mvq = [sys.executable, "-m", "mvq.cli"]  # this interpreter's mvq, on PATH or not
-    if (run / "checkpoints" / "last.ckpt").is_file():
-        command = [*mvq, "train", "--resume", str(run)]
+    if (run / "checkpoints" / "last.ckpt").is_file():  # the overrides again: paths resolve on this clone
+        command = [*mvq, "train", "--resume", str(run), *overrides]
     else:
         command = [*mvq, "train", config, "--run-dir", str(run), *overrides, f"trainer.max_steps={steps}",
                    "run.image_every_n_steps=0"]
-    print("rate-distortion: " + " ".join(map(shlex.quote, command)), flush=True)
+    print("training: " + " ".join(map(shlex.quote, command)), flush=True)
     stopped = False
     with open(log, "a") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
