@@ -15,7 +15,8 @@ samples go to RUNS; a rerun continues what was stopped (tokenizing, training and
 resumes there; no new step starts); `--keep DIR` (a folder of the repository) holds each sample set's
 scores and the wall times, so that committing DIR carries what was measured to a fresh clone: a kept
 score is not measured again, and an arm whose every score is kept is not trained again. (A
-Stackformer's training state, about 45 MB, is too large to commit: one trains within a session.)
+Stackformer's training state, its weights and their Adam moments, is about three times its weights, 45 MB
+for the zoo's config: too large to commit, so one trains within a session.)
 Writes RESULTS/generation_vs_k_NAME.json (numbers, commands, wall times) and a figure of FID and
 class consistency against K. Settings fixed before any result was seen.
 
