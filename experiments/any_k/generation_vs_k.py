@@ -156,6 +156,7 @@ def main() -> None:
             raise SystemExit(f"generation-vs-k: training stopped in {name} at step {trained_steps(run)}; run the "
                              f"same command again to continue it from {run}")
         model = export(run, args.runs / "export" / name, which="last", overwrite=True)
+        num_classes = Stackformer.from_pretrained(model).config.num_classes
         results[name] = {}
         for k in ks:
             if not scored[k].is_file():
@@ -165,7 +166,6 @@ def main() -> None:
                     mvq_command("sample", "--stackformer", str(model), "--vae", str(tokenizer), "--n",
                                 str(args.num_samples), "--classes-balanced", "--seed", "0", "--batch-size",
                                 str(args.sample_batch_size), "--no-png", "--num-tokens", str(k), "--out", str(out))
-                num_classes = Stackformer.from_pretrained(model).config.num_classes
                 scored[k].write_text(json.dumps(score(out / "samples.npz", num_classes), indent=1) + "\n")
                 spent(f"{name} sample and score at K={k}", start)
             results[name][str(k)] = json.loads(scored[k].read_text())
