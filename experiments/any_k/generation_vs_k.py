@@ -22,12 +22,14 @@ class consistency against K. Settings fixed before any result was seen.
 
     python experiments/any_k/rate_distortion.py --config configs/zoo/mqvae_fashion_mnist_32.yaml \
         --name fashion-mnist-32 --steps 1000 --runs runs/rate-distortion-fashion-mnist --stage train \
-        --arms any-k data.root=DATA          # the any-K tokenizer: the rate-distortion study's any-k arm
+        --arms any-k fixed-k16 data.root=DATA   # the any-K tokenizer and one trained at K = 16: two of its arms
     mvq export runs/rate-distortion-fashion-mnist/any-k runs/generation-vs-k/any-k-tokenizer --checkpoint last
+    mvq export runs/rate-distortion-fashion-mnist/fixed-k16 runs/generation-vs-k/fixed-k16-tokenizer --checkpoint last
     mvq eval stats --data configs/zoo/mqvae_fashion_mnist_32.yaml --split val --n 2000 \
         --out runs/generation-vs-k/test_stats_2000.npz data.root=DATA data.max_val_images=null
     python experiments/any_k/generation_vs_k.py --name fashion-mnist-32 --runs runs/generation-vs-k \
         --any-k-tokenizer runs/generation-vs-k/any-k-tokenizer \
+        --fixed-tokenizer runs/generation-vs-k/fixed-k16-tokenizer \
         --stackformer-config configs/zoo/stackformer_fashion_mnist_32.yaml \
         --data configs/zoo/mqvae_fashion_mnist_32.yaml --fid-reference runs/generation-vs-k/test_stats_2000.npz \
         --steps 1500 --per-budget 16 --keep experiments/any_k/training/generation-vs-k data.root=DATA
