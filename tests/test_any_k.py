@@ -529,7 +529,7 @@ def test_generation_study_stops_in_time_continues_and_never_measures_a_kept_scor
         np.savez(out / "samples.npz", arr_0=np.zeros((2, 16, 16, 3), np.uint8), labels=np.zeros(2, np.int64))
         done["sample"].append(out.name)
         if len(done["sample"]) == 1:
-            raise SystemExit(1)  # the first sampling fails after its first set is scored: nothing else is lost
+            raise SystemExit(1)  # the first sampling fails: its set is not scored, nothing else is lost
 
     def score(self, samples, num_classes):
         done["score"].append(samples.parent.name)
